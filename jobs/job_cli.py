@@ -1,0 +1,40 @@
+"""Command-line front of every job: settings file, overrides, deployment; usage errors, not tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from persona.settings import ConfigError, JobSettings, load_job_settings, parse_overrides
+
+
+def parse_job_args(prog: str, description: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace, JobSettings]:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--conf", type=Path, default=None, help="job settings file (default: conf/job.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set kafka.topics.events=my.events (repeatable)")
+    parser.add_argument("--deployment", choices=("local", "cluster"), default="local",
+                        help="local: embedded mini-cluster (adds the connector jars); cluster: submitted with flink run")
+    parser.add_argument("--bounded", action="store_true",
+                        help="stop at the offsets that are latest at start (tests, replays)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_job_settings(parse_overrides(args.overrides), args.conf)
+        if args.deployment == "local":
+            settings.flink.connector_jars()
+    except ConfigError as e:
+        _fail(prog, str(e))
+    return args, settings
+
+
+def _fail(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

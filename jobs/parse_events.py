@@ -1,0 +1,62 @@
+"""Flink wiring of ``operators.validation``: raw Kafka rows in, ``Event``s out, rejections to a side output."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pyflink.common import Duration, Row, Types, WatermarkStrategy
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import DataStream, OutputTag, ProcessFunction
+
+from operators.dead_letter import dead_letter_record
+from operators.events import REJECTION_REASONS, Event, SourceRef
+from operators.validation import parse_event
+from persona.settings import SourceSettings
+
+KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
+DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
+
+
+def _epoch_ms(ts: Any) -> int | None:
+    return int(ts.timestamp() * 1000) if ts is not None else None
+
+
+class ParseEvents(ProcessFunction):
+    """Valid events go on as pickled ``Event``s; every rejected record goes to ``DEAD_LETTERS``."""
+
+    def open(self, runtime_context: Any) -> None:
+        group = runtime_context.get_metrics_group().add_group("ingest")
+        self._valid = group.counter("valid")
+        self._rejected = {r: group.add_group("rejected").counter(r) for r in sorted(REJECTION_REASONS)}
+
+    def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Any:
+        raw: bytes = row[0] if row[0] is not None else b""
+        out = parse_event(raw)
+        if isinstance(out, Event):
+            self._valid.inc()
+            yield out
+            return
+        self._rejected[out.reason].inc()
+        source = SourceRef(row[1], row[2], row[3], _epoch_ms(row[4]))
+        yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, int(time.time() * 1000)))
+
+
+class _EventTime(TimestampAssigner):
+    def extract_timestamp(self, value: Event, record_timestamp: int) -> int:
+        return value.event_time_ms
+
+
+def parse(raw: DataStream) -> tuple[DataStream, DataStream]:
+    """(events, dead letters as (key, json) rows)."""
+    events = raw.process(ParseEvents(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-validate").uid("parse-validate")
+    return events, events.get_side_output(DEAD_LETTERS)
+
+
+def with_event_time(events: DataStream, source: SourceSettings) -> DataStream:
+    strategy = (
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(source.max_out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(source.idleness_ms))
+        .with_timestamp_assigner(_EventTime())
+    )
+    return events.assign_timestamps_and_watermarks(strategy).name("event-time").uid("event-time")

@@ -1,0 +1,249 @@
+"""Typed settings loaded from ``conf/*.yaml`` plus environment overrides, validated at start-up.
+
+Every error names the file and the dotted key, on one line::
+
+    conf/job.yaml: redis.flush_interval_ms: Input should be greater than 0
+
+Environment variables override hosts, ports and secrets (see ``ENV_OVERRIDES``); ``--set key=value``
+style overrides (``apply_overrides``) let tests and CLIs point a job at other topics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- job settings
+class Topics(_Strict):
+    events: str = Field(min_length=1)
+    dead_letter: str = Field(min_length=1)
+    triggers: str = Field(min_length=1)
+
+
+class KafkaSettings(_Strict):
+    bootstrap_servers: str = Field(min_length=1)
+    group_id: str = Field(min_length=1)
+    starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
+    topics: Topics
+    partitions: int = Field(ge=1, le=1024)
+
+
+class SourceSettings(_Strict):
+    max_out_of_orderness_ms: int = Field(ge=0)
+    idleness_ms: int = Field(gt=0)
+
+
+class RedisSettings(_Strict):
+    url: SecretStr
+    key_prefix: str
+    flush_interval_ms: int = Field(gt=0)
+    flush_max_batch: int = Field(gt=0)
+    profile_ttl_s: int = Field(gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url.get_secret_value())
+
+
+class FlinkSettings(_Strict):
+    execution_mode: Literal["thread", "process"] = "thread"
+    parallelism: int = Field(ge=1, le=256)
+    checkpoint_interval_ms: int = Field(ge=0)
+    state_ttl_s: int = Field(gt=0)
+    connector_jars_dir: str = Field(min_length=1)
+
+    def connector_jars(self) -> list[Path]:
+        """The connector jars, or a ConfigError that says how to get them."""
+        folder = resolve_path(self.connector_jars_dir)
+        jars = sorted(folder.glob("*.jar")) if folder.is_dir() else []
+        if not jars:
+            raise ConfigError(
+                f"flink.connector_jars_dir: no jars in {folder}; run `persona jars` to resolve them"
+            )
+        return jars
+
+
+class JobSettings(_Strict):
+    kafka: KafkaSettings
+    source: SourceSettings
+    redis: RedisSettings
+    flink: FlinkSettings
+
+
+# --------------------------------------------------------------------------- local stack
+class KafkaServiceSettings(_Strict):
+    port: int = Field(ge=1, le=65535)
+    controller_port: int = Field(ge=1, le=65535)
+    heap_mb: int = Field(ge=128)
+    start_timeout_s: float = Field(gt=0)
+
+
+class RedisServiceSettings(_Strict):
+    port: int = Field(ge=1, le=65535)
+    start_timeout_s: float = Field(gt=0)
+
+
+class FlinkClusterSettings(_Strict):
+    rest_port: int = Field(ge=1, le=65535)
+    rpc_port: int = Field(ge=1, le=65535)
+    jobmanager_memory_mb: int = Field(ge=512)
+    taskmanager_memory_mb: int = Field(ge=1024)
+    taskmanager_slots: int = Field(ge=1)
+    start_timeout_s: float = Field(gt=0)
+
+
+class StackSettings(_Strict):
+    run_dir: str
+    jars_dir: str
+    kafka: KafkaServiceSettings
+    redis: RedisServiceSettings
+    flink_cluster: FlinkClusterSettings
+
+    @property
+    def run_path(self) -> Path:
+        return resolve_path(self.run_dir)
+
+    @property
+    def jars_path(self) -> Path:
+        return resolve_path(self.jars_dir)
+
+
+# --------------------------------------------------------------------------- generator
+MalformedKind = Literal[
+    "bad_json", "not_utf8", "missing_field", "wrong_type", "unknown_event_type", "absurd_value"
+]
+
+
+class GeneratorSettings(_Strict):
+    seed: int
+    users: int = Field(ge=1)
+    start_time: str
+    span_hours: float = Field(gt=0)
+    out_of_order_fraction: float = Field(ge=0, le=1)
+    max_out_of_orderness_ms: int = Field(ge=0)
+    late_fraction: float = Field(ge=0, le=1)
+    malformed_fraction: float = Field(ge=0, lt=1)
+    malformed_kinds: tuple[MalformedKind, ...] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- loading
+ENV_OVERRIDES: dict[str, dict[str, str]] = {
+    "job.yaml": {"KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers", "REDIS_URL": "redis.url"},
+    "stack.yaml": {
+        "PERSONA_KAFKA_PORT": "kafka.port",
+        "PERSONA_KAFKA_CONTROLLER_PORT": "kafka.controller_port",
+        "PERSONA_REDIS_PORT": "redis.port",
+        "PERSONA_FLINK_REST_PORT": "flink_cluster.rest_port",
+    },
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def resolve_path(p: str | Path) -> Path:
+    """Relative paths in settings are relative to the project root, not the working directory."""
+    path = Path(p)
+    return path if path.is_absolute() else ROOT / path
+
+
+def mask_url(url: str) -> str:
+    """``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
+    """``["kafka.topics.events=x"]`` -> ``{"kafka.topics.events": "x"}``; raises ConfigError on a bad pair."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE, e.g. kafka.topics.events=my.events")
+        out[key.strip()] = value
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Set dotted keys in a nested dict; a key whose parent is not a section is refused by name."""
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: {dotted}: unknown key {part!r}")
+            node = child
+        if parts[-1] not in node:
+            raise ConfigError(f"{source}: {dotted}: unknown key {parts[-1]!r}")
+        # Strings stay strings ("1:20" must not become sexagesimal 80); other values parse as YAML scalars.
+        current = node[parts[-1]]
+        if isinstance(value, str) and not isinstance(current, str):
+            value = yaml.safe_load(value)
+        node[parts[-1]] = value
+    return data
+
+
+def _load(
+    model: type[M], name: str, overrides: Mapping[str, Any] | None, path: Path | None
+) -> M:
+    path = path or CONF_DIR / name
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    env = {key: os.environ[var] for var, key in ENV_OVERRIDES.get(name, {}).items() if os.environ.get(var)}
+    data = apply_overrides(raw, env, f"{path} (environment)")
+    data = apply_overrides(data, overrides or {}, f"{path} (override)")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {key}: {first['msg']}{more}") from None
+
+
+def load_job_settings(overrides: Mapping[str, Any] | None = None, path: Path | None = None) -> JobSettings:
+    return _load(JobSettings, "job.yaml", overrides, path)
+
+
+def load_stack_settings(overrides: Mapping[str, Any] | None = None, path: Path | None = None) -> StackSettings:
+    return _load(StackSettings, "stack.yaml", overrides, path)
+
+
+def load_generator_settings(
+    overrides: Mapping[str, Any] | None = None, path: Path | None = None
+) -> GeneratorSettings:
+    return _load(GeneratorSettings, "generator.yaml", overrides, path)

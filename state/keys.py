@@ -1,0 +1,28 @@
+"""The Redis key schema, declared once. Consumers (front-ends) read these keys; see README "Redis key schema".
+
+>>> k = RedisKeys("persona:")
+>>> k.profile("u1"), k.segment("cart_abandoners")
+('persona:profile:u1', 'persona:segment:cart_abandoners')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROFILE_SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str
+
+    def profile(self, user_id: str) -> str:
+        """Hash with the user's profile (schemas/profile.v1.json)."""
+        return f"{self.prefix}profile:{user_id}"
+
+    def segment(self, name: str) -> str:
+        """Set of user ids in a segment."""
+        return f"{self.prefix}segment:{name}"
+
+    def profile_pattern(self) -> str:
+        return f"{self.prefix}profile:*"
