@@ -10,14 +10,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pyflink.common import Time, Types
+from pyflink.common import Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import parse_job_args, setup_logging
 from jobs.kafka_io import keyed_json_sink, raw_event_stream
 from jobs.parse_events import parse, with_event_time
 from jobs.runtime import make_environment
+from jobs.state_ttl import state_ttl
 from operators.events import Event
 from persona.settings import JobSettings
 from state.event_counts import EVENT_COUNTS_STATE, count_event, profile_fields
@@ -37,8 +38,7 @@ class CountEvents(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         desc = ValueStateDescriptor(EVENT_COUNTS_STATE, Types.PICKLED_BYTE_ARRAY())
-        desc.enable_time_to_live(StateTtlConfig.new_builder(Time.seconds(self._state_ttl_s))
-                                 .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite).build())
+        desc.enable_time_to_live(state_ttl(self._state_ttl_s))
         self._state = runtime_context.get_state(desc)
         url, prefix, ttl_s, interval, max_batch = self._cfg
         self._interval = interval

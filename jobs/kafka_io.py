@@ -19,7 +19,7 @@ def _quote(value: str) -> str:
 
 
 def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, bounded: bool) -> DataStream:
-    """Rows of (value: bytes, topic, partition, offset, ts: datetime) from the events topic.
+    """Rows of (value: bytes, topic, partition, offset, timestamp text in UTC) from the events topic.
 
     ``bounded`` stops at the offsets that are latest when the job starts (tests and replays).
     """
@@ -43,7 +43,9 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, bounde
           `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
         ) WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
     """)
-    table = t_env.sql_query("SELECT `value`, `topic`, `partition`, `offset`, `ts` FROM raw_events")
+    # The timestamp crosses into Python as text (UTC): a TIMESTAMP_LTZ arrives as an opaque Java object in thread mode.
+    t_env.get_config().set_local_timezone("UTC")
+    table = t_env.sql_query("SELECT `value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING) FROM raw_events")
     return t_env.to_data_stream(table)
 
 

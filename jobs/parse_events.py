@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pyflink.common import Duration, Row, Types, WatermarkStrategy
@@ -18,8 +19,11 @@ KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
 
 
-def _epoch_ms(ts: Any) -> int | None:
-    return int(ts.timestamp() * 1000) if ts is not None else None
+def _epoch_ms(ts: str | None) -> int | None:
+    """'2026-11-23 00:11:21.123' (UTC, from the source query) -> epoch ms."""
+    if not ts:
+        return None
+    return int(datetime.fromisoformat(ts).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 class ParseEvents(ProcessFunction):

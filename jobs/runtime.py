@@ -31,6 +31,10 @@ def make_environment(flink: FlinkSettings, deployment: Deployment) -> tuple[Stre
     if flink.execution_mode == "process":
         # The default 1 s bundle time adds up to a second of latency per Python stage.
         conf.set_string("python.fn-execution.bundle.time", "20")
+    # Bounded restarts: an endless restart loop would hide a failing job from operators and tests.
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(flink.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(flink.parallelism)
     if flink.checkpoint_interval_ms > 0:

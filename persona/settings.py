@@ -73,6 +73,7 @@ class FlinkSettings(_Strict):
     execution_mode: Literal["thread", "process"] = "thread"
     parallelism: int = Field(ge=1, le=256)
     checkpoint_interval_ms: int = Field(ge=0)
+    restart_attempts: int = Field(ge=0)
     state_ttl_s: int = Field(gt=0)
     connector_jars_dir: str = Field(min_length=1)
 

@@ -1,0 +1,141 @@
+"""A local standalone Flink cluster from the installed apache-flink distribution, and job submission to it.
+
+The wheel ships ``pyflink/bin`` and ``pyflink/conf``; we copy the conf to a run folder, bind everything
+to 127.0.0.1 with modest memory (2-core machines), and drive Flink's own scripts and CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyflink
+import yaml
+
+from persona.settings import ROOT, FlinkClusterSettings
+from persona.stack.prereqs import check_java
+from persona.stack.procs import StackError, port_is_free, wait_until
+
+FLINK_HOME = Path(pyflink.__file__).parent
+
+
+@dataclass(frozen=True)
+class FlinkCluster:
+    run_dir: Path
+    settings: FlinkClusterSettings
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.run_dir / "conf"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.run_dir / "lib"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "log"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.rest_port}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(FLINK_CONF_DIR=str(self.conf_dir), FLINK_LOG_DIR=str(self.log_dir), FLINK_HOME=str(FLINK_HOME),
+                   FLINK_LIB_DIR=str(self.lib_dir))
+        # TaskManagers start Python workers with `python` from PATH: make it this venv's interpreter.
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        return env
+
+    def _write_conf(self) -> None:
+        shutil.rmtree(self.conf_dir, ignore_errors=True)
+        shutil.copytree(FLINK_HOME / "conf", self.conf_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._write_lib()
+        conf = yaml.safe_load((self.conf_dir / "config.yaml").read_text())
+        s = self.settings
+        conf["jobmanager"].update({"bind-host": "127.0.0.1", "rpc": {"address": "127.0.0.1", "port": s.rpc_port},
+                                   "memory": {"process": {"size": f"{s.jobmanager_memory_mb}m"}}})
+        conf["taskmanager"].update({"bind-host": "127.0.0.1", "host": "127.0.0.1", "numberOfTaskSlots": s.taskmanager_slots,
+                                    "memory": {"process": {"size": f"{s.taskmanager_memory_mb}m"}}})
+        conf["rest"] = {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": s.rest_port}
+        # pemja's native library may be loaded once per JVM: load it parent-first (from lib/), or the second
+        # Python job on a TaskManager fails with NoSuchFieldException: loadedLibraryNames.
+        conf["classloader"] = {"parent-first-patterns": {"additional": "pemja."}}
+        conf["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
+        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+        (self.conf_dir / "masters").write_text(f"127.0.0.1:{s.rest_port}\n")
+        (self.conf_dir / "workers").write_text("127.0.0.1\n")
+
+    def _write_lib(self) -> None:
+        """The wheel's lib/ plus opt/flink-python (symlinks), so Python support is on the parent classpath."""
+        shutil.rmtree(self.lib_dir, ignore_errors=True)
+        self.lib_dir.mkdir(parents=True)
+        for jar in [*(FLINK_HOME / "lib").glob("*.jar"), *(FLINK_HOME / "opt").glob("flink-python-*.jar")]:
+            (self.lib_dir / jar.name).symlink_to(jar)
+
+    def rest(self, path: str, method: str = "GET") -> Any:
+        req = urllib.request.Request(self.rest_url + path, method=method)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def running(self) -> bool:
+        try:
+            return self.rest("/overview")["taskmanagers"] >= 1
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            return False
+
+    def up(self) -> str:
+        if self.running():
+            return f"flink cluster already running at {self.rest_url}"
+        check_java()
+        for name, port in (("flink_cluster.rest_port", self.settings.rest_port), ("flink_cluster.rpc_port", self.settings.rpc_port)):
+            if not port_is_free(port):
+                raise StackError(f"port {port} is busy ({name} in conf/stack.yaml); free it or choose another port")
+        self._write_conf()
+        proc = subprocess.run([str(FLINK_HOME / "bin" / "start-cluster.sh")], env=self._env(), capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise StackError(f"start-cluster.sh failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+        wait_until(self.running, self.settings.start_timeout_s, f"flink cluster at {self.rest_url}", interval_s=0.5)
+        return f"flink cluster started; web UI {self.rest_url}"
+
+    def down(self) -> str:
+        if not self.conf_dir.exists():
+            return "flink cluster was not running"
+        subprocess.run([str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=self._env(), capture_output=True, check=False)
+        wait_until(lambda: not self.running(), 30, "stopping the flink cluster", interval_s=0.5)
+        return "flink cluster stopped"
+
+    def submit(self, module: str, job_args: list[str], jars: list[Path]) -> str:
+        """``flink run -d -py`` the job module; returns the job id."""
+        if not self.running():
+            raise StackError(f"no flink cluster at {self.rest_url}; start it with `persona cluster up`")
+        script = ROOT / Path(*module.split(".")).with_suffix(".py")
+        cmd = [str(FLINK_HOME / "bin" / "flink"), "run", "-d", "-m", f"127.0.0.1:{self.settings.rest_port}",
+               "-py", str(script), "-pyexec", sys.executable, "-pyclientexec", sys.executable]
+        for jar in jars:
+            cmd += ["--jarfile", str(jar)]
+        cmd += ["--deployment", "cluster", *job_args]
+        proc = subprocess.run(cmd, env=self._env(), cwd=ROOT, capture_output=True, text=True, check=False)
+        match = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)
+        if proc.returncode != 0 or not match:
+            raise StackError(f"flink run failed: {(proc.stdout + proc.stderr).strip()[-600:]}")
+        return match.group(1)
+
+    def job_status(self, job_id: str) -> str:
+        return str(self.rest(f"/jobs/{job_id}")["state"])
+
+    def cancel(self, job_id: str) -> None:
+        self.rest(f"/jobs/{job_id}?mode=cancel", method="PATCH")
