@@ -34,7 +34,8 @@ MAX_DWELL_MS = 86_400_000
 CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0, "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-_OFFSET = re.compile(r"(Z|z|[+-]\d{2}:\d{2})$")
+# The same pattern as event_time in schemas/event.v1.json: RFC 3339 with a mandatory UTC offset.
+_RFC3339 = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$")
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 _CONTEXT_STRINGS = {"os": 64, "referrer": 2048, "locale": 35, "timezone": 64}
@@ -88,8 +89,8 @@ def _event(doc: dict[str, Any]) -> Event:
 
 def parse_time_ms(text: str, field: str = "event_time") -> int:
     """ISO 8601 with a UTC offset -> epoch ms UTC. A time without an offset is ambiguous and refused."""
-    if not _OFFSET.search(text):
-        raise _Invalid("invalid_value", field, f"{field} {text!r} has no UTC offset")
+    if not _RFC3339.match(text):
+        raise _Invalid("invalid_value", field, f"{field} {text!r} is not RFC 3339 with a UTC offset")
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:

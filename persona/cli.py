@@ -1,0 +1,172 @@
+"""``persona``: the project's command line. Every misuse prints a usage message, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+
+from persona.settings import ConfigError, load_generator_settings, load_job_settings, load_stack_settings
+from persona.stack.procs import StackError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="persona", description="Real-time personalization engine on Apache Flink.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("check", help="check the prerequisites (Python 3.11, Java 17, Maven, redis-server)")
+    sub.add_parser("jars", help="resolve the connector and Kafka broker jars with Maven (once)")
+
+    svc = sub.add_parser("services", help="local Kafka (KRaft) and Redis")
+    svc.add_argument("action", choices=("up", "down", "status"))
+
+    gen = sub.add_parser("generate", help="synthetic shoppers to Kafka or a file")
+    gen.add_argument("--records", type=int, default=20_000, help="how many records (default 20000)")
+    gen.add_argument("--users", type=int, help="number of users (default: conf/generator.yaml)")
+    gen.add_argument("--seed", type=int, help="random seed (default: conf/generator.yaml)")
+    gen.add_argument("--rate", type=float, default=None, help="records per second (default: as fast as possible)")
+    gen.add_argument("--out", type=Path, help="write raw records, one per line, to this file instead of Kafka")
+    gen.add_argument("--topic", help="Kafka topic (default: kafka.topics.events of conf/job.yaml)")
+
+    run = sub.add_parser("run", help="run the job on the embedded mini-cluster (foreground)")
+    run.add_argument("--bounded", action="store_true", help="stop at the offsets that are latest at start")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    demo = sub.add_parser("demo", help="README command 1: everything end to end with live output")
+    demo.add_argument("--records", type=int, default=30_000)
+    demo.add_argument("--users", type=int, default=1_000)
+    demo.add_argument("--rate", type=float, default=3_000.0, help="records per second")
+
+    cl = sub.add_parser("cluster", help="local standalone Flink cluster")
+    cl_sub = cl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cl_sub.add_parser("up")
+    cl_sub.add_parser("down")
+    cl_sub.add_parser("status")
+    submit = cl_sub.add_parser("submit", help="submit the job with `flink run`")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cancel = cl_sub.add_parser("cancel")
+    cancel.add_argument("job_id")
+
+    prof = sub.add_parser("profile", help="print a user's profile from Redis")
+    prof.add_argument("user_id")
+    return p
+
+
+def _positive(parser: argparse.ArgumentParser, name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        parser.error(f"{name} must be positive")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name in ("records", "users", "rate"):
+        _positive(parser, f"--{name}", getattr(args, name, None))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except (ConfigError, StackError) as e:
+        print(f"persona {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command switch reads best
+    if args.command == "check":
+        from persona.stack.prereqs import check_all
+        check_all()
+        print("prerequisites ok: Python 3.11, Java 17+, Maven, redis-server")
+        return 0
+    if args.command == "jars":
+        from persona.stack.jars import ensure_jars
+        for group, path in ensure_jars(load_stack_settings().jars_path).items():
+            print(f"{group}: {path}")
+        return 0
+    if args.command == "services":
+        from persona.stack.services import LocalServices
+        services = LocalServices.from_settings(load_stack_settings())
+        lines = {"up": lambda: services.up(load_job_settings({"kafka.bootstrap_servers": services.kafka.bootstrap})),
+                 "down": services.down, "status": services.status}[args.action]()
+        print("\n".join(lines))
+        return 0
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "run":
+        from jobs.event_counter import main as job_main
+        job_main([*(["--bounded"] if args.bounded else []), *(a for o in args.overrides for a in ("--set", o))])
+        return 0
+    if args.command == "demo":
+        from persona.demo import DemoOptions, run_demo
+        return run_demo(DemoOptions(records=args.records, users=args.users, rate=args.rate))
+    if args.command == "cluster":
+        return _cluster(args)
+    if args.command == "profile":
+        return _profile(args.user_id)
+    raise AssertionError(args.command)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from persona.generator.shoppers import generate
+    from persona.generator.sink import send_to_kafka, write_lines
+    overrides = {k: v for k, v in (("users", args.users), ("seed", args.seed)) if v is not None}
+    records = generate(load_generator_settings(overrides), max_records=args.records)
+    if args.out:
+        kinds = write_lines(records, args.out)
+    else:
+        job = load_job_settings()
+        kinds = send_to_kafka(records, job.kafka.bootstrap_servers, args.topic or job.kafka.topics.events,
+                              rate=args.rate, total=args.records)
+    print(json.dumps(dict(kinds), sort_keys=True))
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from persona.stack.flink_cluster import FlinkCluster
+    stack = load_stack_settings()
+    cluster = FlinkCluster(stack.run_path / "flink", stack.flink_cluster)
+    if args.action == "up":
+        print(cluster.up())
+    elif args.action == "down":
+        print(cluster.down())
+    elif args.action == "status":
+        print(f"running; web UI {cluster.rest_url}" if cluster.running() else "stopped")
+        if cluster.running():
+            for job in cluster.rest("/jobs/overview")["jobs"]:
+                print(f"  {job['jid']}  {job['state']:<10} {job['name']}")
+    elif args.action == "submit":
+        from persona.settings import parse_overrides
+        job = load_job_settings(parse_overrides(args.overrides))
+        job_args = [a for o in args.overrides for a in ("--set", o)]
+        job_id = cluster.submit("jobs.event_counter", job_args, job.flink.connector_jars())
+        print(f"submitted job {job_id}; web UI {cluster.rest_url}/#/job/running/{job_id}/overview")
+    elif args.action == "cancel":
+        cluster.cancel(args.job_id)
+        print(f"cancelled {args.job_id}")
+    return 0
+
+
+def _profile(user_id: str) -> int:
+    from state.keys import RedisKeys
+    from state.profile_store import read_profile
+    job = load_job_settings()
+    client = redis.Redis.from_url(job.redis.url.get_secret_value())
+    try:
+        profile = read_profile(client, RedisKeys(job.redis.key_prefix), user_id)
+    except redis.exceptions.ConnectionError:
+        raise StackError(f"redis at {job.redis.masked_url} did not answer") from None
+    if profile is None:
+        print(f"no profile for user {user_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(profile, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The slice job submitted with `flink run` to a local standalone cluster (real Kafka, real Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from persona.generator.shoppers import generate
+from persona.settings import FlinkClusterSettings, load_generator_settings
+from persona.stack.flink_cluster import FlinkCluster
+from persona.stack.procs import free_port, wait_until
+from state.keys import RedisKeys
+from tests.fixtures.kafka_io import produce
+from tests.fixtures.oracle import expected_counts
+from tests.fixtures.services import TopicNames
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[FlinkCluster]:
+    settings = FlinkClusterSettings(rest_port=free_port(), rpc_port=free_port(), jobmanager_memory_mb=1024,
+                                    taskmanager_memory_mb=1728, taskmanager_slots=2, start_timeout_s=120)
+    c = FlinkCluster(tmp_path / "flink", settings)
+    c.up()
+    try:
+        yield c
+    finally:
+        c.down()
+    assert not c.running()
+
+
+def test_flink_run_on_standalone_cluster(cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str,
+                                         topics: TopicNames, redis_prefix: str, connector_jars: list[Path]) -> None:
+    overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=cluster-test"]
+    job_id = cluster.submit("jobs.event_counter", [a for o in overrides for a in ("--set", o)], connector_jars)
+    wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
+
+    records = list(generate(load_generator_settings({"users": 60, "seed": 11}), max_records=1_500))
+    produce(kafka_bootstrap, topics.events, records)
+    expected = {u: sum(c.values()) for u, c in expected_counts(records).items()}
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(redis_prefix)
+
+    def stored() -> dict[str, int]:
+        return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in expected}
+
+    try:
+        wait_until(lambda: stored() == expected, 120, "profiles in Redis matching the oracle", interval_s=0.5)
+    finally:
+        assert cluster.job_status(job_id) == "RUNNING"
+        cluster.cancel(job_id)
+    wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
+    assert stored() == expected

@@ -1,0 +1,41 @@
+"""CLI misuse gives a usage message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.job_cli import parse_job_args
+from persona.cli import main
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["services"], ["services", "sideways"],
+                                  ["generate", "--records", "-5"], ["generate", "--records", "many"],
+                                  ["cluster"], ["profile"]])
+def test_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: persona") and "Traceback" not in err
+
+
+def test_config_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PERSONA_KAFKA_PORT", "99999")
+    assert main(["services", "status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("persona services: error:") and "kafka.port" in err and "\n" not in err
+
+
+def test_job_rejects_bad_override_with_usage_style_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_job_args("event_counter", "test", ["--set", "redis.flush_interval_ms=0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "redis.flush_interval_ms" in err and "Traceback" not in err
+
+
+def test_generate_to_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "events.jsonl"
+    assert main(["generate", "--records", "300", "--users", "20", "--out", str(out)]) == 0
+    assert len(out.read_bytes().splitlines()) == 300
+    assert '"valid"' in capsys.readouterr().out

@@ -1,0 +1,69 @@
+"""Settings: defaults load, errors are one line naming the key, environment overrides apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from persona.settings import ConfigError, load_job_settings, load_stack_settings, mask_url, parse_overrides
+
+
+def test_defaults_load() -> None:
+    job = load_job_settings()
+    assert job.kafka.topics.events and job.redis.flush_interval_ms > 0
+    assert load_stack_settings().kafka.port > 0
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ({"redis.flush_interval_ms": "-5"}, "redis.flush_interval_ms"),
+    ({"kafka.topics.events": ""}, "kafka.topics.events"),
+    ({"flink.execution_mode": "fast"}, "flink.execution_mode"),
+    ({"redis.url": "http://x"}, "redis.url"),
+    ({"kafka.nope": "1"}, "kafka.nope"),
+    ({"source.max_out_of_orderness_ms": "-1"}, "source.max_out_of_orderness_ms"),
+])
+def test_bad_values_name_the_key_on_one_line(override: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_job_settings(override)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_key_and_unknown_key_in_file(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / "conf" / "job.yaml").read_text()
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(text.replace("    triggers: shop.triggers\n", ""))
+    with pytest.raises(ConfigError, match=r"kafka\.topics\.triggers: Field required"):
+        load_job_settings(path=missing)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(text + "surprise: 1\n")
+    with pytest.raises(ConfigError, match=r"surprise: Extra inputs are not permitted"):
+        load_job_settings(path=extra)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_job_settings(path=tmp_path / "absent.yaml")
+
+
+def test_environment_overrides_hosts_and_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-a:19092")
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@cache:6380/1")
+    monkeypatch.setenv("PERSONA_REDIS_PORT", "7000")
+    job = load_job_settings()
+    assert job.kafka.bootstrap_servers == "broker-a:19092"
+    assert "hunter2" not in repr(job) and "hunter2" not in job.redis.masked_url
+    assert job.redis.url.get_secret_value().endswith("@cache:6380/1")
+    assert load_stack_settings().redis.port == 7000
+
+
+def test_string_overrides_stay_strings() -> None:
+    assert load_job_settings({"kafka.topics.events": "1:20"}).kafka.topics.events == "1:20"
+
+
+def test_override_syntax() -> None:
+    assert parse_overrides(["a.b=c=d"]) == {"a.b": "c=d"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["novalue"])
+
+
+def test_mask_url() -> None:
+    assert mask_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert mask_url("redis://h:1/0") == "redis://h:1/0"
