@@ -1,0 +1,72 @@
+"""Whether, and when, a matched pattern may reach a person: consent, frequency caps, quiet hours.
+
+Pure and time-injected. Decisions:
+- no marketing consent (withdrawn and not granted again) -> suppressed, reason ``no_consent``;
+- more than ``cap`` triggers of the same pattern for the user within ``cap_window_ms`` -> suppressed,
+  reason ``frequency_cap``;
+- inside quiet hours in the user's local time -> deferred to the end of quiet hours (not dropped).
+
+>>> gate = TriggerGate(cap=1, cap_window_ms=86_400_000, quiet_start_hour=22, quiet_end_hour=8)
+>>> d = gate.decide(GateState(), "cart_abandonment", at_ms=1793653200000, timezone="Europe/Berlin")
+>>> d.outcome, d.release_at_ms   # 2026-11-02 21:00 UTC is 22:00 in Berlin: deferred to 08:00 local
+('deferred', 1793689200000)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+@dataclass(slots=True)
+class GateState:
+    marketing_consent: bool = True
+    sent: dict[str, list[int]] = field(default_factory=dict)  # pattern -> release times within the cap window
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: str                 # send | deferred | suppressed
+    release_at_ms: int
+    reason: str | None = None    # why suppressed
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerGate:
+    cap: int
+    cap_window_ms: int
+    quiet_start_hour: int
+    quiet_end_hour: int
+
+    def decide(self, state: GateState, pattern: str, at_ms: int, timezone: str | None) -> Decision:
+        """Decide for a match at ``at_ms``; records the release in ``state`` unless suppressed."""
+        if not state.marketing_consent:
+            return Decision("suppressed", at_ms, "no_consent")
+        release = self.end_of_quiet_hours(at_ms, timezone)
+        recent = [t for t in state.sent.get(pattern, []) if release - t < self.cap_window_ms]
+        if len(recent) >= self.cap:
+            state.sent[pattern] = recent
+            return Decision("suppressed", release, "frequency_cap")
+        state.sent[pattern] = [*recent, release]
+        return Decision("send" if release == at_ms else "deferred", release)
+
+    def end_of_quiet_hours(self, at_ms: int, timezone: str | None) -> int:
+        """``at_ms`` itself outside quiet hours, else the next local ``quiet_end_hour:00``."""
+        try:
+            tz = ZoneInfo(timezone) if timezone else ZoneInfo("UTC")
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = ZoneInfo("UTC")
+        local = datetime.fromtimestamp(at_ms / 1000, tz)
+        if not self._quiet(local.hour):
+            return at_ms
+        end = local.replace(hour=self.quiet_end_hour, minute=0, second=0, microsecond=0)
+        if end <= local:
+            end = (local + timedelta(days=1)).replace(hour=self.quiet_end_hour, minute=0, second=0, microsecond=0)
+        # Re-localise: the wall-clock end may sit across a DST change.
+        end = end.replace(tzinfo=None).replace(tzinfo=tz)
+        return int(end.timestamp() * 1000)
+
+    def _quiet(self, hour: int) -> bool:
+        s, e = self.quiet_start_hour, self.quiet_end_hour
+        return s <= hour < e if s < e else (hour >= s or hour < e)
