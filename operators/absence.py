@@ -1,8 +1,8 @@
 """Absence patterns in event time: an anchor event, then no cancelling event within a deadline.
 
 Cart abandonment is ``anchor = add_to_cart``, ``cancel = purchase or emptied cart``, ``within = 30 min``.
-The core is pure: ``on_event`` and ``on_timer`` take the state and the time, and return the new state,
-the matches, and the deadline to be woken at (``notify_at``). The Flink wrapper registers that deadline
+The core is pure: ``on_event`` takes the state and an event and returns the new state and a deadline
+to be woken at (``notify_at``); ``on_timer`` takes the state and the watermark and returns the matches. The Flink wrapper registers that deadline
 as an event-time timer, so the match fires when the watermark passes it, even if the user is silent.
 
 Semantics, in event time and independent of arrival order: an anchor ``a`` matches when no other
