@@ -68,9 +68,12 @@ class AbsencePattern:
 
     def on_event(self, state: AbsenceState | None, event: Event) -> tuple[AbsenceState, int | None]:
         """Account one event; returns the state and a deadline to be notified at (or None)."""
+        return self.observe(state, event.event_id, event.event_time_ms, self.anchor(event), self.cancel(event))
+
+    def observe(self, state: AbsenceState | None, event_id: str, t: int, is_anchor: bool,
+                is_cancel: bool) -> tuple[AbsenceState, int | None]:
+        """``on_event`` with the anchor/cancel verdicts given (when they depend on more than the event)."""
         st = state if state is not None else AbsenceState()
-        t = event.event_time_ms
-        is_anchor, is_cancel = self.anchor(event), self.cancel(event)
         if not (is_anchor or is_cancel):
             return st, None
         # Any anchor or cancel at t closes every open window that contains t (a newer cart supersedes).
@@ -80,7 +83,7 @@ class AbsencePattern:
         st.blockers = [b for b in st.blockers if b >= t - 2 * self.within_ms]
         st.blockers.append(t)
         if is_anchor and not blocked:
-            st.armed.append(Armed(event.event_id, t, t + self.within_ms))
+            st.armed.append(Armed(event_id, t, t + self.within_ms))
             st.armed.sort(key=lambda a: a.anchor_time_ms)
             return st, t + self.within_ms
         return st, None

@@ -1,0 +1,229 @@
+"""Pattern definitions are data (``conf/patterns.yaml``), compiled and validated here at start-up.
+
+Vocabulary (README "Patterns"):
+
+- a **step** ``{event: TYPE, where: {FIELD: {OP: VALUE}, ...}}`` matches an event of that type whose
+  fields satisfy every condition. ``FIELD`` is ``event.<payload field>``, ``context.<field>`` or
+  ``profile.<field>`` (the profile just after the event, dotted for nested: ``profile.rfm.frequency_30d``);
+  ``OP`` is one of ``eq ne gt gte lt lte in``;
+- ``kind: absence``: an ``anchor`` step, then none of the ``cancel`` steps ``within`` a duration;
+- ``kind: threshold``: on a ``check_on`` step, fires when ``when`` becomes true (edge-triggered: it fires
+  again only after having been false);
+- ``kind: escalation``: the ``count``-th match of pattern ``of`` in one session replaces that match's
+  trigger with this pattern's.
+
+Durations are ``<n>ms|s|m|h|d``. Every error names the pattern and the field, on one line.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from operators.events import EVENT_TYPES, Event
+from persona.settings import CONF_DIR, ConfigError
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
+    "lte": operator.le, "in": lambda a, b: a in b,
+}
+PROFILE_FIELDS = frozenset({
+    "profile_version", "events_total", "session_count", "current_session_length_ms",
+    "current_session_product_dwell_ms", "sessions_7d", "purchases_7d", "cart_items", "cart_value_minor",
+    "stage", "last_device", "country", "local_hour", "marketing_consent",
+    "rfm.recency_days", "rfm.frequency_30d", "rfm.frequency_90d", "rfm.monetary_30d", "rfm.monetary_90d",
+    "rfm.score", *(f"windows.{w}.{m}" for w in ("10m", "1h", "24h") for m in (
+        "views", "product_dwell_ms", "carts", "cart_value_minor", "purchases", "revenue_minor")),
+})
+CONTEXT_FIELDS = frozenset({"device", "os", "country", "region", "locale", "timezone", "referrer"})
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    source: str      # event | context | profile
+    path: tuple[str, ...]
+    op: str
+    value: Any
+
+    def holds(self, event: Event, profile: Mapping[str, Any]) -> bool:
+        node: Any = {"event": event.payload, "context": event.context, "profile": profile}[self.source]
+        for part in self.path:
+            node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+        if node is _MISSING or node is None:
+            return False
+        try:
+            return OPS[self.op](node, self.value)
+        except TypeError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    event_type: str
+    where: tuple[Condition, ...] = ()
+
+    def matches(self, event: Event, profile: Mapping[str, Any]) -> bool:
+        return event.event_type == self.event_type and all(c.holds(event, profile) for c in self.where)
+
+
+@dataclass(frozen=True, slots=True)
+class PatternSpec:
+    name: str
+    kind: str                               # absence | threshold | escalation
+    reason: str
+    anchor: Step | None = None              # absence
+    cancel: tuple[Step, ...] = ()           # absence
+    within_ms: int = 0                      # absence
+    on: Step | None = None                  # threshold
+    when: tuple[Condition, ...] = ()        # threshold
+    of: str | None = None                   # escalation
+    count: int = 0                          # escalation
+    include_cart: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GateSpec:
+    frequency_cap: int
+    frequency_window_ms: int
+    quiet_start_hour: int
+    quiet_end_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class PatternBook:
+    patterns: tuple[PatternSpec, ...]
+    gate: GateSpec
+
+    def by_name(self, name: str) -> PatternSpec:
+        return next(p for p in self.patterns if p.name == name)
+
+
+# ----------------------------------------------------------------------------- compiling
+def parse_duration(text: Any, where: str) -> int:
+    match = _DURATION.match(str(text)) if isinstance(text, (str, int)) else None
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(f"{where}: {text!r} is not a positive duration like 30m, 2h or 7d")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    return value
+
+
+def _only(doc: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted((str(k) for k in set(doc) - allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {str(unknown[0])!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _condition(field: str, test: Any, where: str) -> Condition:
+    source, _, rest = field.partition(".")
+    if source == "profile" and rest not in PROFILE_FIELDS:
+        raise ConfigError(f"{where}.{field}: unknown profile field {rest!r}")
+    if source == "context" and rest not in CONTEXT_FIELDS:
+        raise ConfigError(f"{where}.{field}: unknown context field {rest!r}")
+    if source not in ("event", "context", "profile") or not rest:
+        raise ConfigError(f"{where}.{field}: a field starts with event., context. or profile.")
+    test = _mapping(test, f"{where}.{field}")
+    if len(test) != 1 or next(iter(test)) not in OPS:
+        raise ConfigError(f"{where}.{field}: expected one operator of {', '.join(OPS)}")
+    op, value = next(iter(test.items()))
+    if op == "in" and not isinstance(value, list):
+        raise ConfigError(f"{where}.{field}.in: expected a list")
+    return Condition(source, tuple(rest.split(".")), op, tuple(value) if op == "in" else value)
+
+
+def _conditions(doc: Any, where: str) -> tuple[Condition, ...]:
+    return tuple(_condition(f, t, where) for f, t in _mapping(doc, where).items())
+
+
+def _step(doc: Any, where: str) -> Step:
+    doc = _mapping(doc, where)
+    _only(doc, {"event", "where"}, where)
+    event_type = doc.get("event")
+    if event_type not in EVENT_TYPES:
+        raise ConfigError(f"{where}.event: {event_type!r} is not an event type ({', '.join(sorted(EVENT_TYPES))})")
+    return Step(event_type, _conditions(doc.get("where", {}), f"{where}.where"))
+
+
+def _pattern(name: str, doc: Any, names: set[str]) -> PatternSpec:
+    where = f"patterns.{name}"
+    doc = _mapping(doc, where)
+    kind = doc.get("kind")
+    common = {"kind", "reason"}
+    reason = str(doc.get("reason", name.replace("_", " ")))
+    if kind == "absence":
+        _only(doc, common | {"anchor", "cancel", "within", "include_cart"}, where)
+        if "anchor" not in doc or "within" not in doc:
+            raise ConfigError(f"{where}: absence needs anchor and within")
+        cancels = doc.get("cancel", [])
+        if not isinstance(cancels, list) or not cancels:
+            raise ConfigError(f"{where}.cancel: expected a non-empty list of steps")
+        return PatternSpec(name, kind, reason, anchor=_step(doc["anchor"], f"{where}.anchor"),
+                           cancel=tuple(_step(c, f"{where}.cancel.{i}") for i, c in enumerate(cancels)),
+                           within_ms=parse_duration(doc["within"], f"{where}.within"),
+                           include_cart=bool(doc.get("include_cart", False)))
+    if kind == "threshold":
+        _only(doc, common | {"check_on", "when", "include_cart"}, where)
+        if "check_on" not in doc or "when" not in doc:
+            raise ConfigError(f"{where}: threshold needs check_on and when")
+        return PatternSpec(name, kind, reason, on=_step(doc["check_on"], f"{where}.check_on"),
+                           when=_conditions(doc["when"], f"{where}.when"),
+                           include_cart=bool(doc.get("include_cart", False)))
+    if kind == "escalation":
+        _only(doc, common | {"of", "count", "scope"}, where)
+        if doc.get("of") not in names or doc.get("of") == name:
+            raise ConfigError(f"{where}.of: {doc.get('of')!r} is not another pattern in this file")
+        if not isinstance(doc.get("count"), int) or doc["count"] < 2:
+            raise ConfigError(f"{where}.count: expected an integer of at least 2")
+        if doc.get("scope", "session") != "session":
+            raise ConfigError(f"{where}.scope: only 'session' is supported")
+        return PatternSpec(name, kind, reason, of=doc["of"], count=doc["count"], include_cart=True)
+    raise ConfigError(f"{where}.kind: {kind!r} is not one of absence, threshold, escalation")
+
+
+def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBook:
+    try:
+        doc = _mapping(doc, "(top level)")
+        _only(doc, {"version", "gate", "patterns"}, "(top level)")
+        if doc.get("version") != 1:
+            raise ConfigError(f"version: {doc.get('version')!r} is not 1")
+        gate = _mapping(doc.get("gate"), "gate")
+        _only(gate, {"frequency_cap", "quiet_hours"}, "gate")
+        cap = _mapping(gate.get("frequency_cap"), "gate.frequency_cap")
+        quiet = _mapping(gate.get("quiet_hours"), "gate.quiet_hours")
+        if not isinstance(cap.get("max"), int) or cap["max"] < 1:
+            raise ConfigError("gate.frequency_cap.max: expected a positive integer")
+        for k in ("start", "end"):
+            if not isinstance(quiet.get(k), int) or not 0 <= quiet[k] <= 23:
+                raise ConfigError(f"gate.quiet_hours.{k}: expected an hour 0..23")
+        gate_spec = GateSpec(cap["max"], parse_duration(cap.get("per"), "gate.frequency_cap.per"), quiet["start"], quiet["end"])
+        patterns = _mapping(doc.get("patterns"), "patterns")
+        if not patterns:
+            raise ConfigError("patterns: at least one pattern is needed")
+        names = set(patterns)
+        return PatternBook(tuple(_pattern(n, d, names) for n, d in patterns.items()), gate_spec)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_patterns(path: Path | None = None) -> PatternBook:
+    path = path or CONF_DIR / "patterns.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return compile_patterns(doc, str(path))
