@@ -147,6 +147,7 @@ class GeneratorSettings(_Strict):
     out_of_order_fraction: float = Field(ge=0, le=1)
     max_out_of_orderness_ms: int = Field(ge=0)
     late_fraction: float = Field(ge=0, le=1)
+    late_margin_ms: int = Field(gt=0)
     malformed_fraction: float = Field(ge=0, lt=1)
     malformed_kinds: tuple[MalformedKind, ...] = Field(min_length=1)
 

@@ -4,8 +4,8 @@ Each user has a primary device, a timezone, favourite categories, a purchase pro
 frequency. Visits are sessions separated by inactivity gaps; inside a session the user walks a funnel
 (home -> category -> product -> cart -> checkout -> purchase) and may abandon at any step. Users are
 merged in event-time order, then records are emitted with bounded disorder: most in order, some up to
-``max_out_of_orderness_ms`` late, a few far later than that ("late"), and a fraction replaced by
-malformed records. Same settings and seed -> byte-identical output.
+``max_out_of_orderness_ms`` late, a few held back until their user has moved on by more than
+``late_margin_ms`` ("late"), and a fraction replaced by malformed records. Same settings and seed -> byte-identical output.
 
 >>> from persona.settings import load_generator_settings
 >>> s = load_generator_settings({"users": 5, "span_hours": 1})
@@ -235,27 +235,40 @@ def _time_ordered(settings: GeneratorSettings, start_ms: int) -> Iterator[dict[s
 
 
 def generate(settings: GeneratorSettings, max_records: int | None = None, now_ms: int | None = None) -> Iterator[GeneratedRecord]:
-    """The record stream, in emission order. Stops after ``max_records`` or at the end of the span."""
+    """The record stream, in emission order. Stops after ``max_records`` or at the end of the span.
+
+    Late records are held back until the same user has produced an event more than ``late_margin_ms``
+    newer, and are emitted right after it: late for that user by construction, whatever the partitions
+    and the watermark do. A held record whose user never comes back is not emitted.
+    """
     rng = random.Random(f"{settings.seed}:emission")
     start_ms = parse_start(settings.start_time, now_ms)
     bound = settings.max_out_of_orderness_ms
-    # Late records arrive between 3x the bound and 10 minutes (event time) after their turn.
-    late_lo, late_hi = max(3 * bound, 15_000), max(3 * bound, 15_000) + 600_000
     pending: list[tuple[int, int, GeneratedRecord]] = []
+    held: dict[str, list[GeneratedRecord]] = {}
     emitted, seq = 0, 0
     for ev in _time_ordered(settings, start_ms):
         t = ev.pop("_t")
+        user = ev["user_id"]
         r = rng.random()
         if r < settings.late_fraction:
-            delay, kind = rng.randint(late_lo, late_hi), "late"
+            kind = "late"
         elif r < settings.late_fraction + settings.out_of_order_fraction and bound > 0:
-            delay, kind = rng.randint(1, bound), "out_of_order"
+            kind = "out_of_order"
         else:
-            delay, kind = 0, "in_order"
+            kind = "in_order"
         rec = _record(ev, t, kind, rng, settings)
+        if kind == "late":
+            held.setdefault(user, []).append(rec)
+            continue
+        due_at = t + (rng.randint(1, bound) if kind == "out_of_order" else 0)
         seq += 1
-        heapq.heappush(pending, (t + delay, seq, rec))
-        # Every record still pending is due no earlier than its own event time, and the input is time-ordered.
+        heapq.heappush(pending, (due_at, seq, rec))
+        for h in [h for h in held.get(user, ()) if t - h.event_time_ms > settings.late_margin_ms]:
+            held[user].remove(h)
+            seq += 1
+            heapq.heappush(pending, (due_at, seq, h))   # right after the event that makes it late
+        # Every record still to come is due no earlier than its own event time, and the input is time-ordered.
         while pending and pending[0][0] <= t:
             yield heapq.heappop(pending)[2]
             emitted += 1
