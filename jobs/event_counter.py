@@ -94,4 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the importable module: functions defined in __main__ would be pickled by value,
+    # dragging module globals (loggers with locks) into the job graph.
+    from jobs.event_counter import main as _main
+
+    _main()

@@ -27,11 +27,11 @@ def parse_job_args(prog: str, description: str, argv: Sequence[str] | None) -> t
         if args.deployment == "local":
             settings.flink.connector_jars()
     except ConfigError as e:
-        _fail(prog, str(e))
+        fail(prog, str(e))
     return args, settings
 
 
-def _fail(prog: str, message: str) -> NoReturn:
+def fail(prog: str, message: str) -> NoReturn:
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -41,6 +41,9 @@ class Event:
     session_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
+    # Kept so a decision taken later (a late event) can still dead-letter the original bytes.
+    raw: bytes | None = field(default=None, repr=False, compare=False)
+    source: SourceRef | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from operators.events import EVENT_TYPES, Event, Rejection
+from operators.events import EVENT_TYPES, Event, Rejection, SourceRef
 
 DEVICES = frozenset({"mobile", "desktop", "tablet"})
 PAGE_TYPES = frozenset({"home", "category", "product", "search_results", "cart", "checkout", "other"})
@@ -49,8 +49,11 @@ class _Invalid(Exception):
         self.rejection = Rejection(reason, detail, field)
 
 
-def parse_event(raw: bytes) -> Event | Rejection:
-    """Turn raw record bytes into an ``Event``, or a ``Rejection`` saying what is wrong and where."""
+def parse_event(raw: bytes, source: SourceRef | None = None) -> Event | Rejection:
+    """Turn raw record bytes into an ``Event``, or a ``Rejection`` saying what is wrong and where.
+
+    With ``source``, the event keeps its raw bytes and provenance for a later dead-letter decision.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -62,12 +65,12 @@ def parse_event(raw: bytes) -> Event | Rejection:
     if not isinstance(doc, dict):
         return Rejection("not_an_object", f"top level is {type(doc).__name__}, expected an object")
     try:
-        return _event(doc)
+        return _event(doc, raw if source is not None else None, source)
     except _Invalid as e:
         return e.rejection
 
 
-def _event(doc: dict[str, Any]) -> Event:
+def _event(doc: dict[str, Any], raw: bytes | None, source: SourceRef | None) -> Event:
     version = _required(doc, "schema_version", "")
     if type(version) is not int or version != 1:
         raise _Invalid("unsupported_schema_version", "schema_version", f"schema_version {version!r} is not 1")
@@ -84,7 +87,7 @@ def _event(doc: dict[str, Any]) -> Event:
     if not isinstance(payload_doc, dict):
         raise _Invalid("wrong_type", "payload", "payload must be an object")
     payload = _PAYLOADS[event_type](payload_doc)
-    return Event(event_id, event_type, user_id, event_time_ms, session_id, context, payload)
+    return Event(event_id, event_type, user_id, event_time_ms, session_id, context, payload, raw, source)
 
 
 def parse_time_ms(text: str, field: str = "event_time") -> int:

@@ -88,11 +88,22 @@ class FlinkSettings(_Strict):
         return jars
 
 
+class ProfileSettings(_Strict):
+    allowed_lateness_ms: int = Field(ge=0)
+    session_gap_ms: int = Field(gt=0)
+    recent_sessions: int = Field(ge=1, le=100)
+    affinity_half_life_ms: int = Field(gt=0)
+    affinity_keep: int = Field(ge=1, le=100)
+    loyal_min_purchases: int = Field(ge=1)
+
+
 class JobSettings(_Strict):
     kafka: KafkaSettings
     source: SourceSettings
     redis: RedisSettings
     flink: FlinkSettings
+    profile: ProfileSettings
+    patterns_file: str = Field(min_length=1)
 
 
 # --------------------------------------------------------------------------- local stack

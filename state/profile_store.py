@@ -15,13 +15,19 @@ import redis
 
 from state.keys import RedisKeys
 
-# KEYS[1] profile hash; ARGV[1] new profile_version, ARGV[2] ttl seconds, ARGV[3..] field, value, ...
+# KEYS[1] profile hash, KEYS[2..] segment sets; ARGV[1] new profile_version, ARGV[2] ttl seconds,
+# ARGV[3] user id, ARGV[4] index of the segment the user belongs to (1-based over KEYS[2..], 0: none),
+# ARGV[5..] field, value, ... The segment update happens only with the profile it belongs to.
 _REPLACE_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], 'profile_version')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+local idx = tonumber(ARGV[4])
+for i = 2, #KEYS do
+  if i - 1 == idx then redis.call('SADD', KEYS[i], ARGV[3]) else redis.call('SREM', KEYS[i], ARGV[3]) end
+end
 return 1
 """
 
@@ -30,31 +36,45 @@ class ProfileWriter:
     """Batching, idempotent profile writer. Create it in a Flink function's ``open()``; call ``close()``."""
 
     def __init__(self, client: redis.Redis, keys: RedisKeys, ttl_s: int, flush_interval_ms: int,
-                 max_batch: int) -> None:
+                 max_batch: int, segments: tuple[str, ...] = ()) -> None:
         self._client = client
         self._keys = keys
         self._ttl_s = ttl_s
         self._interval = flush_interval_ms
         self._max_batch = max_batch
         self._script = client.register_script(_REPLACE_IF_NEWER)
-        self._pending: dict[str, tuple[int, Mapping[str, str]]] = {}
+        self._segments = segments
+        self._segment_keys = [keys.segment(name) for name in segments]
+        self._pending: dict[str, tuple[int, Mapping[str, str], str | None]] = {}
+        self._erase: set[str] = set()
         self._oldest_ms: int | None = None
         self.written = 0
         self.skipped_stale = 0
 
     @classmethod
-    def from_url(cls, url: str, keys: RedisKeys, ttl_s: int, flush_interval_ms: int, max_batch: int) -> ProfileWriter:
-        return cls(redis.Redis.from_url(url), keys, ttl_s, flush_interval_ms, max_batch)
+    def from_url(cls, url: str, keys: RedisKeys, ttl_s: int, flush_interval_ms: int, max_batch: int,
+                 segments: tuple[str, ...] = ()) -> ProfileWriter:
+        return cls(redis.Redis.from_url(url), keys, ttl_s, flush_interval_ms, max_batch, segments)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._erase)
 
-    def put(self, user_id: str, version: int, fields: Mapping[str, str], now_ms: int) -> None:
-        """Queue a profile; a newer version for the same user replaces the queued one."""
+    def put(self, user_id: str, version: int, fields: Mapping[str, str], now_ms: int, segment: str | None = None) -> None:
+        """Queue a profile; a newer version for the same user replaces the queued one.
+
+        ``segment`` (one of the writer's ``segments``) is the set the user belongs to; it leaves the others.
+        """
         if self._oldest_ms is None:
             self._oldest_ms = now_ms
-        self._pending[user_id] = (version, fields)
+        self._pending[user_id] = (version, fields, segment)
+
+    def erase(self, user_id: str, now_ms: int) -> None:
+        """Delete the user's profile and segment memberships (erasure request), before any later put."""
+        if self._oldest_ms is None:
+            self._oldest_ms = now_ms
+        self._pending.pop(user_id, None)
+        self._erase.add(user_id)
 
     def due(self, now_ms: int) -> bool:
         """True when the batch is full or its oldest entry has waited ``flush_interval_ms``."""
@@ -65,19 +85,26 @@ class ProfileWriter:
 
     def flush(self) -> int:
         """Send all pending profiles in one pipeline; returns how many replaced the stored one."""
-        if not self._pending:
+        if not self._pending and not self._erase:
             return 0
         pipe = self._client.pipeline(transaction=False)
-        for user_id, (version, fields) in self._pending.items():
-            args: list[Any] = [version, self._ttl_s]
+        for user_id in self._erase:
+            pipe.delete(self._keys.profile(user_id))
+            for key in self._segment_keys:
+                pipe.srem(key, user_id)
+        erase_replies = len(self._erase) * (1 + len(self._segment_keys))
+        for user_id, (version, fields, segment) in self._pending.items():
+            index = self._segments.index(segment) + 1 if segment in self._segments else 0
+            args: list[Any] = [version, self._ttl_s, user_id, index]
             for k, v in fields.items():
                 args += (k, v)
-            self._script(keys=[self._keys.profile(user_id)], args=args, client=pipe)
-        results = pipe.execute()
+            self._script(keys=[self._keys.profile(user_id), *self._segment_keys], args=args, client=pipe)
+        results = pipe.execute()[erase_replies:]
         applied = sum(1 for r in results if r == 1)
         self.written += applied
         self.skipped_stale += len(results) - applied
         self._pending.clear()
+        self._erase.clear()
         self._oldest_ms = None
         return applied
 
