@@ -15,7 +15,7 @@ from operators.absence import AbsencePattern, AbsenceState, Match, match_id
 from operators.events import Event
 from operators.pattern_spec import PatternBook, PatternSpec
 from operators.trigger_gate import GateState, TriggerGate
-from state.profile import UserState
+from state.profile import UserState, consent_at
 
 TRIGGER_SCHEMA_VERSION = 1
 
@@ -151,7 +151,8 @@ class PatternEngine:
     def _gate(self, user: UserState, user_id: str, ps: PatternState, spec: PatternSpec, trigger_id: str, at_ms: int,
               cart: dict[str, Any] | None, triggers: list[Trigger], timers: list[int],
               suppressed: list[tuple[str, str]]) -> None:
-        ps.gate.marketing_consent = user.marketing_consent
+        # Consent as of the match time: a timer may fire after later consent events were applied.
+        ps.gate.marketing_consent = consent_at(user, at_ms)
         decision = self.gate.decide(ps.gate, spec.name, at_ms, user.timezone)
         if decision.outcome == "suppressed":
             suppressed.append((spec.name, decision.reason or "suppressed"))

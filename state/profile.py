@@ -66,6 +66,7 @@ class UserState:
     timezone: str | None = None
     demographics: dict[str, Any] = field(default_factory=dict)
     marketing_consent: bool = True
+    consent_log: list[tuple[int, bool]] = field(default_factory=list)   # (event time, marketing consent), last 10
     cart: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_purchase_ms: int | None = None
     last_add_ms: int | None = None
@@ -137,13 +138,22 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules) -> U
         s.rfm.add_purchase(t, p["total_minor"])
         s.last_purchase_ms = max(s.last_purchase_ms or t, t)
     elif event.event_type == "consent":
-        if "marketing" in p["withdrawn"]:
-            s.marketing_consent = False
-        if "marketing" in p["granted"]:
-            s.marketing_consent = True
+        if "marketing" in p["withdrawn"] or "marketing" in p["granted"]:
+            s.consent_log = sorted([*s.consent_log, (t, "marketing" in p["granted"])])[-10:]
+            s.marketing_consent = consent_at(s, s.newest_event_ms)
     elif event.event_type == "profile_update":
         s.demographics.update(p["attributes"])
     return s
+
+
+def consent_at(s: UserState, t_ms: int) -> bool:
+    """Marketing consent in force at ``t_ms`` (granted unless withdrawn and not granted again since)."""
+    value = True
+    for at, granted in s.consent_log:
+        if at > t_ms:
+            break
+        value = granted
+    return value
 
 
 def local_hour(t_ms: int, timezone: str | None) -> int:

@@ -264,7 +264,9 @@ def generate(settings: GeneratorSettings, max_records: int | None = None, now_ms
         due_at = t + (rng.randint(1, bound) if kind == "out_of_order" else 0)
         seq += 1
         heapq.heappush(pending, (due_at, seq, rec))
-        for h in [h for h in held.get(user, ()) if t - h.event_time_ms > settings.late_margin_ms]:
+        # Only a valid event moves the job's view of the user forward (an erasure resets it).
+        releasing = rec.event is not None and rec.event["event_type"] != "erasure_request"
+        for h in [h for h in held.get(user, ()) if releasing and t - h.event_time_ms > settings.late_margin_ms]:
             held[user].remove(h)
             seq += 1
             heapq.heappush(pending, (due_at, seq, h))   # right after the event that makes it late

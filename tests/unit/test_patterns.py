@@ -146,6 +146,19 @@ def test_no_marketing_consent_no_trigger() -> None:
     assert u.triggers == [] and u.suppressed == [("cart_abandonment", "no_consent")]
 
 
+def test_consent_is_judged_at_the_match_time_not_when_the_timer_fires() -> None:
+    u = User()
+    u.add(NOON)
+    u.event("consent", NOON + 31 * MIN, granted=[], withdrawn=["marketing"])   # after the deadline
+    u.watermark(NOON + 60 * MIN)
+    assert [p for p, *_ in u.triggers] == ["cart_abandonment"]
+    v = User()
+    v.add(NOON)
+    v.event("consent", NOON + 29 * MIN, granted=[], withdrawn=["marketing"])   # before the deadline
+    v.watermark(NOON + 60 * MIN)
+    assert v.triggers == [] and v.suppressed == [("cart_abandonment", "no_consent")]
+
+
 def test_quiet_hours_defer_until_the_watermark_reaches_their_end() -> None:
     u = User(tz="Europe/Berlin")
     late_evening = int(datetime(2026, 11, 2, 21, 0, tzinfo=UTC).timestamp() * 1000)   # 22:00 in Berlin
