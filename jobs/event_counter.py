@@ -16,7 +16,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import parse_job_args, setup_logging
 from jobs.kafka_io import keyed_json_sink, raw_event_stream
-from jobs.parse_events import parse, with_event_time
+from jobs.parse_events import parse
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
 from operators.events import Event
@@ -69,8 +69,7 @@ def build(raw: DataStream, settings: JobSettings) -> tuple[DataStream, DataStrea
     events, dead_letters = parse(raw)
     r = settings.redis
     counted = (
-        with_event_time(events, settings.source)
-        .key_by(lambda e: e.user_id, key_type=Types.STRING())
+        events.key_by(lambda e: e.user_id, key_type=Types.STRING())
         .process(CountEvents(r.url.get_secret_value(), r.key_prefix, r.profile_ttl_s, r.flush_interval_ms,
                              r.flush_max_batch, settings.flink.state_ttl_s), output_type=Types.STRING())
         .name("count-events").uid("count-events")
@@ -82,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging()
     args, settings = parse_job_args("event_counter", __doc__.splitlines()[0], argv)
     env, t_env = make_environment(settings.flink, args.deployment)
-    raw = raw_event_stream(t_env, settings.kafka, bounded=args.bounded)
+    raw = raw_event_stream(t_env, settings.kafka, settings.source, bounded=args.bounded)
     _, dead_letters = build(raw, settings)
     dlq_table = keyed_json_sink(t_env, settings.kafka, "dead_letter_sink", settings.kafka.topics.dead_letter)
     statements = t_env.create_statement_set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pyflink.datastream import DataStream
 from pyflink.table import StreamTableEnvironment, Table
 
-from persona.settings import KafkaSettings
+from persona.settings import KafkaSettings, SourceSettings
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "committed": "group-offsets"}
 
@@ -18,9 +18,13 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, bounded: bool) -> DataStream:
+def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings,
+                     bounded: bool) -> DataStream:
     """Rows of (value: bytes, topic, partition, offset, timestamp text in UTC) from the events topic.
 
+    Event-time watermarks are generated in the source, per partition, from the Kafka record timestamp:
+    producers set it to the event's time (the contract in README "Event time"). A watermark made after
+    the source would see the partitions interleaved and could outrun the slower one.
     ``bounded`` stops at the offsets that are latest when the job starts (tests and replays).
     """
     opts = {
@@ -40,12 +44,16 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, bounde
           `topic` STRING METADATA VIRTUAL,
           `partition` INT METADATA VIRTUAL,
           `offset` BIGINT METADATA VIRTUAL,
-          `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
+          `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+          WATERMARK FOR `ts` AS `ts` - INTERVAL '{source.max_out_of_orderness_ms / 1000:.3f}' SECOND
         ) WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
     """)
     # The timestamp crosses into Python as text (UTC): a TIMESTAMP_LTZ arrives as an opaque Java object in thread mode.
     t_env.get_config().set_local_timezone("UTC")
-    table = t_env.sql_query("SELECT `value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING) FROM raw_events")
+    # An idle partition stops holding the watermark back after this long.
+    t_env.get_config().set("table.exec.source.idle-timeout", f"{source.idleness_ms} ms")
+    # `ts` stays selected (last) so the rows keep it as their event-time timestamp.
+    table = t_env.sql_query("SELECT `value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING), `ts` FROM raw_events")
     return t_env.to_data_stream(table)
 
 

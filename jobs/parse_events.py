@@ -6,14 +6,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pyflink.common import Duration, Row, Types, WatermarkStrategy
-from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, OutputTag, ProcessFunction
 
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, SourceRef
 from operators.validation import parse_event
-from persona.settings import SourceSettings
 
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
@@ -53,21 +51,7 @@ class ParseEvents(ProcessFunction):
         yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, int(time.time() * 1000)))
 
 
-class _EventTime(TimestampAssigner):
-    def extract_timestamp(self, value: Event, record_timestamp: int) -> int:
-        return value.event_time_ms
-
-
 def parse(raw: DataStream, keep_raw: bool = False) -> tuple[DataStream, DataStream]:
     """(events, dead letters as (key, json) rows)."""
     events = raw.process(ParseEvents(keep_raw), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-validate").uid("parse-validate")
     return events, events.get_side_output(DEAD_LETTERS)
-
-
-def with_event_time(events: DataStream, source: SourceSettings) -> DataStream:
-    strategy = (
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(source.max_out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(source.idleness_ms))
-        .with_timestamp_assigner(_EventTime())
-    )
-    return events.assign_timestamps_and_watermarks(strategy).name("event-time").uid("event-time")

@@ -22,7 +22,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging
 from jobs.kafka_io import keyed_json_sink, raw_event_stream
-from jobs.parse_events import DEAD_LETTERS, KEYED_JSON, parse, with_event_time
+from jobs.parse_events import DEAD_LETTERS, KEYED_JSON, parse
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
 from operators.dead_letter import dead_letter_record
@@ -145,8 +145,7 @@ def build(raw: DataStream, settings: JobSettings, book: PatternBook) -> tuple[Da
     events, bad = parse(raw, keep_raw=True)
     r = settings.redis
     personalized = (
-        with_event_time(events, settings.source)
-        .key_by(lambda e: e.user_id, key_type=Types.STRING())
+        events.key_by(lambda e: e.user_id, key_type=Types.STRING())
         .process(Personalize(profile_rules(settings), book, r.url.get_secret_value(), r.key_prefix, r.profile_ttl_s,
                              r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s),
                  output_type=KEYED_JSON)
@@ -177,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         fail("personalization", str(e))
     env, t_env = make_environment(settings.flink, args.deployment)
-    raw = raw_event_stream(t_env, settings.kafka, bounded=args.bounded)
+    raw = raw_event_stream(t_env, settings.kafka, settings.source, bounded=args.bounded)
     triggers, dead_letters = build(raw, settings, book)
     statements = t_env.create_statement_set()
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers),

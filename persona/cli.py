@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     cl_sub.add_parser("up")
     cl_sub.add_parser("down")
     cl_sub.add_parser("status")
-    submit = cl_sub.add_parser("submit", help="submit the job with `flink run`")
+    submit = cl_sub.add_parser("submit", help="submit a job with `flink run`")
+    submit.add_argument("--job", choices=("jobs.personalization", "jobs.event_counter"), default="jobs.personalization")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cancel = cl_sub.add_parser("cancel")
     cancel.add_argument("job_id")
@@ -99,7 +100,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
     if args.command == "generate":
         return _generate(args)
     if args.command == "run":
-        from jobs.event_counter import main as job_main
+        from jobs.personalization import main as job_main
         job_main([*(["--bounded"] if args.bounded else []), *(a for o in args.overrides for a in ("--set", o))])
         return 0
     if args.command == "demo":
@@ -144,7 +145,7 @@ def _cluster(args: argparse.Namespace) -> int:
         from persona.settings import parse_overrides
         job = load_job_settings(parse_overrides(args.overrides))
         job_args = [a for o in args.overrides for a in ("--set", o)]
-        job_id = cluster.submit("jobs.event_counter", job_args, job.flink.connector_jars())
+        job_id = cluster.submit(args.job, job_args, job.flink.connector_jars())
         print(f"submitted job {job_id}; web UI {cluster.rest_url}/#/job/running/{job_id}/overview")
     elif args.action == "cancel":
         cluster.cancel(args.job_id)

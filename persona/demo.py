@@ -1,8 +1,9 @@
-"""README command 1: the job end to end on the embedded mini-cluster, fed by synthetic shoppers.
+"""README command 1: the personalization job end to end on the embedded mini-cluster, fed by synthetic shoppers.
 
 Starts what is missing (jars, Kafka, Redis), creates this run's topics, runs the job in a child process,
-produces generated traffic, prints a live summary, and waits until Redis holds the count of every valid
-event. On exit, Ctrl-C included, it stops the job and the services it started, and deletes its topics.
+produces generated traffic, and prints a live summary (events/s, dead letters, triggers by pattern)
+until the job has caught up, then a sample profile. On exit, Ctrl-C included, it stops the job and the
+services it started, and deletes its topics.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def run_demo(opts: DemoOptions) -> int:
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
         f"kafka.group_id=demo-{run_id}"]
-    cmd = [sys.executable, "-m", "jobs.event_counter"] + [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "jobs.personalization"] + [a for o in overrides for a in ("--set", o)]
     log_path = stack.run_path / f"demo-job-{run_id}.log"
     log = open(log_path, "wb")
     job_proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -89,40 +90,42 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
                     bootstrap: str, topics: dict[str, str]) -> int:
     gen = load_generator_settings({"users": opts.users, "seed": opts.seed})
     sent: Counter[str] = Counter()
-    valid_by_user: Counter[str] = Counter()
-
-    def records():  # type: ignore[no-untyped-def]
-        for rec in generate(gen, max_records=opts.records):
-            if rec.event is not None:
-                valid_by_user[rec.event["user_id"]] += 1
-            yield rec
-
     producer = threading.Thread(
-        target=lambda: sent.update(send_to_kafka(records(), bootstrap, topics["events"], rate=opts.rate, progress=False)),
+        target=lambda: sent.update(send_to_kafka(generate(gen, max_records=opts.records), bootstrap, topics["events"],
+                                                 rate=opts.rate, progress=False)),
         daemon=True)
     producer.start()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    triggers = KafkaConsumer(topics["triggers"], bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=200)
+    offsets = KafkaConsumer(bootstrap_servers=bootstrap)
+    by_pattern: Counter[str] = Counter()
     start = time.monotonic()
-    deadline = None
+    deadline, last, steady = None, None, 0
     while True:
         time.sleep(2)  # refresh cadence of the live summary
         if job_proc.poll() is not None:
             raise StackError(f"the job exited with code {job_proc.returncode}; see its log")
+        for msg in triggers:
+            by_pattern[json.loads(msg.value)["pattern"]] += 1
         applied = _applied_events(client, keys)
-        dlq = _topic_end(consumer, topics["dead_letter"])
-        produced = _topic_end(consumer, topics["events"])
+        dlq = _topic_end(offsets, topics["dead_letter"])
+        produced = _topic_end(offsets, topics["events"])
         elapsed = time.monotonic() - start
-        print(f"[{elapsed:5.0f}s] produced {produced:,}  ({produced / elapsed:,.0f} ev/s)  "
-              f"applied to profiles {applied:,}  dead-lettered {dlq:,}  users {len(valid_by_user):,}", flush=True)
+        print(f"[{elapsed:5.0f}s] produced {produced:,} ({produced / elapsed:,.0f} ev/s)  in profiles {applied:,}  "
+              f"dead-lettered {dlq:,}  triggers {dict(by_pattern) or 0}", flush=True)
         if not producer.is_alive():
             deadline = deadline or time.monotonic() + opts.drain_timeout_s
-            if applied >= sum(valid_by_user.values()) and dlq >= opts.records - sum(valid_by_user.values()):
+            # Caught up: what the job has written stopped changing for three refreshes.
+            steady = steady + 1 if (applied, dlq) == last else 0
+            last = (applied, dlq)
+            if steady >= 3:
                 break
             if time.monotonic() > deadline:
                 print("the job did not catch up before the drain timeout", file=sys.stderr)
                 return 1
-    consumer.close()
-    _print_summary(client, keys, valid_by_user, sent)
+    triggers.close()
+    offsets.close()
+    _print_summary(client, keys, sent, by_pattern)
     return 0
 
 
@@ -133,15 +136,19 @@ def _applied_events(client: redis.Redis, keys: RedisKeys) -> int:
     return total
 
 
-def _print_summary(client: redis.Redis, keys: RedisKeys, expected: Counter[str], sent: Counter[str]) -> None:
+def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_pattern: Counter[str]) -> None:
     print(f"\nsent: {dict(sent)}")
-    print(f"{'user':<10} {'events in Redis':>15} {'events sent':>12}  counts by type")
-    for user, n in expected.most_common(10):
-        prof = client.hgetall(keys.profile(user))
-        by_type = json.loads(prof.get(b"counts_by_type", b"{}"))
-        print(f"{user:<10} {int(prof.get(b'events_total', 0)):>15} {n:>12}  {by_type}")
-    mismatched = [u for u, n in expected.items() if int(client.hget(keys.profile(u), "events_total") or 0) != n]
-    print(f"\n{len(expected)} users; {len(mismatched)} with a count different from what was sent")
+    print(f"triggers by pattern: {dict(by_pattern)}")
+    users = [k.decode().removeprefix(keys.profile("")) for k in client.scan_iter(match=keys.profile_pattern(), count=1000)]
+    print(f"profiles in Redis: {len(users)}")
+    for stage in ("browsing", "considering", "cart_abandoned", "purchased", "loyal"):
+        print(f"  segment {stage:<15} {client.scard(keys.segment(stage)):>6}")
+    if users:
+        busiest = max(users, key=lambda u: int(client.hget(keys.profile(u), "events_total") or 0))
+        profile = {k.decode(): v.decode() for k, v in client.hgetall(keys.profile(busiest)).items()}
+        print(f"\nsample profile ({keys.profile(busiest)}):")
+        for name in sorted(profile):
+            print(f"  {name:<34} {profile[name]}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

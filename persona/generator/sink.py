@@ -57,7 +57,7 @@ def send_to_kafka(records: Iterable[GeneratedRecord], bootstrap: str, topic: str
                 ahead = start + i / rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)  # pacing the producer, not waiting for a condition
-            producer.send(topic, key=rec.key, value=rec.value)
+            producer.send(topic, key=rec.key, value=rec.value, timestamp_ms=rec.event_time_ms)
             kinds[rec.malformed or "valid"] += 1
             if bar:
                 bar.update()

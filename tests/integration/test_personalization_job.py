@@ -1,0 +1,118 @@
+"""The personalization job on real Kafka and Redis, against the independent oracle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from persona.generator.shoppers import generate
+from persona.settings import ROOT, load_generator_settings
+from persona.stack.procs import wait_until
+from state.keys import RedisKeys
+from tests.fixtures.jobs import run_bounded_job
+from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
+from tests.fixtures.personalization_oracle import expected
+from tests.fixtures.services import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: str, group: str) -> list[str]:
+    return [*topics.overrides(), f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}",
+            f"redis.key_prefix={prefix}", f"kafka.group_id={group}"]
+
+
+def triggers_by_pattern(rows: list[dict[str, Any]], exclude_users: set[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["user_id"] not in exclude_users:
+            out[row["pattern"]].add(row["trigger_id"])
+    return dict(out)
+
+
+def stored_field(profile: dict[str, str], dotted: str) -> Any:
+    head, _, rest = dotted.partition(".")
+    value = profile[head]
+    if not rest:
+        return json.loads(value) if value[:1] in "{[" else (int(value) if value.isdigit() else value)
+    node = json.loads(value)
+    for part in rest.split("."):
+        node = node[part]
+    return node
+
+
+def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: str, redis_url: str, topics: TopicNames,
+                                                              redis_prefix: str, tmp_path: Path) -> None:
+    records = list(generate(load_generator_settings({"users": 450, "seed": 21}), max_records=22_000))
+    assert len(records) >= 20_000
+    assert {r.delay for r in records} == {"in_order", "out_of_order", "late"} and any(r.malformed for r in records)
+    produce(kafka_bootstrap, topics.events, records)
+
+    run_bounded_job("jobs.personalization", job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "p-test"),
+                    tmp_path, timeout_s=600)
+
+    want = expected(records)
+    dead = read_all_json(kafka_bootstrap, topics.dead_letter)
+    assert Counter(d["reason"] for d in dead) == want.dead_letter_reasons
+
+    got = triggers_by_pattern(read_all_json(kafka_bootstrap, topics.triggers), want.erased_users)
+    assert set(got) == set(want.triggers)
+    for pattern in want.triggers:
+        assert got[pattern] == want.triggers[pattern], pattern
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(redis_prefix)
+    mismatches = []
+    for user, fields in want.profiles.items():
+        profile = client.hgetall(keys.profile(user))
+        for name, value in fields.items():
+            if stored_field(profile, name) != value:
+                mismatches.append((user, name, stored_field(profile, name), value))
+    assert mismatches == []
+    stages = Counter(f["stage"] for f in want.profiles.values())
+    for stage, n in stages.items():
+        members = client.smembers(keys.segment(stage)) - want.erased_users
+        assert len(members) == n, stage
+
+
+def test_absence_timer_fires_for_a_silent_user(kafka_bootstrap: str, redis_url: str, topics: TopicNames,
+                                               redis_prefix: str, tmp_path: Path) -> None:
+    """One user adds to cart and goes silent; only other users' traffic moves the watermark past the deadline."""
+    t0 = 1_793_620_800_000   # 2026-11-02 12:00 UTC: outside quiet hours in UTC
+
+    def event(user: str, n: int, t: int, event_type: str, payload: dict[str, Any]) -> bytes:
+        return json.dumps({"event_id": f"{user}-{n}", "event_type": event_type, "user_id": user, "schema_version": 1,
+                           "event_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000)) + f".{t % 1000:03d}Z",
+                           "context": {"device": "desktop", "timezone": "UTC"}, "payload": payload}).encode()
+
+    cmd = [sys.executable, "-m", "jobs.personalization",
+           *(a for o in job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "silent") for a in ("--set", o))]
+    with open(tmp_path / "job.log", "wb") as log:
+        job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        produce_raw(kafka_bootstrap, topics.events, [(b"silent", event("silent", 1, t0, "add_to_cart", {
+            "product_id": "p1", "category": "shoes", "price": 10.0, "currency": "EUR", "quantity": 1}), t0)])
+        # Other users browse for 40 minutes of event time, spread over both partitions.
+        filler = [(f"busy{i % 8}".encode(), event(f"busy{i % 8}", i, t0 + i * 30_000, "page_view", {"page_type": "home"}),
+                   t0 + i * 30_000) for i in range(1, 81)]
+        produce_raw(kafka_bootstrap, topics.events, filler)
+
+        def abandoned() -> bool:
+            return any(r["user_id"] == "silent" for r in read_all_json(kafka_bootstrap, topics.triggers))
+        wait_until(lambda: job.poll() is None and abandoned(), 180, "the silent user's abandonment trigger",
+                   interval_s=1.0)
+        rows = [r for r in read_all_json(kafka_bootstrap, topics.triggers) if r["user_id"] == "silent"]
+        assert [(r["pattern"], r["event_time"]) for r in rows] == [("cart_abandonment", t0 + 30 * 60_000)]
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=30)
