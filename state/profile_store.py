@@ -8,6 +8,7 @@ Time is passed in (``now_ms``) so batching is testable without a clock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,9 +116,24 @@ class ProfileWriter:
             self._client.close()
 
 
-def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str, str] | None:
-    """The stored profile hash as text, or None when the user has no profile."""
+# Fields stored as decimal text and as JSON text (schemas/profile.v1.json); the rest are plain strings.
+_INT_FIELDS = frozenset({"profile_version", "updated_at", "last_event_time", "events_total", "session_count",
+                         "current_session_length_ms", "current_session_product_dwell_ms", "sessions_7d",
+                         "purchases_7d", "local_hour", "cart_items", "cart_value_minor"})
+_JSON_FIELDS = frozenset({"counts_by_type", "windows", "recent_sessions", "rfm", "affinities", "device_mix",
+                          "demographics", "marketing_consent", "last_device"})
+
+
+def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str, Any] | None:
+    """The stored profile, typed (ints, JSON values, booleans), or None when the user has no profile.
+
+    This is the read API for front-ends; unknown fields are returned as text.
+    """
     raw = client.hgetall(keys.profile(user_id))
     if not raw:
         return None
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        name, text = k.decode(), v.decode()
+        out[name] = int(text) if name in _INT_FIELDS else json.loads(text) if name in _JSON_FIELDS else text
+    return out

@@ -13,18 +13,20 @@ from persona.settings import FlinkClusterSettings, load_generator_settings
 from persona.stack.flink_cluster import FlinkCluster
 from persona.stack.procs import free_port, wait_until
 from state.keys import RedisKeys
-from tests.fixtures.kafka_io import produce
+from persona.stack.topics import ensure_topics
+from tests.fixtures.jobs import run_bounded_job
+from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.oracle import expected_counts
 from tests.fixtures.services import TopicNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[FlinkCluster]:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
     settings = FlinkClusterSettings(rest_port=free_port(), rpc_port=free_port(), jobmanager_memory_mb=1024,
                                     taskmanager_memory_mb=1728, taskmanager_slots=2, start_timeout_s=120)
-    c = FlinkCluster(tmp_path / "flink", settings)
+    c = FlinkCluster(tmp_path_factory.mktemp("flink"), settings)
     c.up()
     try:
         yield c
@@ -57,3 +59,26 @@ def test_flink_run_on_standalone_cluster(cluster: FlinkCluster, kafka_bootstrap:
         cluster.cancel(job_id)
     wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
     assert stored() == expected
+
+
+def test_personalization_on_the_cluster_gives_the_minicluster_triggers(
+        cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
+        connector_jars: list[Path], tmp_path: Path) -> None:
+    records = list(generate(load_generator_settings({"users": 150, "seed": 33}), max_records=6_000))
+    produce(kafka_bootstrap, topics.events, records)
+    runs = {}
+    for where in ("mini", "cluster"):
+        out = TopicNames(topics.events, f"{topics.dead_letter}.{where}", f"{topics.triggers}.{where}")
+        ensure_topics(kafka_bootstrap, [out.dead_letter, out.triggers], partitions=2)
+        overrides = [*out.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+                     f"redis.key_prefix={redis_prefix}{where}:", f"kafka.group_id=same-{where}"]
+        if where == "mini":
+            run_bounded_job("jobs.personalization", overrides, tmp_path)
+        else:
+            job_id = cluster.submit("jobs.personalization", ["--bounded", *(a for o in overrides for a in ("--set", o))],
+                                    connector_jars)
+            wait_until(lambda: cluster.job_status(job_id) in ("FINISHED", "FAILED", "CANCELED"), 300,
+                       f"bounded job {job_id} to end", interval_s=1.0)
+            assert cluster.job_status(job_id) == "FINISHED"
+        runs[where] = sorted((t["pattern"], t["trigger_id"]) for t in read_all_json(kafka_bootstrap, out.triggers))
+    assert runs["mini"] and runs["cluster"] == runs["mini"]

@@ -19,6 +19,7 @@ from persona.generator.shoppers import generate
 from persona.settings import ROOT, load_generator_settings
 from persona.stack.procs import wait_until
 from state.keys import RedisKeys
+from state.profile_store import read_profile
 from tests.fixtures.jobs import run_bounded_job
 from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
 from tests.fixtures.personalization_oracle import expected
@@ -79,6 +80,13 @@ def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: st
             if stored_field(profile, name) != value:
                 mismatches.append((user, name, stored_field(profile, name), value))
     assert mismatches == []
+    # The front-end read API returns the same values, typed.
+    some_user = sorted(want.profiles)[0]
+    typed = read_profile(client, keys, some_user)
+    assert typed is not None and typed["events_total"] == want.profiles[some_user]["events_total"]
+    assert typed["rfm"]["frequency_90d"] == want.profiles[some_user]["rfm.frequency_90d"]
+    assert isinstance(typed["marketing_consent"], bool)
+    assert read_profile(client, keys, "nobody") is None
     stages = Counter(f["stage"] for f in want.profiles.values())
     for stage, n in stages.items():
         members = client.smembers(keys.segment(stage)) - want.erased_users

@@ -55,3 +55,25 @@ def test_busy_port_is_a_one_line_error_naming_the_port(tmp_path: Path) -> None:
     message = str(err.value)
     assert f"port {port} is busy" in message and "\n" not in message
     assert server.running() is None
+
+
+def test_job_refuses_a_missing_topic(kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.personalization import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--set", f"kafka.bootstrap_servers={kafka_bootstrap}", "--set", "kafka.topics.events=no.such.topic"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "kafka.topics.events: topic 'no.such.topic' does not exist" in err and "\n" not in err
+
+
+def test_profile_cli_not_found_and_found(redis_url: str, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from persona.cli import main
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["profile", "no-such-user"]) == 1
+    assert "no profile for user 'no-such-user'" in capsys.readouterr().err
+    redis.Redis.from_url(redis_url).hset("persona:profile:cli-user", mapping={"user_id": "cli-user", "events_total": "3"})
+    assert main(["profile", "cli-user"]) == 0
+    assert '"events_total": 3' in capsys.readouterr().out

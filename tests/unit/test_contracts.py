@@ -1,0 +1,32 @@
+"""Profiles, triggers and dead letters that the job writes follow the published schemas."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+
+from operators.events import Event
+from operators.pattern_engine import Trigger
+from persona.settings import ROOT
+from state.profile import ProfileRules, apply_event, profile_view, redis_fields
+
+
+def schema(name: str) -> dict:  # type: ignore[type-arg]
+    return json.loads((ROOT / "schemas" / name).read_text())
+
+
+def test_profile_hash_follows_profile_schema() -> None:
+    rules = ProfileRules()
+    e = Event("e1", "add_to_cart", "u1", 1_000_000, None, {"device": "mobile", "timezone": "Europe/Berlin"},
+              {"product_id": "p", "category": "c", "price_minor": 100, "quantity": 1, "currency": "EUR"})
+    fields = redis_fields(profile_view("u1", apply_event(None, e, rules), rules), updated_at_ms=5)
+    jsonschema.validate(fields, schema("profile.v1.json"))
+    assert set(fields) <= set(schema("profile.v1.json")["properties"])
+
+
+def test_trigger_follows_trigger_schema() -> None:
+    t = Trigger("abc", "cart_abandonment", "why", "u1", 10, 20,
+                {"items": [{"product_id": "p", "category": "c", "price_minor": 1, "quantity": 1}], "value_minor": 1,
+                 "currency": "EUR"})
+    jsonschema.validate(json.loads(t.to_json()), schema("trigger.v1.json"))

@@ -1,0 +1,39 @@
+"""The personalization job refuses bad configuration at start-up, with one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.personalization import main
+from persona.settings import CONF_DIR
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("personalization: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_unknown_pattern_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "patterns.yaml"
+    bad.write_text((CONF_DIR / "patterns.yaml").read_text().replace("profile.rfm.frequency_30d", "profile.rfm.frequency_31d"))
+    err = _refused(["--set", f"patterns_file={bad}"], capsys)
+    assert "patterns.loyalty.when.profile.rfm.frequency_31d: unknown profile field" in err
+
+
+def test_negative_window(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "profile.session_gap_ms" in _refused(["--set", "profile.session_gap_ms=-5"], capsys)
+
+
+def test_absence_within_must_exceed_allowed_lateness(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _refused(["--set", "profile.allowed_lateness_ms=1800000"], capsys)
+    assert "patterns.cart_abandonment.within must exceed profile.allowed_lateness_ms" in err
+
+
+def test_missing_patterns_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "file not found" in _refused(["--set", f"patterns_file={tmp_path / 'none.yaml'}"], capsys)
