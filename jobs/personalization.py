@@ -87,6 +87,7 @@ class Personalize(KeyedProcessFunction):
             yield DEAD_LETTERS, Row(event.user_id, self._late_record(event, state, now))
             return
         if event.event_type == "erasure_request":
+            self._schedule_flush(ctx, now)
             self._writer.erase(event.user_id, now)
         state = apply_event(state, event, self._rules)
         view = profile_view(event.user_id, state, self._rules)
@@ -126,11 +127,15 @@ class Personalize(KeyedProcessFunction):
         if state.version == 0:
             return   # erased and nothing since: no profile to write
         view = profile_view(user_id, state, self._rules)
-        if self._writer.pending == 0:
-            ctx.timer_service().register_processing_time_timer(now + self._interval)
+        self._schedule_flush(ctx, now)
         self._writer.put(user_id, state.version, redis_fields(view, now), now, segment=view["stage"])
         if self._writer.due(now):
             self._writer.flush()
+
+    def _schedule_flush(self, ctx: KeyedProcessFunction.Context, now: int) -> None:
+        """The first write of a batch arms a processing-time timer, so the batch is flushed even if the stream stops."""
+        if self._writer.pending == 0:
+            ctx.timer_service().register_processing_time_timer(now + self._interval)
 
     def _late_record(self, event: Event, state: UserState | None, now: int) -> str:
         newest = state.newest_event_ms if state is not None else 0

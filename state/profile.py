@@ -211,9 +211,14 @@ def profile_view(user_id: str, s: UserState, rules: ProfileRules) -> dict[str, A
 
 
 def redis_fields(view: dict[str, Any], updated_at_ms: int) -> dict[str, str]:
-    """Redis hashes hold strings: integers as decimal text, nested values and booleans as JSON."""
+    """Redis hashes hold strings: integers as decimal text, nested values and booleans as JSON.
+
+    Unknown values (None) are left out: an absent field means "unknown".
+    """
     out = {"updated_at": str(updated_at_ms)}
     for k, v in view.items():
+        if v is None:
+            continue
         out[k] = v if isinstance(v, str) else (str(v) if isinstance(v, int) and not isinstance(v, bool)
                                                else json.dumps(v, sort_keys=True, separators=(",", ":")))
     return out

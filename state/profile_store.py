@@ -121,7 +121,7 @@ _INT_FIELDS = frozenset({"profile_version", "updated_at", "last_event_time", "ev
                          "current_session_length_ms", "current_session_product_dwell_ms", "sessions_7d",
                          "purchases_7d", "local_hour", "cart_items", "cart_value_minor"})
 _JSON_FIELDS = frozenset({"counts_by_type", "windows", "recent_sessions", "rfm", "affinities", "device_mix",
-                          "demographics", "marketing_consent", "last_device"})
+                          "demographics", "marketing_consent"})
 
 
 def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str, Any] | None:
@@ -134,6 +134,8 @@ def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str
         return None
     out: dict[str, Any] = {}
     for k, v in raw.items():
-        name, text = k.decode(), v.decode()
+        # Works with clients that decode responses and with those that return bytes.
+        name = k.decode() if isinstance(k, bytes) else k
+        text = v.decode() if isinstance(v, bytes) else v
         out[name] = int(text) if name in _INT_FIELDS else json.loads(text) if name in _JSON_FIELDS else text
     return out

@@ -1,0 +1,46 @@
+"""The profile writer against a real Redis: version guard, segment moves, erasure, batching."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from state.keys import RedisKeys
+from state.profile_store import ProfileWriter, read_profile
+
+pytestmark = pytest.mark.integration
+SEGMENTS = ("browsing", "considering", "loyal")
+
+
+def test_older_version_never_overwrites_and_segments_follow(redis_url: str, redis_prefix: str) -> None:
+    keys = RedisKeys(redis_prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    w = ProfileWriter.from_url(redis_url, keys, ttl_s=60, flush_interval_ms=100, max_batch=10, segments=SEGMENTS)
+    w.put("u1", 5, {"profile_version": "5", "stage": "loyal"}, now_ms=0, segment="loyal")
+    assert w.flush() == 1
+    w.put("u1", 4, {"profile_version": "4", "stage": "browsing"}, now_ms=1, segment="browsing")   # a replay
+    assert w.flush() == 0 and w.skipped_stale == 1
+    assert client.hget(keys.profile("u1"), "profile_version") == "5"
+    assert client.smembers(keys.segment("loyal")) == {"u1"} and not client.smembers(keys.segment("browsing"))
+    w.put("u1", 6, {"profile_version": "6"}, now_ms=2, segment="considering")
+    w.flush()
+    assert client.smembers(keys.segment("considering")) == {"u1"} and not client.smembers(keys.segment("loyal"))
+    assert 0 < client.ttl(keys.profile("u1")) <= 60
+    w.close()
+
+
+def test_erasure_then_new_profile_in_one_batch(redis_url: str, redis_prefix: str) -> None:
+    keys = RedisKeys(redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    w = ProfileWriter.from_url(redis_url, keys, ttl_s=60, flush_interval_ms=100, max_batch=10, segments=SEGMENTS)
+    w.put("u2", 9, {"profile_version": "9", "secret": "x"}, now_ms=0, segment="loyal")
+    w.flush()
+    w.erase("u2", now_ms=1)
+    w.put("u2", 1, {"profile_version": "1"}, now_ms=2, segment="browsing")   # state restarted at version 1
+    w.flush()
+    stored = read_profile(client, keys, "u2")
+    assert stored == {"profile_version": 1}
+    assert client.smembers(keys.segment("loyal")) == set()
+    w.erase("u2", now_ms=3)
+    w.close()
+    assert read_profile(client, keys, "u2") is None
