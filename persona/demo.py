@@ -99,7 +99,8 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
                              consumer_timeout_ms=200)
     offsets = KafkaConsumer(bootstrap_servers=bootstrap)
     by_pattern: Counter[str] = Counter()
-    start = time.monotonic()
+    start = prev_t = time.monotonic()
+    prev_done = 0
     deadline, last, steady = None, None, 0
     while True:
         time.sleep(2)  # refresh cadence of the live summary
@@ -110,13 +111,16 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
         applied = _applied_events(client, keys)
         dlq = _topic_end(offsets, topics["dead_letter"])
         produced = _topic_end(offsets, topics["events"])
-        elapsed = time.monotonic() - start
-        print(f"[{elapsed:5.0f}s] produced {produced:,} ({produced / elapsed:,.0f} ev/s)  in profiles {applied:,}  "
+        now = time.monotonic()
+        done = applied + dlq
+        rate = (done - prev_done) / (now - prev_t)
+        prev_done, prev_t = done, now
+        print(f"[{now - start:5.0f}s] produced {produced:,}  job {rate:,.0f} ev/s  in profiles {applied:,}  "
               f"dead-lettered {dlq:,}  triggers {dict(by_pattern) or 0}", flush=True)
         if not producer.is_alive():
             deadline = deadline or time.monotonic() + opts.drain_timeout_s
-            # Caught up: what the job has written stopped changing for three refreshes.
-            steady = steady + 1 if (applied, dlq) == last else 0
+            # Caught up: the job has written something, and that stopped changing for three refreshes.
+            steady = steady + 1 if (applied, dlq) == last and applied + dlq > 0 else 0
             last = (applied, dlq)
             if steady >= 3:
                 break
