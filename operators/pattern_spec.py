@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from operators.events import EVENT_TYPES, Event
-from persona.settings import CONF_DIR, ConfigError
+from persona.settings import CONF_DIR, ConfigError, read_yaml
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
@@ -220,10 +218,4 @@ def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBoo
 
 def load_patterns(path: Path | None = None) -> PatternBook:
     path = path or CONF_DIR / "patterns.yaml"
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return compile_patterns(doc, str(path))
+    return compile_patterns(read_yaml(path), str(path))

@@ -224,16 +224,21 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: 
     return data
 
 
-def _load(
-    model: type[M], name: str, overrides: Mapping[str, Any] | None, path: Path | None
-) -> M:
-    path = path or CONF_DIR / name
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a missing or malformed file is a one-line ConfigError naming it."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def _load(
+    model: type[M], name: str, overrides: Mapping[str, Any] | None, path: Path | None
+) -> M:
+    path = path or CONF_DIR / name
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     env = {key: os.environ[var] for var, key in ENV_OVERRIDES.get(name, {}).items() if os.environ.get(var)}
