@@ -93,7 +93,8 @@ class Personalize(KeyedProcessFunction):
         view = profile_view(event.user_id, state, self._rules)
         outcome = self._engine.on_event(state, event, view)
         yield from self._emit(outcome, ctx)
-        self._save(event.user_id, state, now, ctx)
+        # Patterns changed nothing the view shows unless they bumped the version (a released match).
+        self._save(event.user_id, state, now, ctx, view if view["profile_version"] == state.version else None)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
@@ -122,11 +123,13 @@ class Personalize(KeyedProcessFunction):
             self._triggers[trigger.pattern].inc()
             yield Row(trigger.user_id, trigger.to_json())
 
-    def _save(self, user_id: str, state: UserState, now: int, ctx: KeyedProcessFunction.Context) -> None:
+    def _save(self, user_id: str, state: UserState, now: int, ctx: KeyedProcessFunction.Context,
+              view: dict[str, Any] | None = None) -> None:
         self._state.update(state)
         if state.version == 0:
             return   # erased and nothing since: no profile to write
-        view = profile_view(user_id, state, self._rules)
+        if view is None:
+            view = profile_view(user_id, state, self._rules)
         self._schedule_flush(ctx, now)
         self._writer.put(user_id, state.version, redis_fields(view, now), now, segment=view["stage"])
         if self._writer.due(now):
