@@ -7,7 +7,7 @@ bytes together with its topic, partition, offset and timestamp, which dead-lette
 from __future__ import annotations
 
 from pyflink.datastream import DataStream
-from pyflink.table import StreamTableEnvironment, Table
+from pyflink.table import StreamTableEnvironment
 
 from persona.settings import KafkaSettings, SourceSettings
 
@@ -74,7 +74,3 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
         WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
     """)
     return name
-
-
-def as_table(t_env: StreamTableEnvironment, stream: DataStream) -> Table:
-    return t_env.from_data_stream(stream)

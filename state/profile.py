@@ -47,9 +47,6 @@ class ProfileRules:
 
 @dataclass(slots=True)
 class UserState:
-    rules_half_life_ms: int
-    session_gap_ms: int
-    recent_sessions: int
     version: int = 0
     newest_event_ms: int = 0
     totals: dict[str, int] = field(default_factory=dict)
@@ -75,7 +72,7 @@ class UserState:
 
 
 def new_state(rules: ProfileRules) -> UserState:
-    s = UserState(rules.affinity_half_life_ms, rules.session_gap_ms, rules.recent_sessions)
+    s = UserState()
     s.windows = {name: SlidingWindow(length, bucket) for name, (length, bucket) in WINDOWS.items()}
     s.sessions = Sessions(rules.session_gap_ms, rules.recent_sessions)
     s.affinities = Affinities(rules.affinity_half_life_ms)
