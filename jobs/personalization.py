@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from state.journey import STAGES
 from state.keys import RedisKeys
 from state.profile import ProfileRules, UserState, apply_event, is_late, profile_view, redis_fields
 from state.profile_store import ProfileWriter
+from state.state_cache import StateCache
 
 log = logging.getLogger(__name__)
 # Persisted state name: renaming it loses state on restore from a savepoint.
@@ -61,8 +63,9 @@ class Personalize(KeyedProcessFunction):
     """Per user: load the one state value, apply the event, run the patterns, save, write Redis, emit."""
 
     def __init__(self, rules: ProfileRules, book: PatternBook, redis_url: str, key_prefix: str, profile_ttl_s: int,
-                 flush_interval_ms: int, max_batch: int, state_ttl_s: int) -> None:
+                 flush_interval_ms: int, max_batch: int, state_ttl_s: int, state_cache_users: int) -> None:
         self._rules, self._book = rules, book
+        self._cache_size = state_cache_users
         self._redis = (redis_url, key_prefix, profile_ttl_s, flush_interval_ms, max_batch)
         self._state_ttl_s = state_ttl_s
 
@@ -70,6 +73,7 @@ class Personalize(KeyedProcessFunction):
         desc = ValueStateDescriptor(USER_STATE, Types.PICKLED_BYTE_ARRAY())
         desc.enable_time_to_live(state_ttl(self._state_ttl_s))
         self._state = runtime_context.get_state(desc)
+        self._cache = StateCache(self._cache_size)
         url, prefix, ttl_s, interval, max_batch = self._redis
         self._interval = interval
         self._writer = ProfileWriter.from_url(url, RedisKeys(prefix), ttl_s, interval, max_batch, segments=STAGES)
@@ -79,8 +83,16 @@ class Personalize(KeyedProcessFunction):
         self._triggers = {p.name: metrics.add_group("triggers").counter(p.name) for p in self._book.patterns}
         self._suppressed = {r: metrics.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap")}
 
+    def _load(self, user_id: str) -> UserState | None:
+        state = self._cache.get(user_id)
+        return state if state is not None else self._state.value()
+
+    def _store(self, user_id: str, state: UserState) -> None:
+        self._state.update(state)
+        self._cache.put(user_id, state)
+
     def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        state: UserState | None = self._state.value()
+        state = self._load(event.user_id)
         now = int(time.time() * 1000)
         if is_late(state, event, self._rules):
             self._late.inc()
@@ -100,7 +112,7 @@ class Personalize(KeyedProcessFunction):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self._writer.flush()
             return
-        state: UserState | None = self._state.value()
+        state = self._load(ctx.get_current_key())
         if state is None:
             return
         version = state.version
@@ -109,7 +121,7 @@ class Personalize(KeyedProcessFunction):
         if state.version != version:   # a released match changed the profile (stage)
             self._save(ctx.get_current_key(), state, int(time.time() * 1000), ctx)
         else:
-            self._state.update(state)
+            self._store(ctx.get_current_key(), state)
 
     def close(self) -> None:
         self._writer.close()
@@ -125,13 +137,13 @@ class Personalize(KeyedProcessFunction):
 
     def _save(self, user_id: str, state: UserState, now: int, ctx: KeyedProcessFunction.Context,
               view: dict[str, Any] | None = None) -> None:
-        self._state.update(state)
+        self._store(user_id, state)
         if state.version == 0:
             return   # erased and nothing since: no profile to write
         if view is None:
             view = profile_view(user_id, state, self._rules)
         self._schedule_flush(ctx, now)
-        self._writer.put(user_id, state.version, redis_fields(view, now), now, segment=view["stage"])
+        self._writer.put(user_id, state.version, partial(redis_fields, view, now), now, segment=view["stage"])
         if self._writer.due(now):
             self._writer.flush()
 
@@ -155,7 +167,8 @@ def build(raw: DataStream, settings: JobSettings, book: PatternBook) -> tuple[Da
     personalized = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())
         .process(Personalize(profile_rules(settings), book, r.url.get_secret_value(), r.key_prefix, r.profile_ttl_s,
-                             r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s),
+                             r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s,
+                             settings.flink.state_cache_users),
                  output_type=KEYED_JSON)
         .name("personalize").uid("personalize")
     )

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from operators.events import Event
+from state.compact import compact
 
 Predicate = Callable[[Event], bool]
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Armed:
     anchor_event_id: str
@@ -32,6 +34,7 @@ class Armed:
     deadline_ms: int
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Match:
     match_id: str
@@ -51,6 +54,7 @@ def match_id(user_id: str, pattern: str, anchor_event_id: str) -> str:
     return hashlib.sha256(f"{user_id}\x1f{pattern}\x1f{anchor_event_id}".encode()).hexdigest()[:24]
 
 
+@compact
 @dataclass(slots=True)
 class AbsenceState:
     """Open anchors (their windows never overlap) and recent blocker times (anchors and cancels)."""
@@ -59,6 +63,7 @@ class AbsenceState:
     blockers: list[int] = field(default_factory=list)
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class AbsencePattern:
     name: str

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from state.compact import compact
+
 EVENT_TYPES = frozenset({
     "page_view", "search", "add_to_cart", "remove_from_cart", "purchase", "consent", "profile_update",
     "erasure_request",
@@ -16,6 +18,7 @@ REJECTION_REASONS = frozenset({
 })
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class SourceRef:
     """Where a record came from, so a dead-letter entry can be traced and replayed."""
@@ -26,6 +29,7 @@ class SourceRef:
     timestamp_ms: int | None = None
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Event:
     """A validated, normalised event. Times are epoch ms UTC; money is integer minor units.
@@ -46,6 +50,7 @@ class Event:
     source: SourceRef | None = field(default=None, repr=False, compare=False)
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a record was refused. ``field`` is a dotted path (``payload.price``) or None for the whole record."""

@@ -15,11 +15,13 @@ from operators.absence import AbsencePattern, AbsenceState, Match, match_id
 from operators.events import Event
 from operators.pattern_spec import PatternBook, PatternSpec
 from operators.trigger_gate import GateState, TriggerGate
+from state.compact import compact
 from state.profile import UserState, consent_at
 
 TRIGGER_SCHEMA_VERSION = 1
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Trigger:
     trigger_id: str
@@ -39,6 +41,7 @@ class Trigger:
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
+@compact
 @dataclass(slots=True)
 class PatternState:
     absence: dict[str, AbsenceState] = field(default_factory=dict)
@@ -49,6 +52,7 @@ class PatternState:
     deferred: list[Trigger] = field(default_factory=list)
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Outcome:
     triggers: list[Trigger]

@@ -18,13 +18,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from state.compact import compact
 
+
+@compact
 @dataclass(slots=True)
 class GateState:
     marketing_consent: bool = True
     sent: dict[str, list[int]] = field(default_factory=dict)  # pattern -> release times within the cap window
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Decision:
     outcome: str                 # send | deferred | suppressed
@@ -32,6 +36,7 @@ class Decision:
     reason: str | None = None    # why suppressed
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class TriggerGate:
     cap: int

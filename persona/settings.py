@@ -75,6 +75,7 @@ class FlinkSettings(_Strict):
     checkpoint_interval_ms: int = Field(ge=0)
     restart_attempts: int = Field(ge=0)
     state_ttl_s: int = Field(gt=0)
+    state_cache_users: int = Field(ge=0)
     connector_jars_dir: str = Field(min_length=1)
 
     def connector_jars(self) -> list[Path]:

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from state.compact import compact
 
+
+@compact
 @dataclass(slots=True)
 class Affinities:
     half_life_ms: int

@@ -12,14 +12,16 @@ wall-clock time.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
+
 from operators.events import Event
 from state.affinity import Affinities
+from state.compact import compact
 from state.journey import JourneyFacts, journey_stage
 from state.keys import PROFILE_SCHEMA_VERSION
 from state.rfm import Rfm, RfmThresholds, rfm_score
@@ -31,6 +33,7 @@ WINDOWS = {"10m": (10 * MIN, MIN), "1h": (60 * MIN, 5 * MIN), "24h": (24 * 60 * 
 WEEK_MS = 7 * 24 * 60 * MIN
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class ProfileRules:
     """Plain values from settings (Flink pickles functions: no settings objects inside them)."""
@@ -45,6 +48,7 @@ class ProfileRules:
     rfm: RfmThresholds = RfmThresholds()
 
 
+@compact
 @dataclass(slots=True)
 class UserState:
     version: int = 0
@@ -217,5 +221,5 @@ def redis_fields(view: dict[str, Any], updated_at_ms: int) -> dict[str, str]:
         if v is None:
             continue
         out[k] = v if isinstance(v, str) else (str(v) if isinstance(v, int) and not isinstance(v, bool)
-                                               else json.dumps(v, sort_keys=True, separators=(",", ":")))
+                                               else orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode())
     return out

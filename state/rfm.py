@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from state.compact import compact
+
 DAY_MS = 86_400_000
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class RfmValues:
     recency_days: int | None      # whole days since the last purchase; None if none in 90 days
@@ -27,6 +30,7 @@ class RfmValues:
     monetary_90d: int
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class RfmThresholds:
     """Ascending cut points: a value at or past the i-th cut scores i+2 (recency: at or below)."""
@@ -36,6 +40,7 @@ class RfmThresholds:
     monetary_90d: tuple[int, int, int, int] = (2_000, 10_000, 50_000, 200_000)
 
 
+@compact
 @dataclass(slots=True)
 class Rfm:
     days: dict[int, list[int]] = field(default_factory=dict)  # UTC day number -> [count, revenue_minor]

@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from state.compact import compact
 
+
+@compact
 @dataclass(frozen=True, slots=True)
 class SessionSummary:
     start_ms: int
@@ -29,6 +32,7 @@ class SessionSummary:
         return self.end_ms - self.start_ms
 
 
+@compact
 @dataclass(slots=True)
 class Sessions:
     gap_ms: int

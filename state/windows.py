@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from state.compact import compact
+
 # Order of the measures in every bucket.
 MEASURES = ("views", "product_dwell_ms", "carts", "cart_value_minor", "purchases", "revenue_minor")
 ZERO = (0,) * len(MEASURES)
 
 
+@compact
 @dataclass(slots=True)
 class SlidingWindow:
     length_ms: int
