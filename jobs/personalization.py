@@ -1,14 +1,17 @@
-"""The personalization job: validated ingestion -> per-user profile + patterns -> Redis profiles, Kafka triggers.
+"""The personalization job: validated ingestion -> per-user profile, models, patterns -> Redis, Kafka.
 
-Kafka (events) -> parse/validate -> event time -> key by user -> Personalize -> triggers topic
-                        |                                           |-> Redis profiles and segment sets
-                        +-> dead letters <--- late events ----------+
+Kafka (events) -> parse/validate -> key by user -> Personalize ------------> triggers topic
+                        |                          ^    |  |-> Redis profiles and segment sets
+                        +-> dead letters <-- late -+----+  +-> examples -> key by model -> TrainModels
+                                                   |                                        |
+Kafka (models) ------- broadcast (served models) --+          models topic, Redis model:* <-+
 
 Run on the embedded mini-cluster: ``python -m jobs.personalization [--bounded] [--set key=value ...]``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from functools import partial
@@ -18,16 +21,19 @@ from typing import Any
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pyflink.common import Row, Types
-from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext, TimeDomain
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream import DataStream, RuntimeContext, TimeDomain
+from pyflink.datastream.functions import KeyedBroadcastProcessFunction
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging
-from jobs.kafka_io import keyed_json_sink, raw_event_stream
+from jobs.kafka_io import keyed_json_sink, model_update_stream, raw_event_stream
+from jobs.model_training import TrainModels, example_key
 from jobs.parse_events import DEAD_LETTERS, KEYED_JSON, parse
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
 from operators.dead_letter import dead_letter_record
 from operators.events import Event, Rejection, SourceRef
+from operators.model_scoring import Example, ModelRules, ModelStep, ServedModels
 from operators.pattern_engine import Outcome, PatternEngine
 from operators.pattern_spec import PatternBook, load_patterns
 from persona.settings import ConfigError, JobSettings, resolve_path
@@ -40,6 +46,19 @@ from state.state_cache import StateCache
 log = logging.getLogger(__name__)
 # Persisted state name: renaming it loses state on restore from a savepoint.
 USER_STATE = "user_state_v1"
+SERVED_MODELS = MapStateDescriptor("served_models_v1", Types.STRING(), Types.STRING())
+# The operator's main output carries triggers and training examples, told apart by `kind`: PyFlink's
+# keyed broadcast operator cannot emit side outputs from on_timer, and labels are released there.
+ROUTED = Types.ROW_NAMED(["kind", "k", "v"], [Types.STRING(), Types.STRING(), Types.STRING()])
+TRIGGER, EXAMPLE = "t", "x"
+
+
+def model_rules(settings: JobSettings) -> ModelRules:
+    m = settings.models
+    return ModelRules(label_window_ms=m.label_window_ms, max_pending=m.max_pending_per_user,
+                      bot_threshold=m.bot_threshold, bot_rule_events_per_min=m.bot_rule_events_per_min,
+                      bot_rule_min_events=m.bot_rule_min_events, bot_min_events=m.bot_min_session_events,
+                      score_every=m.score_every_events)
 
 
 def profile_rules(settings: JobSettings) -> ProfileRules:
@@ -59,12 +78,18 @@ def check_patterns(settings: JobSettings) -> PatternBook:
     return book
 
 
-class Personalize(KeyedProcessFunction):
-    """Per user: load the one state value, apply the event, run the patterns, save, write Redis, emit."""
+class Personalize(KeyedBroadcastProcessFunction):
+    """Per user: load the one state value, apply the event, score, run the patterns, save, write Redis, emit.
 
-    def __init__(self, rules: ProfileRules, book: PatternBook, redis_url: str, key_prefix: str, profile_ttl_s: int,
-                 flush_interval_ms: int, max_batch: int, state_ttl_s: int, state_cache_users: int) -> None:
-        self._rules, self._book = rules, book
+    The broadcast side carries model snapshots and pins from the models topic; they are kept in
+    broadcast state (checkpointed) and served from memory.
+    """
+
+    def __init__(self, rules: ProfileRules, book: PatternBook, model_rules: ModelRules, redis_url: str,
+                 key_prefix: str, profile_ttl_s: int, flush_interval_ms: int, max_batch: int, state_ttl_s: int,
+                 state_cache_users: int, segments: int) -> None:
+        self._rules, self._book, self._model_rules = rules, book, model_rules
+        self._segment_names = tuple(f"seg{i}" for i in range(segments))
         self._cache_size = state_cache_users
         self._redis = (redis_url, key_prefix, profile_ttl_s, flush_interval_ms, max_batch)
         self._state_ttl_s = state_ttl_s
@@ -76,12 +101,18 @@ class Personalize(KeyedProcessFunction):
         self._cache = StateCache(self._cache_size)
         url, prefix, ttl_s, interval, max_batch = self._redis
         self._interval = interval
-        self._writer = ProfileWriter.from_url(url, RedisKeys(prefix), ttl_s, interval, max_batch, segments=STAGES)
+        self._writer = ProfileWriter.from_url(url, RedisKeys(prefix), ttl_s, interval, max_batch,
+                                              segments=STAGES + self._segment_names)
         self._engine = PatternEngine(self._book)
+        self._models = ModelStep(self._model_rules)
+        self._served = ServedModels()
+        self._served_loaded = False
         metrics = runtime_context.get_metrics_group().add_group("personalize")
         self._late = metrics.counter("late_events")
         self._triggers = {p.name: metrics.add_group("triggers").counter(p.name) for p in self._book.patterns}
-        self._suppressed = {r: metrics.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap")}
+        self._suppressed = {r: metrics.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap", "bot")}
+        self._examples = {n: metrics.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
+        self._bots = metrics.counter("bot_flags")
 
     def _load(self, user_id: str) -> UserState | None:
         state = self._cache.get(user_id)
@@ -91,7 +122,26 @@ class Personalize(KeyedProcessFunction):
         self._state.update(state)
         self._cache.put(user_id, state)
 
-    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+    def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> None:
+        try:
+            record = json.loads(value[0])
+            key = record["model"] + (":pin" if record["kind"] in ("pin", "unpin") else "")
+            self._served.apply(record)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring a malformed models-topic record: %s", e)
+            return
+        ctx.get_broadcast_state(SERVED_MODELS).put(key, value[0])
+
+    def _restore_served(self, ctx: Any) -> None:
+        """After a restore, the served models come back from broadcast state (pins after snapshots)."""
+        self._served_loaded = True
+        items = sorted(ctx.get_broadcast_state(SERVED_MODELS).items(), key=lambda kv: kv[0].endswith(":pin"))
+        for _, text in items:
+            self._served.apply(json.loads(text))
+
+    def process_element(self, event: Event, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
+        if not self._served_loaded:
+            self._restore_served(ctx)
         state = self._load(event.user_id)
         now = int(time.time() * 1000)
         if is_late(state, event, self._rules):
@@ -101,14 +151,23 @@ class Personalize(KeyedProcessFunction):
         if event.event_type == "erasure_request":
             self._schedule_flush(ctx, now)
             self._writer.erase(event.user_id, now)
+            if state is not None:
+                self._models.erase(state)
         state = apply_event(state, event, self._rules)
         view = profile_view(event.user_id, state, self._rules)
+        was_bot = self._models.outputs(state).bot
+        examples, deadlines = self._models.on_event(state, event, view, self._served)
+        if self._models.outputs(state).bot and not was_bot:
+            self._bots.inc()
+        for deadline in deadlines:
+            ctx.timer_service().register_event_time_timer(deadline)
+        yield from self._send(examples)
         outcome = self._engine.on_event(state, event, view)
         yield from self._emit(outcome, ctx)
         # Patterns changed nothing the view shows unless they bumped the version (a released match).
         self._save(event.user_id, state, now, ctx, view if view["profile_version"] == state.version else None)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self._writer.flush()
             return
@@ -116,6 +175,7 @@ class Personalize(KeyedProcessFunction):
         if state is None:
             return
         version = state.version
+        yield from self._send(self._models.on_timer(state, timestamp))
         outcome = self._engine.on_timer(state, ctx.get_current_key(), timestamp)
         yield from self._emit(outcome, ctx)
         if state.version != version:   # a released match changed the profile (stage)
@@ -126,28 +186,35 @@ class Personalize(KeyedProcessFunction):
     def close(self) -> None:
         self._writer.close()
 
-    def _emit(self, outcome: Outcome, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
+    def _send(self, examples: list[Example]) -> Iterator[Row]:
+        for ex in examples:
+            self._examples[ex.model].inc()
+            yield Row(EXAMPLE, ex.model, ex.to_json())
+
+    def _emit(self, outcome: Outcome, ctx: Any) -> Iterator[Row]:
         for t in outcome.timers:
             ctx.timer_service().register_event_time_timer(t)
         for pattern, reason in outcome.suppressed:
             self._suppressed[reason].inc()
         for trigger in outcome.triggers:
             self._triggers[trigger.pattern].inc()
-            yield Row(trigger.user_id, trigger.to_json())
+            yield Row(TRIGGER, trigger.user_id, trigger.to_json())
 
-    def _save(self, user_id: str, state: UserState, now: int, ctx: KeyedProcessFunction.Context,
+    def _save(self, user_id: str, state: UserState, now: int, ctx: Any,
               view: dict[str, Any] | None = None) -> None:
         self._store(user_id, state)
         if state.version == 0:
             return   # erased and nothing since: no profile to write
         if view is None:
             view = profile_view(user_id, state, self._rules)
+            ModelStep.annotate(view, self._models.outputs(state))
         self._schedule_flush(ctx, now)
-        self._writer.put(user_id, state.version, partial(redis_fields, view, now), now, segment=view["stage"])
+        memberships = (view["stage"], view["segment"]) if view.get("segment") else (view["stage"],)
+        self._writer.put(user_id, state.version, partial(redis_fields, view, now), now, segments=memberships)
         if self._writer.due(now):
             self._writer.flush()
 
-    def _schedule_flush(self, ctx: KeyedProcessFunction.Context, now: int) -> None:
+    def _schedule_flush(self, ctx: Any, now: int) -> None:
         """The first write of a batch arms a processing-time timer, so the batch is flushed even if the stream stops."""
         if self._writer.pending == 0:
             ctx.timer_service().register_processing_time_timer(now + self._interval)
@@ -160,19 +227,31 @@ class Personalize(KeyedProcessFunction):
         return dead_letter_record(event.raw or b"", rejection, event.source or SourceRef("", -1, -1), now)
 
 
-def build(raw: DataStream, settings: JobSettings, book: PatternBook) -> tuple[DataStream, DataStream]:
-    """(trigger rows, dead-letter rows), both (k, v) string rows. Sources and sinks are attached by the caller."""
+def build(raw: DataStream, model_updates: DataStream, settings: JobSettings, book: PatternBook
+          ) -> tuple[DataStream, DataStream, DataStream]:
+    """(trigger rows, dead-letter rows, model-update rows), all (k, v) string rows. The caller attaches sources and sinks."""
     events, bad = parse(raw, keep_raw=True)
-    r = settings.redis
+    r, m = settings.redis, settings.models
     personalized = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())
-        .process(Personalize(profile_rules(settings), book, r.url.get_secret_value(), r.key_prefix, r.profile_ttl_s,
-                             r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s,
-                             settings.flink.state_cache_users),
-                 output_type=KEYED_JSON)
+        .connect(model_updates.broadcast(SERVED_MODELS))
+        .process(Personalize(profile_rules(settings), book, model_rules(settings), r.url.get_secret_value(),
+                             r.key_prefix, r.profile_ttl_s, r.flush_interval_ms, r.flush_max_batch,
+                             settings.flink.state_ttl_s, settings.flink.state_cache_users, m.segments),
+                 output_type=ROUTED)
         .name("personalize").uid("personalize")
     )
-    return personalized, bad.union(personalized.get_side_output(DEAD_LETTERS))
+    triggers = (personalized.filter(lambda r: r[0] == TRIGGER).name("triggers")
+                .map(lambda r: Row(r[1], r[2]), output_type=KEYED_JSON))
+    published = (
+        personalized.filter(lambda r: r[0] == EXAMPLE).name("examples")
+        .map(lambda r: Example.from_json(r[2]), output_type=Types.PICKLED_BYTE_ARRAY())
+        .key_by(example_key, key_type=Types.STRING())
+        .process(TrainModels(m.seed, m.segments, m.publish_every_examples, m.publish_interval_ms, m.keep_versions,
+                             r.url.get_secret_value(), r.key_prefix), output_type=KEYED_JSON)
+        .name("train-models").uid("train-models")
+    )
+    return triggers, bad.union(personalized.get_side_output(DEAD_LETTERS)), published
 
 
 def check_topics(settings: JobSettings) -> None:
@@ -183,7 +262,8 @@ def check_topics(settings: JobSettings) -> None:
         admin.close()
     except KafkaError as e:
         raise ConfigError(f"kafka.bootstrap_servers: {settings.kafka.bootstrap_servers} did not answer ({e})") from None
-    for key, name in (("events", t.events), ("dead_letter", t.dead_letter), ("triggers", t.triggers)):
+    for key, name in (("events", t.events), ("dead_letter", t.dead_letter), ("triggers", t.triggers),
+                      ("models", t.models)):
         if name not in existing:
             raise ConfigError(f"kafka.topics.{key}: topic {name!r} does not exist on {settings.kafka.bootstrap_servers}")
 
@@ -198,12 +278,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail("personalization", str(e))
     env, t_env = make_environment(settings.flink, args.deployment)
     raw = raw_event_stream(t_env, settings.kafka, settings.source, bounded=args.bounded)
-    triggers, dead_letters = build(raw, settings, book)
+    updates = model_update_stream(t_env, settings.kafka, bounded=args.bounded)
+    triggers, dead_letters, published = build(raw, updates, settings, book)
     statements = t_env.create_statement_set()
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers),
                           t_env.from_data_stream(triggers))
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "dead_letter_sink", settings.kafka.topics.dead_letter),
                           t_env.from_data_stream(dead_letters))
+    statements.add_insert(keyed_json_sink(t_env, settings.kafka, "model_sink", settings.kafka.topics.models),
+                          t_env.from_data_stream(published))
     statements.attach_as_datastream()
     log.info("starting personalization (kafka %s, redis %s, mode %s)", settings.kafka.bootstrap_servers,
              settings.redis.masked_url, settings.flink.execution_mode)

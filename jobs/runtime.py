@@ -35,6 +35,8 @@ def make_environment(flink: FlinkSettings, deployment: Deployment) -> tuple[Stre
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(flink.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    if flink.checkpoint_dir:
+        conf.set_string("execution.checkpointing.dir", flink.checkpoint_dir)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(flink.parallelism)
     if flink.checkpoint_interval_ms > 0:

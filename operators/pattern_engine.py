@@ -157,6 +157,10 @@ class PatternEngine:
               suppressed: list[tuple[str, str]]) -> None:
         # Consent as of the match time: a timer may fire after later consent events were applied.
         ps.gate.marketing_consent = consent_at(user, at_ms)
+        if getattr(user.extra.get("models"), "bot", False):
+            # A user flagged as a bot (rule or model) gets no trigger, whatever produced the match.
+            suppressed.append((spec.name, "bot"))
+            return
         decision = self.gate.decide(ps.gate, spec.name, at_ms, user.timezone)
         if decision.outcome == "suppressed":
             suppressed.append((spec.name, decision.reason or "suppressed"))

@@ -34,7 +34,7 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
 PROFILE_FIELDS = frozenset({
     "profile_version", "events_total", "session_count", "current_session_length_ms",
     "current_session_product_dwell_ms", "sessions_7d", "purchases_7d", "cart_items", "cart_value_minor",
-    "stage", "last_device", "country", "local_hour", "marketing_consent",
+    "stage", "last_device", "country", "local_hour", "marketing_consent", "propensity", "segment", "bot_score", "bot",
     "rfm.recency_days", "rfm.frequency_30d", "rfm.frequency_90d", "rfm.monetary_30d", "rfm.monetary_90d",
     "rfm.score", *(f"windows.{w}.{m}" for w in ("10m", "1h", "24h") for m in (
         "views", "product_dwell_ms", "carts", "cart_value_minor", "purchases", "revenue_minor")),

@@ -55,6 +55,27 @@ def _parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profile", help="print a user's profile from Redis")
     prof.add_argument("user_id")
+
+    models = sub.add_parser("models", help="published model versions; pin (roll back) or unpin the served one")
+    m_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m_sub.add_parser("list", help="each model's newest version, metrics, kept versions and pin")
+    pin = m_sub.add_parser("pin", help="serve this kept version (a rollback if it is older) until unpinned")
+    pin.add_argument("model", choices=("propensity", "segments", "bots"))
+    pin.add_argument("version", type=int)
+    unpin = m_sub.add_parser("unpin", help="serve the newest version again")
+    unpin.add_argument("model", choices=("propensity", "segments", "bots"))
+
+    ev = sub.add_parser("evaluate", help="replay a generated stream; prequential vs batch-hindsight AUC, PNG")
+    ev.add_argument("--records", type=int, default=60_000)
+    ev.add_argument("--users", type=int, default=1_500)
+    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--out", type=Path, default=Path("reports"), help="folder for the PNG and JSON (default reports/)")
+
+    bench = sub.add_parser("bench", help="benchmark the job and the plain-Python baseline on the local stack")
+    bench.add_argument("--events", type=int, default=60_000, help="pre-loaded events to drain (default 60000)")
+    bench.add_argument("--rate", type=float, default=2_000.0, help="fixed rate of the freshness run, events/s")
+    bench.add_argument("--seconds", type=float, default=30.0, help="length of the freshness run")
+    bench.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     return p
 
 
@@ -66,7 +87,7 @@ def _positive(parser: argparse.ArgumentParser, name: str, value: float | None) -
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("records", "users", "rate"):
+    for name in ("records", "users", "rate", "events", "seconds"):
         _positive(parser, f"--{name}", getattr(args, name, None))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -110,6 +131,14 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _cluster(args)
     if args.command == "profile":
         return _profile(args.user_id)
+    if args.command == "models":
+        return _models(args)
+    if args.command == "evaluate":
+        from bench.evaluate import run_evaluation
+        return run_evaluation(args.records, args.users, args.seed, args.out)
+    if args.command == "bench":
+        from bench.harness import run_bench
+        return run_bench(args.events, args.rate, args.seconds, args.out)
     raise AssertionError(args.command)
 
 
@@ -171,3 +200,39 @@ def _profile(user_id: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _models(args: argparse.Namespace) -> int:
+    from kafka import KafkaProducer
+
+    from state.keys import RedisKeys
+    from state.model_registry import kept_record, model_info, set_pinned
+    settings = load_job_settings()
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    keys = RedisKeys(settings.redis.key_prefix)
+    try:
+        if args.action == "list":
+            for name in ("propensity", "segments", "bots"):
+                info = model_info(client, keys, name)
+                print(f"{name}: " + ("never published" if info is None else json.dumps(info, sort_keys=True)))
+            return 0
+        if args.action == "pin":
+            record = kept_record(client, keys, args.model, args.version)
+            if record is None:
+                info = model_info(client, keys, args.model)
+                kept = info["versions"] if info else []
+                raise ConfigError(f"{args.model} version {args.version} is not kept (kept: {kept or 'none'})")
+            record = {**record, "kind": "pin"}
+        else:
+            record = {"schema_version": 1, "kind": "unpin", "model": args.model}
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+        producer.send(settings.kafka.topics.models, key=f"{args.model}:pin".encode(), value=json.dumps(record).encode())
+        producer.flush(timeout=30)
+        producer.close()
+        set_pinned(client, keys, args.model, args.version if args.action == "pin" else None)
+        print(f"{args.model}: " + (f"pinned to version {args.version}" if args.action == "pin" else "serving the newest version"))
+        return 0
+    except redis.RedisError as e:
+        raise ConfigError(f"redis.url: {settings.redis.masked_url} did not answer ({e})") from None
+    finally:
+        client.close()

@@ -56,7 +56,8 @@ def run_demo(opts: DemoOptions) -> int:
     for line in services.up():
         print(line)
     run_id = time.strftime("%Y%m%d%H%M%S")
-    topics = {"events": f"demo-{run_id}.events", "dead_letter": f"demo-{run_id}.dlq", "triggers": f"demo-{run_id}.triggers"}
+    topics = {"events": f"demo-{run_id}.events", "dead_letter": f"demo-{run_id}.dlq", "triggers": f"demo-{run_id}.triggers",
+              "models": f"demo-{run_id}.models"}
     prefix = f"demo:{run_id}:"
     bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
     job = load_job_settings({"kafka.bootstrap_servers": bootstrap, "redis.url": redis_url})

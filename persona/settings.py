@@ -35,6 +35,7 @@ class Topics(_Strict):
     events: str = Field(min_length=1)
     dead_letter: str = Field(min_length=1)
     triggers: str = Field(min_length=1)
+    models: str = Field(min_length=1)
 
 
 class KafkaSettings(_Strict):
@@ -73,6 +74,7 @@ class FlinkSettings(_Strict):
     execution_mode: Literal["thread", "process"] = "thread"
     parallelism: int = Field(ge=1, le=256)
     checkpoint_interval_ms: int = Field(ge=0)
+    checkpoint_dir: str = ""
     restart_attempts: int = Field(ge=0)
     state_ttl_s: int = Field(gt=0)
     state_cache_users: int = Field(ge=0)
@@ -98,12 +100,28 @@ class ProfileSettings(_Strict):
     loyal_min_purchases: int = Field(ge=1)
 
 
+class ModelSettings(_Strict):
+    label_window_ms: int = Field(gt=0)
+    max_pending_per_user: int = Field(ge=1, le=1000)
+    publish_every_examples: int = Field(ge=1)
+    publish_interval_ms: int = Field(gt=0)
+    keep_versions: int = Field(ge=1)
+    segments: int = Field(ge=2, le=50)
+    score_every_events: int = Field(ge=1)
+    bot_threshold: float = Field(gt=0, le=1.0001)
+    bot_min_session_events: int = Field(ge=1)
+    bot_rule_events_per_min: float = Field(gt=0)
+    bot_rule_min_events: int = Field(ge=1)
+    seed: int = 42
+
+
 class JobSettings(_Strict):
     kafka: KafkaSettings
     source: SourceSettings
     redis: RedisSettings
     flink: FlinkSettings
     profile: ProfileSettings
+    models: ModelSettings
     patterns_file: str = Field(min_length=1)
 
 
@@ -162,6 +180,7 @@ class GeneratorSettings(_Strict):
     late_margin_ms: int = Field(gt=0)
     malformed_fraction: float = Field(ge=0, lt=1)
     malformed_kinds: tuple[MalformedKind, ...] = Field(min_length=1)
+    bot_fraction: float = Field(ge=0, le=1)
 
 
 # --------------------------------------------------------------------------- loading

@@ -24,5 +24,17 @@ class RedisKeys:
         """Set of user ids in a segment."""
         return f"{self.prefix}segment:{name}"
 
+    def model(self, name: str) -> str:
+        """Hash describing the newest published snapshot of a model: version, metrics, examples, updated_at."""
+        return f"{self.prefix}model:{name}"
+
+    def model_versions(self, name: str) -> str:
+        """Sorted set of the kept snapshot versions (score = version)."""
+        return f"{self.prefix}model:{name}:versions"
+
+    def model_blob(self, name: str, version: int) -> str:
+        """The models-topic record of one kept snapshot (JSON), for pinning and rollback."""
+        return f"{self.prefix}model:{name}:v{version}"
+
     def profile_pattern(self) -> str:
         return f"{self.prefix}profile:*"

@@ -17,7 +17,7 @@ import redis
 from state.keys import RedisKeys
 
 # KEYS[1] profile hash, KEYS[2..] segment sets; ARGV[1] new profile_version, ARGV[2] ttl seconds,
-# ARGV[3] user id, ARGV[4] index of the segment the user belongs to (1-based over KEYS[2..], 0: none),
+# ARGV[3] user id, ARGV[4] ",i,j," indices of the segments the user belongs to (1-based over KEYS[2..]),
 # ARGV[5..] field, value, ... The segment update happens only with the profile it belongs to.
 _REPLACE_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], 'profile_version')
@@ -25,9 +25,9 @@ if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-local idx = tonumber(ARGV[4])
+local member = ARGV[4]
 for i = 2, #KEYS do
-  if i - 1 == idx then redis.call('SADD', KEYS[i], ARGV[3]) else redis.call('SREM', KEYS[i], ARGV[3]) end
+  if string.find(member, ',' .. (i - 1) .. ',', 1, true) then redis.call('SADD', KEYS[i], ARGV[3]) else redis.call('SREM', KEYS[i], ARGV[3]) end
 end
 return 1
 """
@@ -51,7 +51,7 @@ class ProfileWriter:
         self._script = client.register_script(_REPLACE_IF_NEWER)
         self._segments = segments
         self._segment_keys = [keys.segment(name) for name in segments]
-        self._pending: dict[str, tuple[int, Fields, str | None]] = {}
+        self._pending: dict[str, tuple[int, Fields, tuple[str, ...]]] = {}
         self._erase: set[str] = set()
         self._oldest_ms: int | None = None
         self.written = 0
@@ -66,16 +66,17 @@ class ProfileWriter:
     def pending(self) -> int:
         return len(self._pending) + len(self._erase)
 
-    def put(self, user_id: str, version: int, fields: Fields, now_ms: int, segment: str | None = None) -> None:
+    def put(self, user_id: str, version: int, fields: Fields, now_ms: int, segment: str | None = None,
+            segments: tuple[str, ...] = ()) -> None:
         """Queue a profile; a newer version for the same user replaces the queued one.
 
         ``fields`` may be a function: it is called once, at the flush, if this version is still the pending one.
 
-        ``segment`` (one of the writer's ``segments``) is the set the user belongs to; it leaves the others.
+        ``segment`` or ``segments`` (of the writer's ``segments``) are the sets the user belongs to; it leaves the others.
         """
         if self._oldest_ms is None:
             self._oldest_ms = now_ms
-        self._pending[user_id] = (version, fields, segment)
+        self._pending[user_id] = (version, fields, (segment,) if segment is not None else segments)
 
     def erase(self, user_id: str, now_ms: int) -> None:
         """Delete the user's profile and segment memberships (erasure request), before any later put."""
@@ -101,9 +102,9 @@ class ProfileWriter:
             for key in self._segment_keys:
                 pipe.srem(key, user_id)
         erase_replies = len(self._erase) * (1 + len(self._segment_keys))
-        for user_id, (version, fields, segment) in self._pending.items():
-            index = self._segments.index(segment) + 1 if segment in self._segments else 0
-            args: list[Any] = [version, self._ttl_s, user_id, index]
+        for user_id, (version, fields, member_of) in self._pending.items():
+            indices = "," + "".join(f"{self._segments.index(s) + 1}," for s in member_of if s in self._segments)
+            args: list[Any] = [version, self._ttl_s, user_id, indices]
             for k, v in (fields() if callable(fields) else fields).items():
                 args += (k, v)
             self._script(keys=[self._keys.profile(user_id), *self._segment_keys], args=args, client=pipe)
@@ -124,11 +125,11 @@ class ProfileWriter:
 
 
 # Fields stored as decimal text and as JSON text (schemas/profile.v1.json); the rest are plain strings.
-_INT_FIELDS = frozenset({"profile_version", "updated_at", "last_event_time", "events_total", "session_count",
+_INT_FIELDS = frozenset({"profile_version", "propensity_version", "updated_at", "last_event_time", "events_total", "session_count",
                          "current_session_length_ms", "current_session_product_dwell_ms", "sessions_7d",
                          "purchases_7d", "local_hour", "cart_items", "cart_value_minor"})
 _JSON_FIELDS = frozenset({"counts_by_type", "windows", "recent_sessions", "rfm", "affinities", "device_mix",
-                          "demographics", "marketing_consent"})
+                          "demographics", "marketing_consent", "propensity", "bot_score", "bot"})
 
 
 def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str, Any] | None:

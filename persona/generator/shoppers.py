@@ -75,6 +75,7 @@ class _User:
     cart: dict[str, dict[str, Any]] = field(default_factory=dict)
     seq: int = 0
     orders: int = 0
+    bot: bool = False
 
 
 def _pick_device(rng: random.Random) -> tuple[str, str]:
@@ -86,15 +87,19 @@ def _pick_device(rng: random.Random) -> tuple[str, str]:
     return DEVICES[-1][0], DEVICES[-1][2][0]
 
 
-def _new_user(idx: int, seed: int) -> _User:
+def _new_user(idx: int, seed: int, bot_fraction: float = 0.0) -> _User:
     rng = random.Random(f"{seed}:user:{idx}")
+    # Its own draw, so the share of bots does not change the other users.
+    bot = random.Random(f"{seed}:bot:{idx}").random() < bot_fraction
     device, os_name = _pick_device(rng)
     favourites = tuple(rng.sample(CATEGORIES, k=rng.randint(1, 3)))
     return _User(
         idx=idx, user_id=f"u{idx:06d}", device=device, os=os_name, place=rng.choice(PLACES),
-        favourites=favourites, buy_prob=rng.betavariate(2, 5),
+        favourites=favourites,
+        # Two kinds of shoppers: a third are buyers (the known propensity signal), the rest mostly browse.
+        buy_prob=rng.betavariate(8, 3) if rng.random() < 0.33 else rng.betavariate(1, 12),
         # Repeat visitors come back within hours, occasional ones within days.
-        mean_gap_ms=rng.choice((2, 6, 12, 24, 48)) * 3_600_000.0, rng=rng,
+        mean_gap_ms=rng.choice((2, 6, 12, 24, 48)) * 3_600_000.0, rng=rng, bot=bot,
     )
 
 
@@ -114,7 +119,7 @@ class _SessionWalk:
                 yield self._event("consent", session_id, referrer, self._consent_payload())
             if rng.random() < 0.02:
                 yield self._event("profile_update", session_id, referrer, self._profile_payload())
-            yield from self._funnel(session_id, referrer)
+            yield from (self._crawl(session_id) if u.bot else self._funnel(session_id, referrer))
             if rng.random() < 0.002:
                 yield self._event("erasure_request", session_id, referrer, {})
             # Inactivity gap to the next visit: at least 31 min so a new session starts.
@@ -140,7 +145,9 @@ class _SessionWalk:
                 product = {"product_id": f"p-{category}-{rng.randint(1, 400)}", "category": category,
                            "price": round(rng.uniform(lo, hi), 2)}
                 # Mobile shoppers with high intent linger on product pages.
-                dwell = self._dwell(10, 200 if u.device == "mobile" and u.buy_prob > 0.35 else 90)
+                # Buyers read longer (the signal the propensity model can find).
+                typical = 200 if u.device == "mobile" and u.buy_prob > 0.35 else 15 + 150 * u.buy_prob
+                dwell = int(typical * rng.uniform(0.7, 1.3) * 1000)
                 yield self._event("page_view", session_id, referrer,
                                   {"page_type": "product", "product_id": product["product_id"],
                                    "category": category, "dwell_ms": dwell})
@@ -158,6 +165,23 @@ class _SessionWalk:
             yield self._event("page_view", session_id, referrer, {"page_type": "checkout", "dwell_ms": self._dwell(20, 120)})
             self._advance()
             yield self._event("purchase", session_id, referrer, self._purchase_payload())
+
+    def _crawl(self, session_id: str) -> Iterator[dict[str, Any]]:
+        """A bot's session: 30-120 pages about a second apart, a few items put in the cart, never a purchase."""
+        u, rng = self.user, self.user.rng
+        for _ in range(rng.randint(30, 120)):
+            self.t += int(rng.uniform(0.8, 1.8) * 1000)
+            category = rng.choice(CATEGORIES)
+            lo, hi = PRICE_RANGE[category]
+            product = {"product_id": f"p-{category}-{rng.randint(1, 400)}", "category": category,
+                       "price": round(rng.uniform(lo, hi), 2)}
+            if rng.random() < 0.05:
+                item = dict(product, currency=u.place[4], quantity=1)
+                u.cart[item["product_id"]] = item
+                yield self._event("add_to_cart", session_id, "", item)
+            else:
+                yield self._event("page_view", session_id, "", {"page_type": "product", "product_id": product["product_id"],
+                                                                 "category": category, "dwell_ms": self._dwell(1, 2)})
 
     def _purchase_payload(self) -> dict[str, Any]:
         u = self.user
@@ -215,7 +239,8 @@ def parse_start(text: str, now_ms: int | None = None) -> int:
 
 def _time_ordered(settings: GeneratorSettings, start_ms: int) -> Iterator[dict[str, Any]]:
     end_ms = start_ms + int(settings.span_hours * 3_600_000)
-    walks = (_SessionWalk(_new_user(i, settings.seed), start_ms, end_ms).events() for i in range(settings.users))
+    walks = (_SessionWalk(_new_user(i, settings.seed, settings.bot_fraction), start_ms, end_ms).events()
+             for i in range(settings.users))
     heap: list[tuple[int, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
     for i, it in enumerate(walks):
         first = next(it, None)
@@ -290,3 +315,9 @@ def _record(ev: dict[str, Any], t: int, delay: str, rng: random.Random, settings
         value, key_ok = corrupt(ev, kind, rng)
         return GeneratedRecord(key if key_ok else None, value, None, t, delay, kind, EXPECTED_REASON[kind])
     return GeneratedRecord(key, json.dumps(ev, separators=(",", ":")).encode(), ev, t, delay)
+
+
+def bot_users(settings: GeneratorSettings) -> set[str]:
+    """The user ids the generator makes crawlers (what a bot detector should find)."""
+    return {f"u{i:06d}" for i in range(settings.users)
+            if random.Random(f"{settings.seed}:bot:{i}").random() < settings.bot_fraction}

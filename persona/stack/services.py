@@ -36,6 +36,8 @@ class LocalServices:
         if job is not None:
             t = job.kafka.topics
             created = ensure_topics(self.kafka.bootstrap, [t.events, t.dead_letter, t.triggers], job.kafka.partitions)
+            # One partition: snapshots of a model stay in order.
+            created += ensure_topics(self.kafka.bootstrap, [t.models], 1)
             lines.append(f"topics created: {', '.join(created)}" if created else "topics already exist")
         return lines
 

@@ -54,7 +54,7 @@ def stored_field(profile: dict[str, str], dotted: str) -> Any:
 
 def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: str, redis_url: str, topics: TopicNames,
                                                               redis_prefix: str, tmp_path: Path) -> None:
-    records = list(generate(load_generator_settings({"users": 450, "seed": 21}), max_records=22_000))
+    records = list(generate(load_generator_settings({"users": 450, "seed": 21, "bot_fraction": 0.0}), max_records=22_000))
     assert len(records) >= 20_000
     assert {r.delay for r in records} == {"in_order", "out_of_order", "late"} and any(r.malformed for r in records)
     produce(kafka_bootstrap, topics.events, records)

@@ -1,0 +1,487 @@
+"""``persona bench``: the full job and the plain-Python baseline, measured in the same run on the local stack.
+
+Per system:
+1. drain: N generated events pre-loaded in Kafka; events/s from the first profile in Redis to the moment
+   the last users' profiles reach their final versions (start-up is reported separately);
+2. freshness: live events at a fixed rate; for every 10th event, the time from produce to the moment
+   Redis shows its ``profile_version``: p50/p95/p99 and whether the lag stayed bounded;
+3. trigger delay: abandonment deadline (10 s after an add to cart, bench/patterns.yaml) to the trigger;
+4. state: checkpoint bytes per user (job), Redis ``MEMORY USAGE`` per profile, process RSS.
+
+The baseline is a kafka-python consumer calling the same functions (bench/replay.py) and writing Redis
+through the same pipelined writer, without fault tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, Producer
+
+from bench.live_events import LiveTraffic
+from bench.replay import Replay
+from persona.generator.shoppers import generate
+from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
+from persona.stack.prereqs import check_all
+from persona.stack.procs import StackError, wait_until
+from persona.stack.services import LocalServices
+from persona.stack.topics import ensure_topics
+from state.journey import STAGES
+from state.keys import RedisKeys
+from state.profile import redis_fields
+from state.profile_store import ProfileWriter
+
+SAMPLE_EVERY = 10
+LIVE_USERS = 3_000
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _percentiles(xs: list[float]) -> dict[str, float | None]:
+    if not xs:
+        return {"p50": None, "p95": None, "p99": None, "n": 0}
+    q = statistics.quantiles(xs, n=100, method="inclusive") if len(xs) > 1 else [xs[0]] * 99
+    return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1), "n": len(xs)}
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+def _group_pids(pgid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getpgid(int(d.name)) == pgid:
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+@dataclass
+class Probe:
+    """Polls Redis for sampled (user, version, produced_at) until each is visible; collects latencies in ms."""
+
+    client: redis.Redis
+    keys: RedisKeys
+    pending: list[tuple[str, int, float]] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, user: str, version: int, produced_at: float) -> None:
+        with self.lock:
+            self.pending.append((user, version, produced_at))
+
+    def run(self) -> None:
+        while not self.stop.is_set() or self.pending:
+            with self.lock:
+                batch, self.pending = self.pending, []
+            if batch:
+                pipe = self.client.pipeline(transaction=False)
+                for user, _, _ in batch:
+                    pipe.hget(self.keys.profile(user), "profile_version")
+                now = time.time()
+                left = []
+                for (user, version, t0), got in zip(batch, pipe.execute(), strict=True):
+                    if got is not None and int(got) >= version:
+                        self.latencies.append((now - t0) * 1000)
+                    elif now - t0 < 60:
+                        left.append((user, version, t0))
+                with self.lock:
+                    self.pending = left + self.pending
+            if self.stop.is_set() and not self.pending:
+                break
+            time.sleep(0.005)
+
+
+def _fast_producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.size": 512 * 1024, "acks": "all",
+                     "queue.buffering.max.messages": 1_000_000})
+
+
+def _preload(bootstrap: str, topic: str, n: int, users: int) -> tuple[dict[str, int], int]:
+    """Generated events (valid only) -> topic; returns each user's final profile version and the count."""
+    gen = load_generator_settings({"users": users, "seed": 7, "malformed_fraction": 0.0, "late_fraction": 0.0,
+                                   "out_of_order_fraction": 0.0, "span_hours": 72})
+    producer = _fast_producer(bootstrap)
+    final: dict[str, int] = {}
+    count = 0
+    for rec in generate(gen, max_records=n):
+        ev = rec.event
+        assert ev is not None
+        final[ev["user_id"]] = 0 if ev["event_type"] == "erasure_request" else final.get(ev["user_id"], 0) + 1
+        producer.produce(topic, key=rec.key, value=rec.value, timestamp=rec.event_time_ms)
+        producer.poll(0)
+        count += 1
+    producer.flush(60)
+    return final, count
+
+
+def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], deadline_s: float) -> tuple[float, float]:
+    """(time the first profile appeared, time every user reached its final version), wall clock seconds."""
+    users = [u for u, v in final.items() if v > 0]
+    probe = users[:50]
+    t_first = None
+    end = time.time() + deadline_s
+    while time.time() < end:
+        if t_first is None:
+            if any(client.exists(keys.profile(u)) for u in probe):
+                t_first = time.time()
+        else:
+            pipe = client.pipeline(transaction=False)
+            for u in users:
+                pipe.hget(keys.profile(u), "profile_version")
+            got = pipe.execute()
+            done = sum(1 for u, v in zip(users, got, strict=True) if v is not None and int(v) >= final[u])
+            if done == len(users):
+                return t_first, time.time()
+        time.sleep(0.05)
+    raise StackError("bench: the events were not all in Redis before the deadline")
+
+
+def _live(bootstrap: str, topic: str, rate: float, seconds: float, prefix: str, probe: Probe) -> int:
+    traffic = LiveTraffic(prefix, LIVE_USERS, seed=11)
+    producer = _fast_producer(bootstrap)
+    start = time.time()
+    sent = 0
+    next_report = start + 5
+    while True:
+        now = time.time()
+        if now - start >= seconds:
+            break
+        due = int((now - start) * rate)
+        while sent < due:
+            t_ms = int(time.time() * 1000)
+            user, key, value, version = traffic.next(t_ms)
+            producer.produce(topic, key=key, value=value, timestamp=t_ms)
+            if sent % SAMPLE_EVERY == 0:
+                producer.poll(0)
+                probe.add(user, version, t_ms / 1000)
+            sent += 1
+        if now >= next_report:
+            _say(f"  live: {sent:,} events at {sent / (now - start):,.0f}/s, {len(probe.latencies):,} freshness samples")
+            next_report += 5
+        time.sleep(0.002)
+    producer.flush(30)
+    return sent
+
+
+class TriggerClock:
+    """Reads the triggers topic; delay = arrival - the trigger's event time (its deadline)."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, user_prefix: str) -> None:
+        self.delays: list[float] = []
+        self._prefix = user_prefix
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "latest"})
+        self._consumer.subscribe([topic])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                doc = json.loads(msg.value())
+                if doc["user_id"].startswith(self._prefix):   # not the replayed history's triggers
+                    self.delays.append(time.time() * 1000 - doc["event_time"])
+
+    def close(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+        return self.delays
+
+
+def _state_sizes(client: redis.Redis, keys: RedisKeys, users: list[str], checkpoint_dir: Path | None) -> dict[str, Any]:
+    sample = users[:300]
+    mem = [client.memory_usage(keys.profile(u)) or 0 for u in sample]
+    out: dict[str, Any] = {"redis_bytes_per_profile": round(statistics.mean(mem)) if mem else None}
+    if checkpoint_dir is not None:
+        chks = sorted(checkpoint_dir.glob("*/chk-*"), key=lambda p: p.stat().st_mtime)
+        if chks:
+            size = sum(f.stat().st_size for f in chks[-1].rglob("*") if f.is_file())
+            shared = sum(f.stat().st_size for f in checkpoint_dir.glob("*/shared/**/*") if f.is_file())
+            out["checkpoint_bytes"] = size + shared
+    return out
+
+
+def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int, final: dict[str, int],
+             rate: float, seconds: float, out: Path) -> dict[str, Any]:
+    ckpt = out / "bench-checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
+        f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
+        f"kafka.group_id={prefix}job", "patterns_file=bench/patterns.yaml", "profile.allowed_lateness_ms=5000",
+        "source.idleness_ms=2000", f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000"]
+    cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
+    log = open(out / "bench-job.log", "wb")
+    t_start = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(prefix)
+    try:
+        _say(f"job: draining {events:,} pre-loaded events")
+        t_first, t_done = _wait_drained(client, keys, final, deadline_s=400)
+        drain = {"events": events, "startup_s": round(t_first - t_start, 1), "seconds": round(t_done - t_first, 1),
+                 "events_per_s": round(events / (t_done - t_first))}
+        _say(f"job: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
+        live = _measure_live(bootstrap, topics, client, keys, rate, seconds, prefix + "live-",
+                             rss=lambda: _rss_mb(_group_pids(proc.pid)))
+        if proc.poll() is not None:
+            raise StackError(f"bench: the job exited with {proc.returncode}; see {out / 'bench-job.log'}")
+        wait_until(lambda: any(ckpt.glob("*/chk-*")), 30, "a completed checkpoint")
+        time.sleep(6)   # one more checkpoint interval, so the last one holds the live users too
+        sizes = _state_sizes(client, keys, list(final), ckpt)
+        users = len([u for u, v in final.items() if v > 0]) + live.pop("live_users")
+        if "checkpoint_bytes" in sizes:
+            sizes["checkpoint_bytes_per_user"] = round(sizes["checkpoint_bytes"] / users)
+        return {"drain": drain, **live, "state": sizes}
+    finally:
+        subprocess.run(["kill", "-TERM", f"-{proc.pid}"], check=False)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["kill", "-KILL", f"-{proc.pid}"], check=False)
+        log.close()
+        client.close()
+
+
+def _measure_live(bootstrap: str, topics: dict[str, str], client: redis.Redis, keys: RedisKeys, rate: float,
+                  seconds: float, live_prefix: str, rss: Callable[[], float]) -> dict[str, Any]:
+    probe = Probe(client, keys)
+    clock = TriggerClock(bootstrap, topics["triggers"], f"bench-clock-{time.time_ns()}", live_prefix)
+    poller = threading.Thread(target=probe.run, daemon=True)
+    poller.start()
+    _say(f"live traffic at {rate:,.0f} events/s for {seconds:.0f} s")
+    sent = _live(bootstrap, topics["events"], rate, seconds, live_prefix, probe)
+    memory = rss()
+    time.sleep(12)   # the last adds' abandonment deadlines (10 s) pass while the probe catches up
+    probe.stop.set()
+    poller.join(70)
+    delays = clock.close()
+    lat = probe.latencies
+    # Bounded lag: the last quarter's median is not far above the first quarter's.
+    q = max(len(lat) // 4, 1)
+    bounded = bool(lat) and statistics.median(lat[-q:]) < max(4 * statistics.median(lat[:q]), 1000)
+    return {"live": {"rate": rate, "seconds": seconds, "sent": sent, "freshness_ms": _percentiles(lat),
+                     "lost_samples": sent // SAMPLE_EVERY - len(lat), "lag_bounded": bounded},
+            "trigger_delay_ms": _percentiles(delays), "rss_mb": memory, "live_users": min(LIVE_USERS, sent)}
+
+
+class Baseline:
+    """kafka-python consumer -> the same per-event functions -> pipelined Redis writes. No fault tolerance."""
+
+    def __init__(self, bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+        settings = load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000})
+        self.keys = RedisKeys(prefix)
+        r = settings.redis
+        segments = STAGES + tuple(f"seg{i}" for i in range(settings.models.segments))
+        self.writer = ProfileWriter.from_url(redis_url, self.keys, r.profile_ttl_s, r.flush_interval_ms,
+                                             r.flush_max_batch, segments)
+        self.triggers = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        self.trigger_topic = topics["triggers"]
+        self.replay = Replay(settings, on_trigger=lambda t: self.triggers.send(
+            self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()))
+        self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
+                                      auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
+        self.stop = threading.Event()
+        self.last_record_at = time.time()
+        self.max_out_of_orderness = settings.source.max_out_of_orderness_ms
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            batches = self.consumer.poll(timeout_ms=50)
+            now = int(time.time() * 1000)
+            if batches:
+                self.last_record_at = time.time()
+            for records in batches.values():
+                for rec in records:
+                    out = self.replay.process(rec.value)
+                    if out is None:
+                        continue
+                    user, state, view = out
+                    memberships = (view["stage"], view["segment"]) if view.get("segment") else (view["stage"],)
+                    self.writer.put(user, state.version, partial(redis_fields, view, now), now, segments=memberships)
+            # Silent partitions: the wall clock stands in for an idle source's watermark.
+            if not batches:
+                self.replay.advance(int(time.time() * 1000) - self.max_out_of_orderness - 2000)
+            if self.writer.due(int(time.time() * 1000)):
+                self.writer.flush()
+        self.writer.flush()
+
+
+def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
+                  final: dict[str, int], rate: float, seconds: float) -> dict[str, Any]:
+    base = Baseline(bootstrap, redis_url, topics, prefix)
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(prefix)
+    t_start = time.time()
+    thread = threading.Thread(target=base.run, daemon=True)
+    thread.start()
+    try:
+        _say(f"baseline: draining {events:,} pre-loaded events (and the job's live events after them)")
+        t_first, t_done = _wait_drained(client, keys, final, deadline_s=400)
+        drain = {"events": events, "startup_s": round(t_first - t_start, 1), "seconds": round(t_done - t_first, 1),
+                 "events_per_s": round(events / (t_done - t_first))}
+        _say(f"baseline: drained at {drain['events_per_s']:,} events/s")
+        # Let it finish the job's live events still in the topic before measuring its own.
+        wait_until(lambda: time.time() - base.last_record_at > 1.0, 300, "the baseline catching up")
+        live = _measure_live(bootstrap, topics, client, keys, rate, seconds, prefix + "live-",
+                             rss=lambda: _rss_mb([os.getpid()]))
+        live.pop("live_users")
+        return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
+    finally:
+        base.stop.set()
+        thread.join(30)
+        client.close()
+
+
+def _versions(redis_url: str) -> dict[str, str]:
+    from importlib.metadata import version
+    client = redis.Redis.from_url(redis_url)
+    server = client.info("server")["redis_version"]
+    client.close()
+    return {"python": sys.version.split()[0], "apache-flink": version("apache-flink"), "river": version("river"),
+            "kafka": "4.2.0 (KRaft)", "redis-server": server, "kafka-python": version("kafka-python"),
+            "confluent-kafka (load producer)": version("confluent-kafka")}
+
+
+def _machine() -> dict[str, Any]:
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:"))
+    return {"cores": os.cpu_count(), "ram_gib": round(mem_kb / 1024 / 1024, 1)}
+
+
+def run_bench(events: int, rate: float, seconds: float, out: Path) -> int:
+    check_all()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    stack = load_stack_settings()
+    services = LocalServices.from_settings(stack)
+    started = (services.kafka.running() is None, services.redis.running() is None)
+    for line in services.up():
+        _say(line)
+    bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    topics = {"events": f"bench-{run_id}.events", "dead_letter": f"bench-{run_id}.dlq",
+              "triggers": f"bench-{run_id}.triggers", "models": f"bench-{run_id}.models"}
+    ensure_topics(bootstrap, [topics["events"], topics["dead_letter"], topics["triggers"]], 2)
+    ensure_topics(bootstrap, [topics["models"]], 1)
+    try:
+        _say(f"pre-loading {events:,} generated events")
+        final, count = _preload(bootstrap, topics["events"], events, users=max(events // 30, 100))
+        job = _run_job(bootstrap, redis_url, topics, f"bench:{run_id}:job:", count, final, rate, seconds, out)
+        base_topics = {**topics, "triggers": f"bench-{run_id}.baseline-triggers"}
+        ensure_topics(bootstrap, [base_topics["triggers"]], 2)
+        baseline = _run_baseline(bootstrap, redis_url, base_topics, f"bench:{run_id}:base:", count, final, rate, seconds)
+        result = {"run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
+                  "versions": _versions(redis_url), "command": f"persona bench --events {events} --rate {rate:g} "
+                  f"--seconds {seconds:g}", "job": job, "baseline": baseline,
+                  "ratio_job_to_baseline_drain": round(job["drain"]["events_per_s"] / baseline["drain"]["events_per_s"], 3),
+                  "wall_s": round(time.time() - t0, 1)}
+    finally:
+        _cleanup(services, started, bootstrap, list(topics.values()) + [f"bench-{run_id}.baseline-triggers"])
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown_table(result))
+    plot(result, out / "bench.png")
+    print(markdown_table(result))
+    _say(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} in {result['wall_s']:.0f} s")
+    return 0
+
+
+def _cleanup(services: LocalServices, started: tuple[bool, bool], bootstrap: str, names: list[str]) -> None:
+    from kafka.admin import KafkaAdminClient
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.delete_topics(names)
+        admin.close()
+    except Exception as e:  # noqa: BLE001 - cleanup must not hide the result
+        _say(f"could not delete the bench topics: {e}")
+    if started[0]:
+        _say(services.kafka.down())
+    if started[1]:
+        _say(services.redis.down())
+
+
+def markdown_table(r: dict[str, Any]) -> str:
+    j, b = r["job"], r["baseline"]
+
+    def row(name: str, get: Callable[[dict[str, Any]], Any], unit: str = "") -> str:
+        return f"| {name} | {get(j)}{unit} | {get(b)}{unit} |"
+    fj, fb = j["live"]["freshness_ms"], b["live"]["freshness_ms"]
+    lines = [
+        f"Machine: {r['machine']['cores']} cores, {r['machine']['ram_gib']} GiB RAM. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + f". Run {r['run_at']}, `{r['command']}`.",
+        "",
+        "| metric | Flink job (thread mode, parallelism 1, with models) | plain-Python baseline |",
+        "|---|---|---|",
+        row("drain: events/s", lambda x: f"{x['drain']['events_per_s']:,}"),
+        row("drain: events, seconds", lambda x: f"{x['drain']['events']:,} in {x['drain']['seconds']} s"),
+        row("start-up to first profile", lambda x: x["drain"]["startup_s"], " s"),
+        row(f"freshness at {j['live']['rate']:,.0f} events/s: p50 / p95 / p99",
+            lambda x: " / ".join(str(x["live"]["freshness_ms"][p]) for p in ("p50", "p95", "p99")), " ms"),
+        row("lag bounded at that rate", lambda x: "yes" if x["live"]["lag_bounded"] else "no"),
+        row("trigger delay after the deadline: p50 / p99",
+            lambda x: " / ".join(str(x["trigger_delay_ms"][p]) for p in ("p50", "p99")) + f" ms (n={x['trigger_delay_ms']['n']})"),
+        row("checkpoint bytes per user", lambda x: x["state"].get("checkpoint_bytes_per_user", "n/a (no checkpoints)")),
+        row("Redis MEMORY USAGE per profile", lambda x: x["state"]["redis_bytes_per_profile"], " B"),
+        row("RSS during the live run", lambda x: x["rss_mb"], " MB"),
+        "",
+        f"Job / baseline drain throughput: {r['ratio_job_to_baseline_drain']:.2f}. "
+        f"Freshness samples: {fj['n']:,} (job), {fb['n']:,} (baseline).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    j, b = r["job"], r["baseline"]
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 4))
+    names = ("Flink job", "Python baseline")
+    a1.bar(names, [j["drain"]["events_per_s"], b["drain"]["events_per_s"]], color=("tab:blue", "tab:gray"))
+    a1.set_title("drain throughput (events/s)")
+    ps = ("p50", "p95", "p99")
+    xs = range(len(ps))
+    a2.bar([x - 0.2 for x in xs], [j["live"]["freshness_ms"][p] or 0 for p in ps], 0.4, label=names[0])
+    a2.bar([x + 0.2 for x in xs], [b["live"]["freshness_ms"][p] or 0 for p in ps], 0.4, label=names[1], color="tab:gray")
+    a2.set_xticks(list(xs), ps)
+    a2.set_title(f"freshness at {j['live']['rate']:,.0f} events/s (ms)")
+    a2.legend()
+    a3.bar([x - 0.2 for x in (0, 1)], [j["trigger_delay_ms"][p] or 0 for p in ("p50", "p99")], 0.4, label=names[0])
+    a3.bar([x + 0.2 for x in (0, 1)], [b["trigger_delay_ms"][p] or 0 for p in ("p50", "p99")], 0.4, label=names[1],
+           color="tab:gray")
+    a3.set_xticks([0, 1], ["p50", "p99"])
+    a3.set_title("trigger delay after the deadline (ms)")
+    fig.suptitle(f"persona bench, {r['machine']['cores']} cores, {r['run_at']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,80 @@
+"""Feature vectors for the online models, read from the profile view (no extra state reads).
+
+All three are plain dicts of ``name -> float | str`` as River expects; numeric features go through the
+models' scalers, string features through one-hot encoding.
+
+>>> from state.profile import ProfileRules, apply_event, profile_view
+>>> from operators.events import Event
+>>> e = Event("e1", "add_to_cart", "u1", 1_000_000, "s1", {"device": "mobile", "timezone": "UTC"},
+...           {"product_id": "p1", "category": "toys", "price_minor": 1000, "quantity": 2, "currency": "EUR"})
+>>> rules = ProfileRules()
+>>> s = apply_event(None, e, rules)
+>>> f = propensity_features(profile_view("u1", s, rules), "add_to_cart")
+>>> f["carts_1h"], f["cart_items"], f["device"], f["decision"]
+(1.0, 1.0, 'mobile', 'add_to_cart')
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+PROPENSITY_NUMERIC = ("views_10m", "dwell_10m_s", "carts_10m", "views_1h", "carts_1h", "carts_24h", "purchases_24h",
+                      "session_length_min", "session_dwell_s", "sessions_7d", "frequency_90d", "monetary_90d_log",
+                      "recency_days", "cart_items", "cart_value_log", "dwell_per_view_10m_s", "dwell_per_view_1h_s")
+PROPENSITY_CATEGORICAL = ("device", "hour_block", "decision")
+SEGMENT_FEATURES = ("recency_days", "frequency_90d", "monetary_90d_log", "sessions_7d", "views_24h", "carts_24h",
+                    "session_events")
+# Per-session rate features of the bot model, with the range each is clipped to (HalfSpaceTrees needs limits).
+BOT_LIMITS = {"events_per_min": (0.0, 60.0), "session_events_log": (0.0, 7.0), "dwell_per_view_s": (0.0, 300.0),
+              "views_share": (0.0, 1.0)}
+NO_PURCHASE_DAYS = 365.0   # recency of a user who never bought
+
+
+def _recency(view: dict[str, Any]) -> float:
+    days = view["rfm"]["recency_days"]
+    return NO_PURCHASE_DAYS if days is None else float(min(days, NO_PURCHASE_DAYS))
+
+
+def propensity_features(view: dict[str, Any], decision: str) -> dict[str, float | str]:
+    """The snapshot taken at a decision point (``decision`` is the event type: add_to_cart or page_view)."""
+    w10, w1h, w24 = view["windows"]["10m"], view["windows"]["1h"], view["windows"]["24h"]
+    rfm = view["rfm"]
+    return {
+        "views_10m": float(w10["views"]), "dwell_10m_s": w10["product_dwell_ms"] / 1000.0,
+        "carts_10m": float(w10["carts"]), "views_1h": float(w1h["views"]), "carts_1h": float(w1h["carts"]),
+        "carts_24h": float(w24["carts"]), "purchases_24h": float(w24["purchases"]),
+        "session_length_min": view["current_session_length_ms"] / 60_000.0,
+        "session_dwell_s": view["current_session_product_dwell_ms"] / 1000.0,
+        "sessions_7d": float(view["sessions_7d"]), "frequency_90d": float(rfm["frequency_90d"]),
+        "monetary_90d_log": math.log1p(rfm["monetary_90d"] / 100.0), "recency_days": _recency(view),
+        "cart_items": float(view["cart_items"]), "cart_value_log": math.log1p(view["cart_value_minor"] / 100.0),
+        # How long a page holds the user: the clearest sign of intent in a session.
+        "dwell_per_view_10m_s": w10["product_dwell_ms"] / 1000.0 / max(w10["views"], 1),
+        "dwell_per_view_1h_s": w1h["product_dwell_ms"] / 1000.0 / max(w1h["views"], 1),
+        "device": view["last_device"] or "unknown", "hour_block": f"h{view['local_hour'] // 3}", "decision": decision,
+    }
+
+
+def segment_features(view: dict[str, Any], session_events: int) -> dict[str, float]:
+    """RFM and behaviour of a user at the end of a session (scaled by the segment model's scaler)."""
+    rfm, w24 = view["rfm"], view["windows"]["24h"]
+    return {"recency_days": _recency(view), "frequency_90d": float(rfm["frequency_90d"]),
+            "monetary_90d_log": math.log1p(rfm["monetary_90d"] / 100.0), "sessions_7d": float(view["sessions_7d"]),
+            "views_24h": float(w24["views"]), "carts_24h": float(w24["carts"]),
+            "session_events": math.log1p(session_events)}
+
+
+def session_rate_features(events: int, length_ms: int, product_views: int, product_dwell_ms: int,
+                          page_views: int) -> dict[str, float]:
+    """How a session moves: bots click fast, many times, without reading.
+
+    >>> f = session_rate_features(events=60, length_ms=60_000, product_views=50, product_dwell_ms=100_000, page_views=60)
+    >>> f["events_per_min"], f["dwell_per_view_s"], f["views_share"]
+    (60.0, 2.0, 1.0)
+    """
+    minutes = max(length_ms / 60_000.0, 0.5)   # a few clicks in one second are not 120/min
+    raw = {"events_per_min": events / minutes, "session_events_log": math.log1p(events),
+           "dwell_per_view_s": product_dwell_ms / 1000.0 / product_views if product_views else 60.0,
+           "views_share": page_views / events if events else 0.0}
+    return {k: min(max(v, BOT_LIMITS[k][0]), BOT_LIMITS[k][1]) for k, v in raw.items()}

@@ -1,0 +1,222 @@
+"""Per-user model step: score with the served models, snapshot decision points, join labels, flag bots.
+
+Layering (also stated in conf/patterns.yaml): models only produce profile fields (``propensity``,
+``segment``, ``bot_score``); rules decide. A pattern's conditions may read those fields, the bot
+rule overrides the bot model, and the trigger gate refuses every trigger for a user flagged as a bot,
+whatever produced the flag. Flagged users' examples are not sent for training.
+
+The served models are replicas of published snapshots (``ServedModels``); the trainers learn from the
+examples this step returns, so serving never waits for learning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from operators.events import Event
+from operators.label_join import LabelJoin, LabelledExample, PendingLabels
+from operators.model_features import propensity_features, segment_features, session_rate_features
+from operators.online_models import MODEL_SCHEMA, ModelSnapshot, restore
+from state.compact import compact
+from state.profile import UserState
+
+
+@compact
+@dataclass(slots=True)
+class ModelOutputs:
+    """What the models said about one user (``UserState.extra["models"]``)."""
+
+    propensity: float | None = None
+    propensity_version: int = 0
+    segment: int | None = None
+    segment_version: int = 0
+    bot_score: float | None = None
+    bot: bool = False
+    bot_by: str | None = None            # rule | model
+    session_start_ms: int | None = None  # the session the counters below belong to
+    session_page_views: int = 0
+    labels: PendingLabels = field(default_factory=PendingLabels)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRules:
+    label_window_ms: int
+    max_pending: int
+    bot_threshold: float           # model score at or above which a session is a bot's
+    bot_rule_events_per_min: float  # rule: this fast ...
+    bot_rule_min_events: int        # ... over at least this many events is a bot, whatever the model says
+    bot_min_events: int            # sessions shorter than this are not judged by the model
+    score_every: int               # segment and bot scoring every N events of a session
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A training example for one trainer (keyed by ``model``)."""
+
+    model: str
+    user_id: str
+    x: dict[str, Any]
+    label: bool | None = None
+    score: float | None = None
+    previous: int | None = None    # segments: the user's segment before this session (churn)
+
+    def to_json(self) -> str:
+        return orjson.dumps([self.model, self.user_id, self.x, self.label, self.score, self.previous]).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> Example:
+        """The inverse of ``to_json``.
+
+        >>> Example.from_json(Example("bots", "u1", {"a": 1.5}).to_json())
+        Example(model='bots', user_id='u1', x={'a': 1.5}, label=None, score=None, previous=None)
+        """
+        return cls(*orjson.loads(text))
+
+
+def bot_verdict(rate: dict[str, float], events: int, score: float | None, rules: ModelRules) -> tuple[bool, str | None]:
+    """The rule first: it overrides the model in both directions it covers.
+
+    >>> r = ModelRules(1, 1, bot_threshold=0.9, bot_rule_events_per_min=30, bot_rule_min_events=20, bot_min_events=10,
+    ...                score_every=5)
+    >>> bot_verdict({"events_per_min": 40.0}, events=25, score=0.1, rules=r)   # model says human, rule says bot
+    (True, 'rule')
+    >>> bot_verdict({"events_per_min": 3.0}, events=5, score=0.99, rules=r)    # too short for the model to judge
+    (False, None)
+    >>> bot_verdict({"events_per_min": 3.0}, events=12, score=0.95, rules=r)
+    (True, 'model')
+    """
+    if events >= rules.bot_rule_min_events and rate["events_per_min"] >= rules.bot_rule_events_per_min:
+        return True, "rule"
+    if score is not None and events >= rules.bot_min_events and score >= rules.bot_threshold:
+        return True, "model"
+    return False, None
+
+
+class ServedModels:
+    """The snapshots a scoring operator serves: the latest of each model, unless a version is pinned."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, ModelSnapshot] = {}
+        self.pinned: dict[str, ModelSnapshot] = {}
+        self._models: dict[str, tuple[int, Any]] = {}
+
+    def apply(self, record: dict[str, Any]) -> None:
+        """A models-topic record: ``snapshot``, ``pin`` (with the pinned snapshot) or ``unpin``."""
+        name, kind = record["model"], record["kind"]
+        if kind == "unpin":
+            self.pinned.pop(name, None)
+        else:
+            snap = ModelSnapshot.from_record(record)
+            if snap.schema != MODEL_SCHEMA.get(name):
+                return   # made by another feature schema: cannot serve it
+            if kind == "pin":
+                self.pinned[name] = snap
+            elif name not in self.latest or snap.version > self.latest[name].version:
+                self.latest[name] = snap
+        self._models.pop(name, None)
+
+    def get(self, name: str) -> tuple[int, Any] | None:
+        """(version, model) served for ``name``, or None before the first snapshot."""
+        if name not in self._models:
+            snap = self.pinned.get(name) or self.latest.get(name)
+            if snap is None:
+                return None
+            self._models[name] = (snap.version, restore(snap.blob))
+        return self._models[name]
+
+
+class ModelStep:
+    def __init__(self, rules: ModelRules) -> None:
+        self.rules = rules
+        self.join = LabelJoin(rules.label_window_ms, rules.max_pending)
+
+    @staticmethod
+    def outputs(user: UserState) -> ModelOutputs:
+        out = user.extra.get("models")
+        if out is None:
+            out = user.extra["models"] = ModelOutputs()
+        return out  # type: ignore[no-any-return]
+
+    def on_event(self, user: UserState, event: Event, view: dict[str, Any], served: ServedModels
+                 ) -> tuple[list[Example], list[int]]:
+        """After the event was applied (``view`` is the profile now; model fields are added to it).
+
+        Returns (examples for the trainers, event-time deadlines to arm timers for).
+        """
+        out = self.outputs(user)
+        examples: list[Example] = []
+        timers: list[int] = []
+        assert user.sessions is not None
+        sessions = user.sessions
+        if out.session_start_ms != sessions.current_start_ms:
+            # A new session: the previous one ended. Learn its segment vector (and its rate features).
+            if out.session_start_ms is not None and sessions.recent and not out.bot:
+                last = sessions.recent[-1]
+                examples.append(Example("segments", event.user_id, segment_features(view, last.events),
+                                        previous=out.segment))
+            out.session_start_ms, out.session_page_views = sessions.current_start_ms, 0
+        if event.event_type == "page_view":
+            out.session_page_views += 1
+        n = sessions.current_events
+        if n == 1 or n % self.rules.score_every == 0:
+            self._segment(out, view, n, served)
+            examples += self._bots(out, user, n, event.user_id, served)
+
+        t = event.event_time_ms
+        labelled: list[LabelledExample] = []
+        if event.event_type == "purchase":
+            labelled = self.join.purchase(out.labels, t)
+        elif event.event_type == "add_to_cart" or (event.event_type == "page_view"
+                                                    and event.payload.get("page_type") == "product"):
+            x = propensity_features(view, event.event_type)
+            model = served.get("propensity")
+            score = model[1].predict_proba_one(x).get(True, 0.5) if model else 0.5
+            out.propensity, out.propensity_version = score, model[0] if model else 0
+            if not out.bot:
+                labelled, deadline = self.join.snapshot(out.labels, event.event_id, t, x, score, out.propensity_version)
+                if deadline is not None:
+                    timers.append(deadline)
+        if not out.bot:
+            examples += [Example("propensity", event.user_id, e.features, e.label, e.score) for e in labelled]
+        self.annotate(view, out)
+        return examples, timers
+
+    def on_timer(self, user: UserState, watermark_ms: int) -> list[Example]:
+        out = self.outputs(user)
+        labelled = self.join.release(out.labels, watermark_ms)
+        return [] if out.bot else [Example("propensity", "", e.features, e.label, e.score) for e in labelled]
+
+    def erase(self, user: UserState) -> int:
+        """Erasure: forget pending examples (the state itself is reset by ``apply_event``)."""
+        out = user.extra.get("models")
+        return self.join.erase(out.labels) if out is not None else 0
+
+    @staticmethod
+    def annotate(view: dict[str, Any], out: ModelOutputs) -> None:
+        view["propensity"] = None if out.propensity is None else round(out.propensity, 4)
+        view["propensity_version"] = out.propensity_version or None
+        view["segment"] = None if out.segment is None else f"seg{out.segment}"
+        view["bot_score"] = None if out.bot_score is None else round(out.bot_score, 4)
+        view["bot"] = out.bot
+
+    def _segment(self, out: ModelOutputs, view: dict[str, Any], events: int, served: ServedModels) -> None:
+        model = served.get("segments")
+        if model is not None and not out.bot:
+            out.segment, out.segment_version = int(model[1].predict_one(segment_features(view, events))), model[0]
+
+    def _bots(self, out: ModelOutputs, user: UserState, events: int, user_id: str, served: ServedModels) -> list[Example]:
+        s = user.sessions
+        assert s is not None
+        rate = session_rate_features(events, s.current_length_ms(), user.session_product_views,
+                                     user.session_product_dwell_ms, out.session_page_views)
+        model = served.get("bots")
+        out.bot_score = float(model[1].score_one(rate)) if model is not None else None
+        if out.bot_by != "rule":   # a rule's verdict sticks to the user; the model's is re-judged every session
+            out.bot, out.bot_by = bot_verdict(rate, events, out.bot_score, self.rules)
+        if out.bot:
+            out.labels.pending.clear()   # a bot's examples never reach training
+        # Train on whole-ish sessions only, and never on what the verdict calls a bot.
+        return [] if out.bot or events < self.rules.bot_min_events else [Example("bots", user_id, rate)]

@@ -1,0 +1,149 @@
+"""The three online models, their prequential metrics and versioned snapshots.
+
+- ``propensity``: logistic regression on scaled numeric + one-hot categorical features. Metrics are
+  prequential: each example carries the score the serving model gave it at the snapshot, the metric
+  sees that score and the label, and only then does the trainer learn from the example.
+- ``segments``: KMeans over scaled RFM and behaviour, learnt at session ends. KMeans rather than
+  DBSTREAM because its ``k`` clusters have stable ids: a segment id is a Redis set that front-ends and
+  campaigns refer to, and DBSTREAM creates and merges clusters (ids come and go) as density moves.
+  Quality: River's silhouette on the scaled vectors; churn: how often a user's segment changes.
+- ``bots``: HalfSpaceTrees over per-session rate features, with fixed feature ranges.
+
+A snapshot is the pickled model with its name, version and metrics. Pickle is River's own persistence
+format; the models topic and Redis keys are written by the job and the CLI only (see README "Models").
+
+>>> def x(items): return {**dict.fromkeys(PROPENSITY_NUMERIC, 0.0), "cart_items": items,
+...                         "device": "mobile", "hour_block": "h3", "decision": "add_to_cart"}
+>>> t = ModelTrainer.new("propensity", seed=1)
+>>> for i in range(400):   # the serving model knew nothing for the first half, then was right
+...     t.learn(x(float(i % 2)), label=bool(i % 2), score=0.5 if i < 200 else 0.9 * (i % 2))
+>>> snap = t.snapshot(created_at_ms=0)
+>>> snap.version, snap.examples, round(snap.metrics["roc_auc"], 3)   # by hand: (200*100 + 100*100 + 100*100/2) / 200**2
+(1, 400, 0.875)
+>>> restore(snap.blob).predict_proba_one(x(1.0))[True] > 0.5
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import anomaly, cluster, compose, linear_model, metrics, optim, preprocessing
+
+from operators.model_features import BOT_LIMITS, PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC, SEGMENT_FEATURES
+from operators.score_auc import HistogramAUC
+
+MODEL_NAMES = ("propensity", "segments", "bots")
+# Bumped when a model's features or structure change: snapshots of another schema are not loaded.
+MODEL_SCHEMA = {"propensity": 1, "segments": 1, "bots": 1}
+
+
+def new_model(name: str, seed: int, segments: int = 5) -> Any:
+    if name == "propensity":
+        numeric = compose.Select(*PROPENSITY_NUMERIC) | preprocessing.StandardScaler()
+        categorical = compose.Select(*PROPENSITY_CATEGORICAL) | preprocessing.OneHotEncoder()
+        return (numeric + categorical) | linear_model.LogisticRegression(optimizer=optim.SGD(0.005), l2=1e-4)
+    if name == "segments":
+        return (compose.Select(*SEGMENT_FEATURES) | preprocessing.StandardScaler()
+                | cluster.KMeans(n_clusters=segments, halflife=0.1, sigma=1.0, seed=seed))
+    if name == "bots":
+        return anomaly.HalfSpaceTrees(n_trees=15, height=6, window_size=200, limits=dict(BOT_LIMITS), seed=seed)
+    raise ValueError(f"unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot:
+    name: str
+    version: int
+    schema: int
+    created_at_ms: int
+    examples: int
+    metrics: dict[str, float]
+    blob: bytes
+
+    def to_record(self, kind: str = "snapshot") -> dict[str, Any]:
+        """The models-topic record (schemas/model_update.v1.json)."""
+        return {"schema_version": 1, "kind": kind, "model": self.name, "version": self.version,
+                "model_schema": self.schema, "created_at": self.created_at_ms, "examples": self.examples,
+                "metrics": self.metrics, "blob": base64.b64encode(self.blob).decode()}
+
+    @classmethod
+    def from_record(cls, doc: dict[str, Any]) -> ModelSnapshot:
+        return cls(doc["model"], int(doc["version"]), int(doc["model_schema"]), int(doc["created_at"]),
+                   int(doc["examples"]), dict(doc["metrics"]), base64.b64decode(doc["blob"]))
+
+
+def restore(blob: bytes) -> Any:
+    return pickle.loads(blob)
+
+
+@dataclass(slots=True)
+class ModelTrainer:
+    """One model, its metrics and its version counter: the value the trainer keeps in Flink state."""
+
+    name: str
+    model: Any
+    version: int = 0
+    examples: int = 0
+    since_snapshot: int = 0
+    meters: dict[str, Any] = field(default_factory=dict)
+    churned: int = 0
+    assigned: int = 0
+
+    @classmethod
+    def new(cls, name: str, seed: int = 42, segments: int = 5) -> ModelTrainer:
+        meters: dict[str, Any]
+        if name == "propensity":
+            meters = {"roc_auc": HistogramAUC(), "log_loss": metrics.LogLoss(),
+                      "roc_auc_recent": HistogramAUC(half_life=1000)}
+        elif name == "segments":
+            meters = {"silhouette": metrics.Silhouette()}
+        else:
+            meters = {}
+        return cls(name, new_model(name, seed, segments), meters=meters)
+
+    def learn(self, x: dict[str, Any], label: bool | None = None, score: float | None = None,
+              previous: int | None = None) -> None:
+        """Learn one example. Propensity: ``score`` is the serving model's prediction at the snapshot.
+        Segments: ``previous`` is the user's segment before this session (None: first), for churn."""
+        if self.name == "propensity":
+            assert label is not None and score is not None
+            p = min(max(score, 1e-6), 1 - 1e-6)
+            self.meters["roc_auc"].update(label, p)
+            self.meters["roc_auc_recent"].update(label, p)
+            self.meters["log_loss"].update(label, {True: p, False: 1 - p})
+            self.model.learn_one(x, label)
+        elif self.name == "segments":
+            self.model.learn_one(x)
+            seg = self.model.predict_one(x)
+            *prep, km = self.model.steps.values()
+            z = x
+            for step in prep:
+                z = step.transform_one(z)
+            self.meters["silhouette"].update(z, seg, km.centers)
+            if previous is not None:
+                self.churned += previous != seg
+                self.assigned += 1
+        else:
+            self.model.learn_one(x)
+        self.examples += 1
+        self.since_snapshot += 1
+
+    def metric_values(self) -> dict[str, float]:
+        out = {}
+        for k, m in self.meters.items():
+            v = m.get()
+            out[k] = float(v) if v is not None and math.isfinite(v) else 0.0
+        if self.name == "segments":
+            out["churn"] = self.churned / self.assigned if self.assigned else 0.0
+        return out
+
+    def snapshot(self, created_at_ms: int) -> ModelSnapshot:
+        self.version += 1
+        self.since_snapshot = 0
+        return ModelSnapshot(self.name, self.version, MODEL_SCHEMA[self.name], created_at_ms, self.examples,
+                             self.metric_values(), pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL))

@@ -1,0 +1,49 @@
+"""ROC AUC from score histograms: O(1) per update, a few hundred numbers of state, exact to the bin width.
+
+River's ``ROCAUC`` walks its thresholds on every update and ``RollingROCAUC`` keeps the window's
+examples; pickled into Flink state on every example they cost ~7 ms (64 KB). Scores are binned
+(``bins`` equal-width bins over [0, 1]); pairs in the same bin count one half, as ties do.
+``half_life`` (in examples) makes a "recent" AUC by decaying old counts.
+
+>>> a = HistogramAUC(bins=100)
+>>> for s, y in [(0.9, True), (0.8, True), (0.3, False), (0.85, False)]:
+...     a.update(y, s)
+>>> a.get()   # by hand: positives beat 3 of 4 pairs ((0.9>0.85, 0.9>0.3, 0.8>0.3), 0.8<0.85)
+0.75
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from state.compact import compact
+
+
+@compact
+@dataclass(slots=True)
+class HistogramAUC:
+    bins: int = 200
+    half_life: float | None = None
+    pos: list[float] = field(default_factory=list)
+    neg: list[float] = field(default_factory=list)
+
+    def update(self, label: bool, score: float) -> None:
+        if not self.pos:
+            self.pos, self.neg = [0.0] * self.bins, [0.0] * self.bins
+        if self.half_life:
+            keep = 0.5 ** (1.0 / self.half_life)
+            self.pos = [c * keep for c in self.pos]
+            self.neg = [c * keep for c in self.neg]
+        i = min(int(score * self.bins), self.bins - 1) if score > 0 else 0
+        (self.pos if label else self.neg)[i] += 1.0
+
+    def get(self) -> float | None:
+        """AUC, or None before both classes were seen."""
+        n_pos, n_neg = sum(self.pos), sum(self.neg)
+        if n_pos == 0 or n_neg == 0:
+            return None
+        wins, neg_below = 0.0, 0.0
+        for p, n in zip(self.pos, self.neg, strict=True):
+            wins += p * (neg_below + n / 2)
+            neg_below += n
+        return wins / (n_pos * n_neg)

@@ -1,0 +1,59 @@
+"""Published model snapshots in Redis: the newest one's metrics, and the last N versions for pinning.
+
+``model:{name}`` is a hash (version, model_schema, examples, created_at, metrics as JSON, pinned);
+``model:{name}:v{n}`` holds the models-topic record of version n; ``model:{name}:versions`` lists the
+kept versions. The trainer writes them as it publishes; ``persona models`` reads them and re-publishes
+a kept version as a pin.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from state.keys import RedisKeys
+
+
+def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any], keep: int) -> None:
+    name, version = record["model"], int(record["version"])
+    pipe = client.pipeline(transaction=True)
+    pipe.set(keys.model_blob(name, version), json.dumps(record))
+    pipe.zadd(keys.model_versions(name), {str(version): version})
+    pipe.hset(keys.model(name), mapping={
+        "version": version, "model_schema": record["model_schema"], "examples": record["examples"],
+        "created_at": record["created_at"], "metrics": json.dumps(record["metrics"], sort_keys=True)})
+    pipe.execute()
+    old = client.zrange(keys.model_versions(name), 0, -keep - 1)
+    if old:
+        pipe = client.pipeline(transaction=True)
+        for v in old:
+            pipe.delete(keys.model_blob(name, int(v)))
+        pipe.zrem(keys.model_versions(name), *old)
+        pipe.execute()
+
+
+def model_info(client: redis.Redis, keys: RedisKeys, name: str) -> dict[str, Any] | None:
+    """The newest snapshot's description (metrics decoded), or None if the model never published."""
+    raw = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+           for k, v in client.hgetall(keys.model(name)).items()}
+    if not raw:
+        return None
+    out: dict[str, Any] = {k: int(v) for k, v in raw.items() if k in ("version", "model_schema", "examples", "created_at")}
+    out["metrics"] = json.loads(raw.get("metrics", "{}"))
+    out["pinned"] = int(raw["pinned"]) if raw.get("pinned") else None
+    out["versions"] = [int(v) for v in client.zrange(keys.model_versions(name), 0, -1)]
+    return out
+
+
+def kept_record(client: redis.Redis, keys: RedisKeys, name: str, version: int) -> dict[str, Any] | None:
+    raw = client.get(keys.model_blob(name, version))
+    return json.loads(raw) if raw else None
+
+
+def set_pinned(client: redis.Redis, keys: RedisKeys, name: str, version: int | None) -> None:
+    if version is None:
+        client.hdel(keys.model(name), "pinned")
+    else:
+        client.hset(keys.model(name), "pinned", version)

@@ -1,0 +1,81 @@
+"""Online models inside the running job, on real Kafka and Redis: quality, segments and bot exclusion."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from persona.generator.shoppers import bot_users, generate
+from persona.settings import ROOT, load_generator_settings
+from persona.stack.procs import wait_until
+from state.keys import RedisKeys
+from state.model_registry import model_info
+from state.profile_store import read_profile
+from tests.fixtures.kafka_io import produce, read_all_json
+from tests.fixtures.services import TopicNames
+
+pytestmark = pytest.mark.integration
+
+
+def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
+                                          tmp_path: Path) -> None:
+    gen = load_generator_settings({"users": 600, "seed": 8, "span_hours": 72, "bot_fraction": 0.03,
+                                   "malformed_fraction": 0.0, "late_fraction": 0.0})
+    records = list(generate(gen, max_records=30_000))
+    bots = bot_users(gen)
+    events = [r.event for r in records if r.event is not None]
+    decision_points = sum(1 for e in events if e["user_id"] not in bots and (
+        e["event_type"] == "add_to_cart" or (e["event_type"] == "page_view" and e["payload"].get("page_type") == "product")))
+    seen_bots = {e["user_id"] for e in events} & bots
+    assert len(seen_bots) >= 5, "the seeded stream must contain bots for this test to mean anything"
+
+    overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=models", "models.publish_every_examples=300",
+                 "models.publish_interval_ms=2000"]
+    cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
+    with open(tmp_path / "job.log", "wb") as log:
+        job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(redis_prefix)
+    try:
+        produce(kafka_bootstrap, topics.events, records)
+
+        def labelled_enough() -> bool:
+            assert job.poll() is None, (tmp_path / "job.log").read_text(errors="replace")[-3000:]
+            info = model_info(client, keys, "propensity")
+            # Labels of the last 30 min of event time wait for a watermark that never comes (the stream stops).
+            return info is not None and info["examples"] >= 0.8 * decision_points
+        wait_until(labelled_enough, 400, "propensity examples from most decision points", interval_s=2.0)
+
+        info = model_info(client, keys, "propensity")
+        print("propensity", info["version"], info["examples"], info["metrics"])
+        assert info["metrics"]["roc_auc"] > 0.75
+        assert len(info["versions"]) >= 2
+
+        segments = model_info(client, keys, "segments")
+        assert segments is not None and 0 <= segments["metrics"]["churn"] <= 1
+        counts: dict[str, int] = {}
+        for e in events:
+            counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
+        active = [u for u, n in counts.items() if n >= 20 and u not in bots]
+        profiles = {u: read_profile(client, keys, u) for u in active}
+        missing = [u for u, p in profiles.items() if p is None or "segment" not in p]
+        assert not missing, f"active users without a segment: {missing[:5]}"
+        for u, p in list(profiles.items())[:50]:
+            assert client.sismember(keys.segment(p["segment"]), u)
+
+        flagged = {u for u in seen_bots if (read_profile(client, keys, u) or {}).get("bot") is True}
+        assert flagged == seen_bots
+        triggered = {r["user_id"] for r in read_all_json(kafka_bootstrap, topics.triggers)}
+        assert triggered, "the stream must produce triggers for humans"
+        assert not triggered & bots
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=30)
+        client.close()

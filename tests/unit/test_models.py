@@ -1,0 +1,161 @@
+"""Model features, snapshot/restore, serving and the rule-over-model layering, without Flink."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+from operators.events import Event
+from operators.model_features import PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC, propensity_features, session_rate_features
+from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
+from operators.online_models import MODEL_NAMES, ModelSnapshot, ModelTrainer, restore
+from operators.pattern_engine import PatternEngine
+import yaml
+
+from operators.pattern_spec import compile_patterns
+from state.profile import ProfileRules, apply_event, profile_view
+
+RULES = ProfileRules()
+MODEL_RULES = ModelRules(label_window_ms=30 * 60_000, max_pending=20, bot_threshold=0.95, bot_rule_events_per_min=30,
+                         bot_rule_min_events=20, bot_min_events=10, score_every=5)
+
+
+def ev(i: int, kind: str, t: int, payload: dict | None = None, device: str = "desktop", user: str = "u1") -> Event:
+    return Event(f"e{i}", kind, user, t, "s1", {"device": device, "timezone": "Europe/Paris"}, payload or {})
+
+
+def add(i: int, t: int, price: int = 2000, qty: int = 2, **kw) -> Event:
+    return ev(i, "add_to_cart", t, {"product_id": f"p{i}", "category": "toys", "price_minor": price, "quantity": qty,
+                                    "currency": "EUR"}, **kw)
+
+
+def test_propensity_features_are_read_from_the_profile() -> None:
+    events = [ev(1, "page_view", 0, {"page_type": "product", "category": "toys", "product_id": "p1", "dwell_ms": 90_000}),
+              add(2, 60_000), ev(3, "purchase", 120_000, {"order_id": "o1", "items": [], "total_minor": 4000}),
+              add(4, 180_000, price=1000, qty=1, device="mobile")]
+    s = None
+    for e in events:
+        s = apply_event(s, e, RULES)
+    f = propensity_features(profile_view("u1", s, RULES), "add_to_cart")
+    assert set(f) == set(PROPENSITY_NUMERIC) | set(PROPENSITY_CATEGORICAL)
+    assert f["views_10m"] == 1 and f["dwell_10m_s"] == 90 and f["carts_10m"] == 2 and f["purchases_24h"] == 1
+    assert f["cart_items"] == 1 and math.isclose(f["cart_value_log"], math.log1p(10.0))
+    assert f["frequency_90d"] == 1 and math.isclose(f["monetary_90d_log"], math.log1p(40.0))
+    assert f["recency_days"] == 0 and f["session_length_min"] == 3.0 and f["session_dwell_s"] == 90
+    assert f["device"] == "mobile" and f["hour_block"] == "h0" and f["decision"] == "add_to_cart"   # 01:03 in Paris
+
+
+def test_session_rate_features_clip_to_the_declared_limits() -> None:
+    f = session_rate_features(events=500, length_ms=1_000, product_views=0, product_dwell_ms=0, page_views=500)
+    assert f == {"events_per_min": 60.0, "session_events_log": math.log1p(500), "dwell_per_view_s": 60.0, "views_share": 1.0}
+
+
+def _x(r: random.Random, name: str) -> dict:
+    if name == "propensity":
+        return {**{k: r.random() for k in PROPENSITY_NUMERIC}, "device": r.choice(["mobile", "desktop"]),
+                "hour_block": "h2", "decision": "add_to_cart"}
+    if name == "segments":
+        return {k: r.random() for k in ("recency_days", "frequency_90d", "monetary_90d_log", "sessions_7d",
+                                         "views_24h", "carts_24h", "session_events")}
+    return {"events_per_min": r.random() * 10, "session_events_log": r.random() * 3, "dwell_per_view_s": r.random() * 99,
+            "views_share": r.random()}
+
+
+def test_snapshot_restore_round_trip_gives_the_same_predictions_and_continues_identically() -> None:
+    for name in MODEL_NAMES:
+        r = random.Random(name)
+        a = ModelTrainer.new(name, seed=3)
+        for _ in range(300):
+            a.learn(_x(r, name), label=r.random() < 0.3, score=r.random(), previous=r.randrange(3))
+        snap = a.snapshot(created_at_ms=123)
+        back = ModelSnapshot.from_record(pickle.loads(pickle.dumps(snap.to_record())))
+        assert (back.name, back.version, back.examples, back.metrics, back.blob) == (name, 1, 300, snap.metrics, snap.blob)
+        model, b = restore(back.blob), pickle.loads(pickle.dumps(a))   # b: the trainer as Flink state restores it
+        probe = [_x(random.Random(i), name) for i in range(20)]
+        predict = {"propensity": lambda m, x: m.predict_proba_one(x)[True], "segments": lambda m, x: m.predict_one(x),
+                   "bots": lambda m, x: m.score_one(x)}[name]
+        assert [predict(model, x) for x in probe] == [predict(a.model, x) for x in probe]
+        more = [_x(r, name) for _ in range(50)]
+        for x in more:
+            a.learn(x, label=True, score=0.7, previous=1)
+            b.learn(x, label=True, score=0.7, previous=1)
+        assert [predict(a.model, x) for x in probe] == [predict(b.model, x) for x in probe]
+        assert a.metric_values() == b.metric_values()
+
+
+def test_served_models_prefer_a_pin_and_return_to_the_latest_on_unpin() -> None:
+    t = ModelTrainer.new("propensity")
+    v1 = t.snapshot(1).to_record()
+    v2 = t.snapshot(2).to_record()
+    served = ServedModels()
+    served.apply(v1)
+    served.apply(v2)
+    assert served.get("propensity")[0] == 2
+    served.apply({**v1, "kind": "pin"})
+    assert served.get("propensity")[0] == 1
+    served.apply({**v2, "version": 3})   # new snapshots keep arriving while pinned
+    assert served.get("propensity")[0] == 1
+    served.apply({"kind": "unpin", "model": "propensity"})
+    assert served.get("propensity")[0] == 3
+    served.apply({**v1, "version": 9, "model_schema": 99})   # another feature schema: not served
+    assert served.get("propensity")[0] == 3
+
+
+def test_bot_rule_overrides_the_model_and_the_model_only_judges_long_enough_sessions() -> None:
+    assert bot_verdict({"events_per_min": 45.0}, 25, score=0.0, rules=MODEL_RULES) == (True, "rule")
+    assert bot_verdict({"events_per_min": 45.0}, 19, score=0.0, rules=MODEL_RULES) == (False, None)
+    assert bot_verdict({"events_per_min": 2.0}, 12, score=0.96, rules=MODEL_RULES) == (True, "model")
+    assert bot_verdict({"events_per_min": 2.0}, 9, score=0.99, rules=MODEL_RULES) == (False, None)
+    assert bot_verdict({"events_per_min": 2.0}, 50, score=None, rules=MODEL_RULES) == (False, None)
+
+
+PATTERNS = """
+version: 1
+gate: {frequency_cap: {max: 5, per: 24h}, quiet_hours: {start: 0, end: 0}}
+patterns:
+  abandonment_with_discount:
+    kind: absence
+    reason: low propensity, offer a discount
+    anchor: {event: add_to_cart, where: {profile.propensity: {lt: 0.3}}}
+    cancel: [{event: purchase}]
+    within: 30m
+    include_cart: true
+"""
+
+
+def _run(events: list[Event], served: ServedModels) -> tuple[list, list]:
+    engine, step = PatternEngine(compile_patterns(yaml.safe_load(PATTERNS), "test")), ModelStep(MODEL_RULES)
+    s, triggers, suppressed = None, [], []
+    for e in events:
+        s = apply_event(s, e, RULES)
+        view = profile_view(e.user_id, s, RULES)
+        step.on_event(s, e, view, served)
+        out = engine.on_event(s, e, view)
+        triggers += out.triggers
+        suppressed += out.suppressed
+    out = engine.on_timer(s, "u1", 10 ** 13)
+    return triggers + out.triggers, suppressed + out.suppressed
+
+
+def _served_scoring(p: float) -> ServedModels:
+    """A served propensity model whose every score is ``p`` (a bias-only logistic regression)."""
+    t = ModelTrainer.new("propensity")
+    lr = list(t.model.steps.values())[-1]
+    lr.intercept = math.log(p / (1 - p))
+    served = ServedModels()
+    served.apply(t.snapshot(0).to_record())
+    return served
+
+
+def test_a_rule_reading_the_score_decides_and_the_bot_flag_overrides_every_pattern() -> None:
+    assert _served_scoring(0.1).get("propensity")[1].predict_proba_one(_x(random.Random(1), "propensity"))[True] < 0.11
+    triggers, _ = _run([add(1, 0)], _served_scoring(0.1))
+    assert [t.pattern for t in triggers] == ["abandonment_with_discount"]
+    triggers, _ = _run([add(1, 0)], _served_scoring(0.9))   # the rule says: only for low propensity
+    assert triggers == []
+    # A bot (20+ events at > 30/min) that adds to cart with a low score: the gate refuses the trigger.
+    clicks = [ev(i, "page_view", i * 1_000, {"page_type": "category", "category": "toys", "dwell_ms": 500})
+              for i in range(25)]
+    triggers, suppressed = _run([*clicks, add(99, 26_000)], _served_scoring(0.1))
+    assert triggers == [] and suppressed == [("abandonment_with_discount", "bot")]
