@@ -74,4 +74,6 @@ class TriggerGate:
 
     def _quiet(self, hour: int) -> bool:
         s, e = self.quiet_start_hour, self.quiet_end_hour
+        if s == e:
+            return False   # equal start and end: no quiet hours
         return s <= hour < e if s < e else (hour >= s or hour < e)

@@ -27,7 +27,7 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
                                           tmp_path: Path) -> None:
     gen = load_generator_settings({"users": 600, "seed": 8, "span_hours": 72, "bot_fraction": 0.03,
                                    "malformed_fraction": 0.0, "late_fraction": 0.0})
-    records = list(generate(gen, max_records=30_000))
+    records = list(generate(gen, max_records=40_000))
     bots = bot_users(gen)
     events = [r.event for r in records if r.event is not None]
     decision_points = sum(1 for e in events if e["user_id"] not in bots and (
@@ -36,8 +36,8 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
     assert len(seen_bots) >= 5, "the seeded stream must contain bots for this test to mean anything"
 
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=models", "models.publish_every_examples=300",
-                 "models.publish_interval_ms=2000"]
+                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=models", "models.publish_every_examples=100",
+                 "models.publish_interval_ms=1000"]
     cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
     with open(tmp_path / "job.log", "wb") as log:
         job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -132,3 +132,10 @@ def test_quiet_hours_defer_to_local_end(at: int, tz: str, release: int) -> None:
     d = GATE.decide(GateState(), "p", at, tz)
     assert d.release_at_ms == release
     assert d.outcome == ("send" if release == at else "deferred")
+
+
+def test_equal_quiet_start_and_end_means_no_quiet_hours() -> None:
+    gate = TriggerGate(cap=5, cap_window_ms=MIN, quiet_start_hour=0, quiet_end_hour=0)
+    for hour in (0, 3, 12, 23):
+        d = gate.decide(GateState(), "p", at_ms=utc_ms(2026, 11, 2, hour), timezone="UTC")
+        assert (d.outcome, d.release_at_ms) == ("send", utc_ms(2026, 11, 2, hour))
