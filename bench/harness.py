@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -206,6 +207,7 @@ class TriggerClock:
 
     def __init__(self, bootstrap: str, topic: str, group: str, user_prefix: str) -> None:
         self.delays: list[float] = []
+        self.samples: list[dict[str, Any]] = []
         self._prefix = user_prefix
         self._stop = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "latest"})
@@ -219,7 +221,11 @@ class TriggerClock:
             if msg is not None and msg.error() is None:
                 doc = json.loads(msg.value())
                 if doc["user_id"].startswith(self._prefix):   # not the replayed history's triggers
-                    self.delays.append(time.time() * 1000 - doc["event_time"])
+                    now = time.time() * 1000
+                    self.delays.append(now - doc["event_time"])
+                    if len(self.samples) < 20:
+                        self.samples.append({"received": round(now), **{k: doc[k] for k in ("event_time", "emitted_at",
+                                                                                             "trigger_id", "user_id")}})
 
     def close(self) -> list[float]:
         self._stop.set()
@@ -242,13 +248,14 @@ def _state_sizes(client: redis.Redis, keys: RedisKeys, users: list[str], checkpo
 
 
 def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int, final: dict[str, int],
-             tail: list[str], rate: float, seconds: float, out: Path) -> dict[str, Any]:
+             tail: list[str], rate: float, seconds: float, out: Path, extra: dict[str, str]) -> dict[str, Any]:
     ckpt = out / "bench-checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
         f"kafka.group_id={prefix}job", "patterns_file=bench/patterns.yaml", "profile.allowed_lateness_ms=5000",
-        "source.idleness_ms=2000", f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000"]
+        "source.idleness_ms=2000", f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000",
+        *(f"{k}={v}" for k, v in extra.items())]
     cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
     log = open(out / "bench-job.log", "wb")
     t_start = time.time()
@@ -273,13 +280,23 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
             sizes["checkpoint_bytes_per_user"] = round(sizes["checkpoint_bytes"] / users)
         return {"drain": drain, **live, "state": sizes}
     finally:
-        subprocess.run(["kill", "-TERM", f"-{proc.pid}"], check=False)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["kill", "-KILL", f"-{proc.pid}"], check=False)
+        _stop_group(proc)
         log.close()
         client.close()
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the job and its mini-cluster JVM (one process group)."""
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _measure_live(bootstrap: str, topics: dict[str, str], client: redis.Redis, keys: RedisKeys, rate: float,
@@ -301,7 +318,7 @@ def _measure_live(bootstrap: str, topics: dict[str, str], client: redis.Redis, k
     bounded = bool(lat) and statistics.median(lat[-q:]) < max(4 * statistics.median(lat[:q]), 1000)
     return {"live": {"rate": rate, "seconds": seconds, "sent": sent, "freshness_ms": _percentiles(lat),
                      "lost_samples": sent // SAMPLE_EVERY - len(lat), "lag_bounded": bounded},
-            "trigger_delay_ms": _percentiles(delays), "rss_mb": memory, "live_users": min(LIVE_USERS, sent)}
+            "trigger_delay_ms": _percentiles(delays), "trigger_samples": clock.samples, "rss_mb": memory, "live_users": min(LIVE_USERS, sent)}
 
 
 class Baseline:
@@ -391,7 +408,9 @@ def _machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "ram_gib": round(mem_kb / 1024 / 1024, 1)}
 
 
-def run_bench(events: int, rate: float, seconds: float, out: Path) -> int:
+def run_bench(events: int, rate: float, seconds: float, out: Path, job_overrides: dict[str, str] | None = None) -> int:
+    job_overrides = job_overrides or {}
+    load_job_settings(job_overrides)   # a bad override fails here, before anything starts
     check_all()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -409,16 +428,20 @@ def run_bench(events: int, rate: float, seconds: float, out: Path) -> int:
     try:
         _say(f"pre-loading {events:,} generated events")
         final, count, tail = _preload(bootstrap, topics["events"], events, users=max(events // 30, 100))
-        job = _run_job(bootstrap, redis_url, topics, f"bench:{run_id}:job:", count, final, tail, rate, seconds, out)
+        job = _run_job(bootstrap, redis_url, topics, f"bench:{run_id}:job:", count, final, tail, rate, seconds, out,
+                       job_overrides)
         base_topics = {**topics, "triggers": f"bench-{run_id}.baseline-triggers"}
         ensure_topics(bootstrap, [base_topics["triggers"]], 2)
         baseline = _run_baseline(bootstrap, redis_url, base_topics, f"bench:{run_id}:base:", count, final, tail, rate,
                                  seconds)
         result = {"run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
                   "versions": _versions(redis_url), "command": f"persona bench --events {events} --rate {rate:g} "
-                  f"--seconds {seconds:g}", "job": job, "baseline": baseline,
+                  f"--seconds {seconds:g}" + "".join(f" --set {k}={v}" for k, v in job_overrides.items()),
+                  "job_settings": job_overrides, "job": job, "baseline": baseline,
                   "ratio_job_to_baseline_drain": round(job["drain"]["events_per_s"] / baseline["drain"]["events_per_s"], 3),
                   "wall_s": round(time.time() - t0, 1)}
+        js = load_job_settings(job_overrides)
+        result["job_mode"] = f"{js.flink.execution_mode} mode, parallelism {js.flink.parallelism}"
     finally:
         _cleanup(services, started, bootstrap, list(topics.values()) + [f"bench-{run_id}.baseline-triggers"])
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -453,7 +476,7 @@ def markdown_table(r: dict[str, Any]) -> str:
         f"Machine: {r['machine']['cores']} cores, {r['machine']['ram_gib']} GiB RAM. Versions: "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + f". Run {r['run_at']}, `{r['command']}`.",
         "",
-        "| metric | Flink job (thread mode, parallelism 1, with models) | plain-Python baseline |",
+        f"| metric | Flink job ({r['job_mode']}, with models) | plain-Python baseline |",
         "|---|---|---|",
         row("drain: events/s", lambda x: f"{x['drain']['events_per_s']:,}"),
         row("drain: events, seconds", lambda x: f"{x['drain']['events']:,} in {x['drain']['seconds']} s"),

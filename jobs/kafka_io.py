@@ -75,34 +75,3 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
     """)
     return name
 
-
-def model_update_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, bounded: bool) -> DataStream:
-    """Rows of (value text) from the models topic, from its start: the newest snapshot of each model wins.
-
-    ``bounded``: only the snapshots published before the job started (a replay serves those).
-    """
-    opts = {
-        "connector": "kafka",
-        "topic": kafka.topics.models,
-        "properties.bootstrap.servers": kafka.bootstrap_servers,
-        "properties.group.id": kafka.group_id + "-models",
-        "scan.startup.mode": "earliest-offset",
-        "value.format": "raw",
-        "key.format": "raw",
-        "key.fields": "k",
-        "value.fields-include": "EXCEPT_KEY",
-    }
-    if bounded:
-        opts["scan.bounded.mode"] = "latest-offset"
-    # The stream is connected to the events: without a watermark of its own it would hold the
-    # operator's event time (label and pattern timers) back forever. Snapshots carry no event time, so
-    # their watermark runs 99 days ahead, and the source goes idle (ignored) when nothing is published.
-    t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE model_updates (
-          `k` STRING, `v` STRING,
-          `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-          WATERMARK FOR `ts` AS `ts` + INTERVAL '99' DAY
-        )
-        WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
-    """)
-    return t_env.to_data_stream(t_env.sql_query("SELECT `v` FROM model_updates"))

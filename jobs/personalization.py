@@ -1,10 +1,10 @@
 """The personalization job: validated ingestion -> per-user profile, models, patterns -> Redis, Kafka.
 
 Kafka (events) -> parse/validate -> key by user -> Personalize ------------> triggers topic
-                        |                          ^    |  |-> Redis profiles and segment sets
-                        +-> dead letters <-- late -+----+  +-> examples -> key by model -> TrainModels
-                                                   |                                        |
-Kafka (models) ------- broadcast (served models) --+          models topic, Redis model:* <-+
+                        |                               |  |-> Redis profiles and segment sets
+                        +-> dead letters <-- late ------+  +-> examples -> key by model -> TrainModels
+                                                        ^                                   |
+                        served models: Redis model:* ---+---- snapshots (and the models topic) <-+
 
 Run on the embedded mini-cluster: ``python -m jobs.personalization [--bounded] [--set key=value ...]``.
 """
@@ -18,15 +18,15 @@ from functools import partial
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import redis
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pyflink.common import Row, Types
-from pyflink.datastream import DataStream, RuntimeContext, TimeDomain
-from pyflink.datastream.functions import KeyedBroadcastProcessFunction
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext, TimeDomain
+from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging
-from jobs.kafka_io import keyed_json_sink, model_update_stream, raw_event_stream
+from jobs.kafka_io import keyed_json_sink, raw_event_stream
 from jobs.model_training import TrainModels, example_key
 from jobs.parse_events import DEAD_LETTERS, KEYED_JSON, parse
 from jobs.runtime import make_environment
@@ -46,9 +46,8 @@ from state.state_cache import StateCache
 log = logging.getLogger(__name__)
 # Persisted state name: renaming it loses state on restore from a savepoint.
 USER_STATE = "user_state_v1"
-SERVED_MODELS = MapStateDescriptor("served_models_v1", Types.STRING(), Types.STRING())
-# The operator's main output carries triggers and training examples, told apart by `kind`: PyFlink's
-# keyed broadcast operator cannot emit side outputs from on_timer, and labels are released there.
+# The operator's main output carries triggers and training examples, told apart by `kind` (one output
+# type for process_element and on_timer, where labels are released).
 ROUTED = Types.ROW_NAMED(["kind", "k", "v"], [Types.STRING(), Types.STRING(), Types.STRING()])
 TRIGGER, EXAMPLE = "t", "x"
 
@@ -58,7 +57,7 @@ def model_rules(settings: JobSettings) -> ModelRules:
     return ModelRules(label_window_ms=m.label_window_ms, max_pending=m.max_pending_per_user,
                       bot_threshold=m.bot_threshold, bot_rule_events_per_min=m.bot_rule_events_per_min,
                       bot_rule_min_events=m.bot_rule_min_events, bot_min_events=m.bot_min_session_events,
-                      score_every=m.score_every_events)
+                      score_every=m.score_every_events, label_timer_resolution_ms=m.label_timer_resolution_ms)
 
 
 def profile_rules(settings: JobSettings) -> ProfileRules:
@@ -78,16 +77,19 @@ def check_patterns(settings: JobSettings) -> PatternBook:
     return book
 
 
-class Personalize(KeyedBroadcastProcessFunction):
+class Personalize(KeyedProcessFunction):
     """Per user: load the one state value, apply the event, score, run the patterns, save, write Redis, emit.
 
-    The broadcast side carries model snapshots and pins from the models topic; they are kept in
-    broadcast state (checkpointed) and served from memory.
+    Served models come from Redis (``model:*``, written by the trainer): checked every
+    ``models_refresh_ms`` of processing time. Not a second Flink input on purpose: a connected stream's
+    watermark would either hold event time back or, once the events go idle, push it forward and fire
+    every pattern and label timer early.
     """
 
     def __init__(self, rules: ProfileRules, book: PatternBook, model_rules: ModelRules, redis_url: str,
                  key_prefix: str, profile_ttl_s: int, flush_interval_ms: int, max_batch: int, state_ttl_s: int,
-                 state_cache_users: int, segments: int) -> None:
+                 state_cache_users: int, segments: int, models_refresh_ms: int) -> None:
+        self._refresh_s = models_refresh_ms / 1000
         self._rules, self._book, self._model_rules = rules, book, model_rules
         self._segment_names = tuple(f"seg{i}" for i in range(segments))
         self._cache_size = state_cache_users
@@ -106,7 +108,9 @@ class Personalize(KeyedBroadcastProcessFunction):
         self._engine = PatternEngine(self._book)
         self._models = ModelStep(self._model_rules)
         self._served = ServedModels()
-        self._served_loaded = False
+        self._model_client = redis.Redis.from_url(url)
+        self._model_keys = RedisKeys(prefix)
+        self._next_refresh = 0.0
         metrics = runtime_context.get_metrics_group().add_group("personalize")
         self._late = metrics.counter("late_events")
         self._triggers = {p.name: metrics.add_group("triggers").counter(p.name) for p in self._book.patterns}
@@ -122,26 +126,17 @@ class Personalize(KeyedBroadcastProcessFunction):
         self._state.update(state)
         self._cache.put(user_id, state)
 
-    def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> None:
-        try:
-            record = json.loads(value[0])
-            key = record["model"] + (":pin" if record["kind"] in ("pin", "unpin") else "")
-            self._served.apply(record)
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring a malformed models-topic record: %s", e)
-            return
-        ctx.get_broadcast_state(SERVED_MODELS).put(key, value[0])
+    def _refresh_models(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._next_refresh = now + self._refresh_s
+            try:
+                self._served.refresh(self._model_client, self._model_keys)
+            except redis.RedisError as e:   # keep serving what we have; the next refresh retries
+                log.warning("could not refresh the served models: %s", e)
 
-    def _restore_served(self, ctx: Any) -> None:
-        """After a restore, the served models come back from broadcast state (pins after snapshots)."""
-        self._served_loaded = True
-        items = sorted(ctx.get_broadcast_state(SERVED_MODELS).items(), key=lambda kv: kv[0].endswith(":pin"))
-        for _, text in items:
-            self._served.apply(json.loads(text))
-
-    def process_element(self, event: Event, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
-        if not self._served_loaded:
-            self._restore_served(ctx)
+    def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        self._refresh_models()
         state = self._load(event.user_id)
         now = int(time.time() * 1000)
         if is_late(state, event, self._rules):
@@ -167,7 +162,7 @@ class Personalize(KeyedBroadcastProcessFunction):
         # Patterns changed nothing the view shows unless they bumped the version (a released match).
         self._save(event.user_id, state, now, ctx, view if view["profile_version"] == state.version else None)
 
-    def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self._writer.flush()
             return
@@ -175,16 +170,20 @@ class Personalize(KeyedBroadcastProcessFunction):
         if state is None:
             return
         version = state.version
-        yield from self._send(self._models.on_timer(state, timestamp))
+        examples = self._models.on_timer(state, timestamp)
+        yield from self._send(examples)
         outcome = self._engine.on_timer(state, ctx.get_current_key(), timestamp)
         yield from self._emit(outcome, ctx)
         if state.version != version:   # a released match changed the profile (stage)
             self._save(ctx.get_current_key(), state, int(time.time() * 1000), ctx)
-        else:
+        elif examples or outcome.triggers or outcome.timers or outcome.suppressed:
             self._store(ctx.get_current_key(), state)
+        # Otherwise the timer only pruned expired entries: the cached object holds that, and the next
+        # write persists it. Restoring the unpruned value gives the same results (entries were expired).
 
     def close(self) -> None:
         self._writer.close()
+        self._model_client.close()
 
     def _send(self, examples: list[Example]) -> Iterator[Row]:
         for ex in examples:
@@ -227,17 +226,17 @@ class Personalize(KeyedBroadcastProcessFunction):
         return dead_letter_record(event.raw or b"", rejection, event.source or SourceRef("", -1, -1), now)
 
 
-def build(raw: DataStream, model_updates: DataStream, settings: JobSettings, book: PatternBook
+def build(raw: DataStream, settings: JobSettings, book: PatternBook
           ) -> tuple[DataStream, DataStream, DataStream]:
     """(trigger rows, dead-letter rows, model-update rows), all (k, v) string rows. The caller attaches sources and sinks."""
     events, bad = parse(raw, keep_raw=True)
     r, m = settings.redis, settings.models
     personalized = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())
-        .connect(model_updates.broadcast(SERVED_MODELS))
         .process(Personalize(profile_rules(settings), book, model_rules(settings), r.url.get_secret_value(),
                              r.key_prefix, r.profile_ttl_s, r.flush_interval_ms, r.flush_max_batch,
-                             settings.flink.state_ttl_s, settings.flink.state_cache_users, m.segments),
+                             settings.flink.state_ttl_s, settings.flink.state_cache_users, m.segments,
+                             m.refresh_ms),
                  output_type=ROUTED)
         .name("personalize").uid("personalize")
     )
@@ -278,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail("personalization", str(e))
     env, t_env = make_environment(settings.flink, args.deployment)
     raw = raw_event_stream(t_env, settings.kafka, settings.source, bounded=args.bounded)
-    updates = model_update_stream(t_env, settings.kafka, bounded=args.bounded)
-    triggers, dead_letters, published = build(raw, updates, settings, book)
+    triggers, dead_letters, published = build(raw, settings, book)
     statements = t_env.create_statement_set()
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers),
                           t_env.from_data_stream(triggers))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from operators.events import Event
-from state.compact import compact
+from state.compact import compact, rows, unrows
 
 Predicate = Callable[[Event], bool]
 
@@ -54,13 +55,19 @@ def match_id(user_id: str, pattern: str, anchor_event_id: str) -> str:
     return hashlib.sha256(f"{user_id}\x1f{pattern}\x1f{anchor_event_id}".encode()).hexdigest()[:24]
 
 
-@compact
 @dataclass(slots=True)
 class AbsenceState:
     """Open anchors (their windows never overlap) and recent blocker times (anchors and cancels)."""
 
     armed: list[Armed] = field(default_factory=list)
     blockers: list[int] = field(default_factory=list)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _absence_state, (rows(self.armed), self.blockers)
+
+
+def _absence_state(armed: list[tuple[Any, ...]], blockers: list[int]) -> AbsenceState:
+    return AbsenceState(unrows(Armed, armed), blockers)
 
 
 @compact

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.compact import compact
+from state.compact import compact, rows, unrows
 
 
 @compact
@@ -36,7 +36,7 @@ from state.compact import compact
 class Pending:
     example_id: str
     t_ms: int
-    features: dict[str, Any]
+    features: Any           # opaque to the join (the job stores a tuple of values)
     score: float            # what the serving model said at the snapshot (prequential: before it learns)
     model_version: int
 
@@ -46,21 +46,28 @@ class Pending:
 class LabelledExample:
     example_id: str
     t_ms: int
-    features: dict[str, Any]
+    features: Any
     score: float
     model_version: int
     label: bool
     labelled_at_ms: int
 
 
-@compact
 @dataclass(slots=True)
 class PendingLabels:
-    """Per-user part of the state (``UserState.extra["labels"]``)."""
+    """Per-user part of the state (``UserState.extra["models"].labels``)."""
 
     pending: list[Pending] = field(default_factory=list)
     purchases: list[int] = field(default_factory=list)   # purchase times of the last window
     dropped: int = 0                                      # snapshots refused over max_pending
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with the user's state on every event: pending snapshots go as plain tuples.
+        return _pending_labels, (rows(self.pending), self.purchases, self.dropped)
+
+
+def _pending_labels(pending: list[tuple[Any, ...]], purchases: list[int], dropped: int) -> PendingLabels:
+    return PendingLabels(unrows(Pending, pending), purchases, dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,7 @@ class LabelJoin:
     window_ms: int
     max_pending: int
 
-    def snapshot(self, st: PendingLabels, example_id: str, t_ms: int, features: dict[str, Any], score: float,
+    def snapshot(self, st: PendingLabels, example_id: str, t_ms: int, features: Any, score: float,
                  model_version: int) -> tuple[list[LabelledExample], int | None]:
         """Add a snapshot. Returns (examples labelled now, deadline to arm a timer for, or None)."""
         if any(t_ms <= p <= t_ms + self.window_ms for p in st.purchases):

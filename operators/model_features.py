@@ -23,6 +23,7 @@ PROPENSITY_NUMERIC = ("views_10m", "dwell_10m_s", "carts_10m", "views_1h", "cart
                       "session_length_min", "session_dwell_s", "sessions_7d", "frequency_90d", "monetary_90d_log",
                       "recency_days", "cart_items", "cart_value_log", "dwell_per_view_10m_s", "dwell_per_view_1h_s")
 PROPENSITY_CATEGORICAL = ("device", "hour_block", "decision")
+PROPENSITY_FEATURES = PROPENSITY_NUMERIC + PROPENSITY_CATEGORICAL
 SEGMENT_FEATURES = ("recency_days", "frequency_90d", "monetary_90d_log", "sessions_7d", "views_24h", "carts_24h",
                     "session_events")
 # Per-session rate features of the bot model, with the range each is clipped to (HalfSpaceTrees needs limits).

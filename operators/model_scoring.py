@@ -18,8 +18,9 @@ import orjson
 
 from operators.events import Event
 from operators.label_join import LabelJoin, LabelledExample, PendingLabels
-from operators.model_features import propensity_features, segment_features, session_rate_features
-from operators.online_models import MODEL_SCHEMA, ModelSnapshot, restore
+from operators.model_features import (PROPENSITY_FEATURES, propensity_features, segment_features,
+                                      session_rate_features)
+from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
 from state.compact import compact
 from state.profile import UserState
 
@@ -50,6 +51,7 @@ class ModelRules:
     bot_rule_min_events: int        # ... over at least this many events is a bot, whatever the model says
     bot_min_events: int            # sessions shorter than this are not judged by the model
     score_every: int               # segment and bot scoring every N events of a session
+    label_timer_resolution_ms: int = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,10 @@ class Example:
         Example(model='bots', user_id='u1', x={'a': 1.5}, label=None, score=None, previous=None)
         """
         return cls(*orjson.loads(text))
+
+
+def _propensity_example(user_id: str, e: LabelledExample) -> Example:
+    return Example("propensity", user_id, dict(zip(PROPENSITY_FEATURES, e.features, strict=True)), e.label, e.score)
 
 
 def bot_verdict(rate: dict[str, float], events: int, score: float | None, rules: ModelRules) -> tuple[bool, str | None]:
@@ -103,6 +109,29 @@ class ServedModels:
         self.pinned: dict[str, ModelSnapshot] = {}
         self._models: dict[str, tuple[int, Any]] = {}
 
+    def refresh(self, client: Any, keys: Any) -> None:
+        """Follow the registry in Redis (``state.model_registry``): the pinned version, else the newest.
+
+        A version is fetched only when it differs from the one served; a version no longer kept is skipped.
+        """
+        from state.model_registry import kept_record
+        pipe = client.pipeline(transaction=False)
+        for name in MODEL_SCHEMA:
+            pipe.hmget(keys.model(name), "version", "pinned")
+        for name, (version, pinned) in zip(MODEL_SCHEMA, pipe.execute(), strict=True):
+            if pinned is not None:
+                if name not in self.pinned or self.pinned[name].version != int(pinned):
+                    record = kept_record(client, keys, name, int(pinned))
+                    if record is not None:
+                        self.apply({**record, "kind": "pin"})
+                continue
+            if name in self.pinned:
+                self.apply({"kind": "unpin", "model": name})
+            if version is not None and (name not in self.latest or self.latest[name].version < int(version)):
+                record = kept_record(client, keys, name, int(version))
+                if record is not None:
+                    self.apply(record)
+
     def apply(self, record: dict[str, Any]) -> None:
         """A models-topic record: ``snapshot``, ``pin`` (with the pinned snapshot) or ``unpin``."""
         name, kind = record["model"], record["kind"]
@@ -119,12 +148,16 @@ class ServedModels:
         self._models.pop(name, None)
 
     def get(self, name: str) -> tuple[int, Any] | None:
-        """(version, model) served for ``name``, or None before the first snapshot."""
+        """(version, model) served for ``name``, or None before the first snapshot.
+
+        The propensity model is served compiled (``CompiledLogistic.score``); the others as River models.
+        """
         if name not in self._models:
             snap = self.pinned.get(name) or self.latest.get(name)
             if snap is None:
                 return None
-            self._models[name] = (snap.version, restore(snap.blob))
+            model = restore(snap.blob)
+            self._models[name] = (snap.version, CompiledLogistic.of(model) if name == "propensity" else model)
         return self._models[name]
 
 
@@ -173,21 +206,26 @@ class ModelStep:
                                                     and event.payload.get("page_type") == "product"):
             x = propensity_features(view, event.event_type)
             model = served.get("propensity")
-            score = model[1].predict_proba_one(x).get(True, 0.5) if model else 0.5
+            score = model[1].score(x) if model else 0.5
             out.propensity, out.propensity_version = score, model[0] if model else 0
             if not out.bot:
-                labelled, deadline = self.join.snapshot(out.labels, event.event_id, t, x, score, out.propensity_version)
+                # Pending snapshots live in the user's state, pickled on every event: values only, no keys.
+                packed = tuple(x[k] for k in PROPENSITY_FEATURES)
+                labelled, deadline = self.join.snapshot(out.labels, event.event_id, t, packed, score,
+                                                        out.propensity_version)
                 if deadline is not None:
-                    timers.append(deadline)
+                    # Coalesced: one timer per user and resolution step (labels may come that much later).
+                    step = self.rules.label_timer_resolution_ms
+                    timers.append(-(-deadline // step) * step)
         if not out.bot:
-            examples += [Example("propensity", event.user_id, e.features, e.label, e.score) for e in labelled]
+            examples += [_propensity_example(event.user_id, e) for e in labelled]
         self.annotate(view, out)
         return examples, timers
 
     def on_timer(self, user: UserState, watermark_ms: int) -> list[Example]:
         out = self.outputs(user)
         labelled = self.join.release(out.labels, watermark_ms)
-        return [] if out.bot else [Example("propensity", "", e.features, e.label, e.score) for e in labelled]
+        return [] if out.bot else [_propensity_example("", e) for e in labelled]
 
     def erase(self, user: UserState) -> int:
         """Erasure: forget pending examples (the state itself is reset by ``apply_event``)."""

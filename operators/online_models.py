@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from river import anomaly, cluster, compose, linear_model, metrics, optim, preprocessing
+from river.utils.math import sigmoid
 
 from operators.model_features import BOT_LIMITS, PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC, SEGMENT_FEATURES
 from operators.score_auc import HistogramAUC
@@ -147,3 +148,44 @@ class ModelTrainer:
         self.since_snapshot = 0
         return ModelSnapshot(self.name, self.version, MODEL_SCHEMA[self.name], created_at_ms, self.examples,
                              self.metric_values(), pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLogistic:
+    """The propensity pipeline reduced to its numbers, for serving.
+
+    River's pipeline (select, scale, one-hot, union, dot product) costs ~70 µs per prediction and runs at
+    almost half of all events; this gives the same probability in a few µs. Built from a snapshot, never
+    trained (the trainer keeps the River pipeline).
+    """
+
+    numeric: tuple[tuple[str, float, float, float], ...]   # (feature, mean, 1/std or 0, weight)
+    categorical: tuple[str, ...]
+    one_hot_weights: dict[str, float]                      # "device_mobile" -> weight
+    intercept: float
+
+    @classmethod
+    def of(cls, pipeline: Any) -> CompiledLogistic:
+        union, lr = pipeline.steps.values()
+        scaler = encoder = None
+        for sub in union.transformers.values():
+            last = list(sub.steps.values())[-1]
+            if isinstance(last, preprocessing.StandardScaler):
+                scaler = last
+            elif isinstance(last, preprocessing.OneHotEncoder):
+                encoder = last
+        assert scaler is not None and encoder is not None, "not a propensity pipeline"
+        weights = dict(lr.weights)
+        numeric = tuple((k, float(scaler.means[k]), 1.0 / scaler.vars[k] ** 0.5 if scaler.vars[k] > 0 else 0.0,
+                         float(weights.get(k, 0.0))) for k in PROPENSITY_NUMERIC)
+        one_hot = {k: float(w) for k, w in weights.items() if k not in PROPENSITY_NUMERIC}
+        return cls(numeric, PROPENSITY_CATEGORICAL, one_hot, float(lr.intercept))
+
+    def score(self, x: dict[str, Any]) -> float:
+        """P(purchase within the label window)."""
+        z = self.intercept
+        for name, mean, inv_std, w in self.numeric:
+            z += w * (x[name] - mean) * inv_std
+        for name in self.categorical:
+            z += self.one_hot_weights.get(f"{name}_{x[name]}", 0.0)
+        return sigmoid(z)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import redis
 
-from persona.settings import ConfigError, load_generator_settings, load_job_settings, load_stack_settings
+from persona.settings import (ConfigError, load_generator_settings, load_job_settings, load_stack_settings,
+                              parse_overrides)
 from persona.stack.procs import StackError
 
 
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("user_id")
 
     models = sub.add_parser("models", help="published model versions; pin (roll back) or unpin the served one")
+    models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="job setting, e.g. redis.key_prefix=demo:")
     m_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     m_sub.add_parser("list", help="each model's newest version, metrics, kept versions and pin")
     pin = m_sub.add_parser("pin", help="serve this kept version (a rollback if it is older) until unpinned")
@@ -76,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rate", type=float, default=2_000.0, help="fixed rate of the freshness run, events/s")
     bench.add_argument("--seconds", type=float, default=30.0, help="length of the freshness run")
     bench.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="job setting for the job under test, e.g. flink.execution_mode=process")
     return p
 
 
@@ -138,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return run_evaluation(args.records, args.users, args.seed, args.out)
     if args.command == "bench":
         from bench.harness import run_bench
-        return run_bench(args.events, args.rate, args.seconds, args.out)
+        return run_bench(args.events, args.rate, args.seconds, args.out, parse_overrides(args.overrides))
     raise AssertionError(args.command)
 
 
@@ -204,10 +209,11 @@ if __name__ == "__main__":
 
 def _models(args: argparse.Namespace) -> int:
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
     from state.keys import RedisKeys
     from state.model_registry import kept_record, model_info, set_pinned
-    settings = load_job_settings()
+    settings = load_job_settings(parse_overrides(args.overrides))
     client = redis.Redis.from_url(settings.redis.url.get_secret_value())
     keys = RedisKeys(settings.redis.key_prefix)
     try:
@@ -225,11 +231,17 @@ def _models(args: argparse.Namespace) -> int:
             record = {**record, "kind": "pin"}
         else:
             record = {"schema_version": 1, "kind": "unpin", "model": args.model}
-        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
-        producer.send(settings.kafka.topics.models, key=f"{args.model}:pin".encode(), value=json.dumps(record).encode())
-        producer.flush(timeout=30)
-        producer.close()
+        # Scorers follow Redis within models.refresh_ms; the models topic keeps the record for its readers.
         set_pinned(client, keys, args.model, args.version if args.action == "pin" else None)
+        try:
+            producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+            producer.send(settings.kafka.topics.models, key=f"{args.model}:pin".encode(),
+                          value=json.dumps(record).encode())
+            producer.flush(timeout=30)
+            producer.close()
+        except KafkaError as e:
+            print(f"persona models: warning: the pin is in effect but was not recorded on the models topic ({e})",
+                  file=sys.stderr)
         print(f"{args.model}: " + (f"pinned to version {args.version}" if args.action == "pin" else "serving the newest version"))
         return 0
     except redis.RedisError as e:

@@ -30,6 +30,7 @@ from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
 from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
+from state.model_registry import model_info
 
 
 @dataclass
@@ -148,6 +149,13 @@ def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_
     print(f"profiles in Redis: {len(users)}")
     for stage in ("browsing", "considering", "cart_abandoned", "purchased", "loyal"):
         print(f"  segment {stage:<15} {client.scard(keys.segment(stage)):>6}")
+    for i in range(load_job_settings().models.segments):
+        print(f"  segment seg{i:<12} {client.scard(keys.segment(f'seg{i}')):>6}   (online KMeans)")
+    for name in ("propensity", "segments", "bots"):
+        info = model_info(client, keys, name)
+        print(f"model {name}: " + ("not published yet" if info is None else
+              f"version {info['version']}, {info['examples']:,} examples, "
+              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(info["metrics"].items()))))
     if users:
         busiest = max(users, key=lambda u: int(client.hget(keys.profile(u), "events_total") or 0))
         profile = {k.decode(): v.decode() for k, v in client.hgetall(keys.profile(busiest)).items()}

@@ -102,9 +102,11 @@ class ProfileSettings(_Strict):
 
 class ModelSettings(_Strict):
     label_window_ms: int = Field(gt=0)
+    label_timer_resolution_ms: int = Field(gt=0)
     max_pending_per_user: int = Field(ge=1, le=1000)
     publish_every_examples: int = Field(ge=1)
     publish_interval_ms: int = Field(gt=0)
+    refresh_ms: int = Field(gt=0)
     keep_versions: int = Field(ge=1)
     segments: int = Field(ge=2, le=50)
     score_every_events: int = Field(ge=1)

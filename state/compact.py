@@ -38,3 +38,12 @@ def compact(cls: type[T]) -> type[T]:
 
     cls.__reduce__ = reduce  # type: ignore[assignment,method-assign]
     return cls
+
+
+def rows(items: list[Any]) -> list[tuple[Any, ...]]:
+    """A list of compact instances as plain tuples: pickling a tuple is ~5x cheaper than a reduce call."""
+    return [item.__reduce__()[1] for item in items]
+
+
+def unrows(cls: type[T], rows_: list[tuple[Any, ...]]) -> list[T]:
+    return [cls(*row) for row in rows_]

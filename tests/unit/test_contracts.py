@@ -30,3 +30,12 @@ def test_trigger_follows_trigger_schema() -> None:
                 {"items": [{"product_id": "p", "category": "c", "price_minor": 1, "quantity": 1}], "value_minor": 1,
                  "currency": "EUR"})
     jsonschema.validate(json.loads(t.to_json()), schema("trigger.v1.json"))
+
+
+def test_model_updates_follow_the_model_update_schema() -> None:
+    from operators.online_models import MODEL_NAMES, ModelTrainer
+    for name in MODEL_NAMES:
+        record = ModelTrainer.new(name).snapshot(created_at_ms=1).to_record()
+        jsonschema.validate(record, schema("model_update.v1.json"))
+        jsonschema.validate({**record, "kind": "pin"}, schema("model_update.v1.json"))
+    jsonschema.validate({"schema_version": 1, "kind": "unpin", "model": "bots"}, schema("model_update.v1.json"))

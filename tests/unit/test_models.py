@@ -9,7 +9,7 @@ import random
 from operators.events import Event
 from operators.model_features import PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC, propensity_features, session_rate_features
 from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
-from operators.online_models import MODEL_NAMES, ModelSnapshot, ModelTrainer, restore
+from operators.online_models import MODEL_NAMES, CompiledLogistic, ModelSnapshot, ModelTrainer, restore
 from operators.pattern_engine import PatternEngine
 import yaml
 
@@ -92,6 +92,7 @@ def test_served_models_prefer_a_pin_and_return_to_the_latest_on_unpin() -> None:
     served.apply(v1)
     served.apply(v2)
     assert served.get("propensity")[0] == 2
+    assert isinstance(served.get("propensity")[1], CompiledLogistic)
     served.apply({**v1, "kind": "pin"})
     assert served.get("propensity")[0] == 1
     served.apply({**v2, "version": 3})   # new snapshots keep arriving while pinned
@@ -149,7 +150,7 @@ def _served_scoring(p: float) -> ServedModels:
 
 
 def test_a_rule_reading_the_score_decides_and_the_bot_flag_overrides_every_pattern() -> None:
-    assert _served_scoring(0.1).get("propensity")[1].predict_proba_one(_x(random.Random(1), "propensity"))[True] < 0.11
+    assert _served_scoring(0.1).get("propensity")[1].score(_x(random.Random(1), "propensity")) < 0.11
     triggers, _ = _run([add(1, 0)], _served_scoring(0.1))
     assert [t.pattern for t in triggers] == ["abandonment_with_discount"]
     triggers, _ = _run([add(1, 0)], _served_scoring(0.9))   # the rule says: only for low propensity
@@ -159,3 +160,16 @@ def test_a_rule_reading_the_score_decides_and_the_bot_flag_overrides_every_patte
               for i in range(25)]
     triggers, suppressed = _run([*clicks, add(99, 26_000)], _served_scoring(0.1))
     assert triggers == [] and suppressed == [("abandonment_with_discount", "bot")]
+
+
+def test_compiled_propensity_scores_equal_the_river_pipeline() -> None:
+    r = random.Random(5)
+    t = ModelTrainer.new("propensity", seed=3)
+    for _ in range(500):
+        x = _x(r, "propensity")
+        t.learn(x, label=x["cart_items"] > 0.6, score=0.5)
+    compiled = CompiledLogistic.of(restore(t.snapshot(0).blob))
+    for i in range(200):
+        x = _x(random.Random(100 + i), "propensity")
+        x["device"] = random.Random(i).choice(["mobile", "desktop", "never-seen"])
+        assert math.isclose(compiled.score(x), t.model.predict_proba_one(x)[True], rel_tol=1e-9, abs_tol=1e-12)
