@@ -15,6 +15,7 @@ through the same pipelined writer, without fault tolerance.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import statistics
@@ -338,8 +339,8 @@ class Baseline:
             self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()))
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
-        self.stop = threading.Event()
-        self.last_record_at = time.time()
+        self.stop: Any = threading.Event()
+        self.last_record: Any = None   # a shared value set by the process that runs it
         self.max_out_of_orderness = settings.source.max_out_of_orderness_ms
 
     def run(self) -> None:
@@ -347,7 +348,7 @@ class Baseline:
             batches = self.consumer.poll(timeout_ms=50)
             now = int(time.time() * 1000)
             if batches:
-                self.last_record_at = time.time()
+                self.last_record.value = time.time()
             for records in batches.values():
                 for rec in records:
                     out = self.replay.process(rec.value)
@@ -368,12 +369,15 @@ class Baseline:
 
 def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
                   final: dict[str, int], tail: list[str], rate: float, seconds: float) -> dict[str, Any]:
-    base = Baseline(bootstrap, redis_url, topics, prefix)
+    # Its own process, like the job: in the harness's process it would share a GIL with the probes.
+    ctx = multiprocessing.get_context("spawn")
+    stop, last_record_at = ctx.Event(), ctx.Value("d", time.time())
+    proc = ctx.Process(target=_baseline_main, args=(bootstrap, redis_url, topics, prefix, stop, last_record_at),
+                       daemon=True)
     client = redis.Redis.from_url(redis_url)
     keys = RedisKeys(prefix)
     t_start = time.time()
-    thread = threading.Thread(target=base.run, daemon=True)
-    thread.start()
+    proc.start()
     try:
         _say(f"baseline: draining {events:,} pre-loaded events (and the job's live events after them)")
         t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400)
@@ -381,15 +385,25 @@ def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix
                  "events_per_s": round(events / (t_done - t_first))}
         _say(f"baseline: drained at {drain['events_per_s']:,} events/s")
         # Let it finish the job's live events still in the topic before measuring its own.
-        wait_until(lambda: time.time() - base.last_record_at > 1.0, 300, "the baseline catching up")
+        wait_until(lambda: time.time() - last_record_at.value > 1.0, 300, "the baseline catching up")
         live = _measure_live(bootstrap, topics, client, keys, rate, seconds, prefix + "live-",
-                             rss=lambda: _rss_mb([os.getpid()]))
+                             rss=lambda: _rss_mb([proc.pid or 0]))
         live.pop("live_users")
         return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
     finally:
-        base.stop.set()
-        thread.join(30)
+        stop.set()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
         client.close()
+
+
+def _baseline_main(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, stop: Any,
+                   last_record_at: Any) -> None:
+    base = Baseline(bootstrap, redis_url, topics, prefix)
+    base.stop = stop
+    base.last_record = last_record_at
+    base.run()
 
 
 def _versions(redis_url: str) -> dict[str, str]:

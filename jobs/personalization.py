@@ -22,7 +22,7 @@ import redis
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pyflink.common import Row, Types
-from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext, TimeDomain
+from pyflink.datastream import DataStream, KeyedProcessFunction, OutputTag, RuntimeContext, TimeDomain
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging
@@ -46,10 +46,7 @@ from state.state_cache import StateCache
 log = logging.getLogger(__name__)
 # Persisted state name: renaming it loses state on restore from a savepoint.
 USER_STATE = "user_state_v1"
-# The operator's main output carries triggers and training examples, told apart by `kind` (one output
-# type for process_element and on_timer, where labels are released).
-ROUTED = Types.ROW_NAMED(["kind", "k", "v"], [Types.STRING(), Types.STRING(), Types.STRING()])
-TRIGGER, EXAMPLE = "t", "x"
+EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 
 
 def model_rules(settings: JobSettings) -> ModelRules:
@@ -188,7 +185,7 @@ class Personalize(KeyedProcessFunction):
     def _send(self, examples: list[Example]) -> Iterator[Row]:
         for ex in examples:
             self._examples[ex.model].inc()
-            yield Row(EXAMPLE, ex.model, ex.to_json())
+            yield EXAMPLES, ex
 
     def _emit(self, outcome: Outcome, ctx: Any) -> Iterator[Row]:
         for t in outcome.timers:
@@ -197,7 +194,7 @@ class Personalize(KeyedProcessFunction):
             self._suppressed[reason].inc()
         for trigger in outcome.triggers:
             self._triggers[trigger.pattern].inc()
-            yield Row(TRIGGER, trigger.user_id, trigger.to_json())
+            yield Row(trigger.user_id, trigger.to_json())
 
     def _save(self, user_id: str, state: UserState, now: int, ctx: Any,
               view: dict[str, Any] | None = None) -> None:
@@ -237,20 +234,17 @@ def build(raw: DataStream, settings: JobSettings, book: PatternBook
                              r.key_prefix, r.profile_ttl_s, r.flush_interval_ms, r.flush_max_batch,
                              settings.flink.state_ttl_s, settings.flink.state_cache_users, m.segments,
                              m.refresh_ms),
-                 output_type=ROUTED)
+                 output_type=KEYED_JSON)
         .name("personalize").uid("personalize")
     )
-    triggers = (personalized.filter(lambda r: r[0] == TRIGGER).name("triggers")
-                .map(lambda r: Row(r[1], r[2]), output_type=KEYED_JSON))
     published = (
-        personalized.filter(lambda r: r[0] == EXAMPLE).name("examples")
-        .map(lambda r: Example.from_json(r[2]), output_type=Types.PICKLED_BYTE_ARRAY())
+        personalized.get_side_output(EXAMPLES)
         .key_by(example_key, key_type=Types.STRING())
         .process(TrainModels(m.seed, m.segments, m.publish_every_examples, m.publish_interval_ms, m.keep_versions,
                              r.url.get_secret_value(), r.key_prefix), output_type=KEYED_JSON)
         .name("train-models").uid("train-models")
     )
-    return triggers, bad.union(personalized.get_side_output(DEAD_LETTERS)), published
+    return personalized, bad.union(personalized.get_side_output(DEAD_LETTERS)), published
 
 
 def check_topics(settings: JobSettings) -> None:

@@ -18,7 +18,7 @@ import orjson
 
 from operators.events import Event
 from operators.label_join import LabelJoin, LabelledExample, PendingLabels
-from operators.model_features import (PROPENSITY_FEATURES, propensity_features, segment_features,
+from operators.model_features import (BOT_LIMITS, PROPENSITY_FEATURES, propensity_features, segment_features,
                                       session_rate_features)
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
 from state.compact import compact
@@ -39,6 +39,7 @@ class ModelOutputs:
     bot_by: str | None = None            # rule | model
     session_start_ms: int | None = None  # the session the counters below belong to
     session_page_views: int = 0
+    session_rate: tuple[float, ...] | None = None   # the session's last rate features (learnt at its end)
     labels: PendingLabels = field(default_factory=PendingLabels)
 
 
@@ -190,13 +191,16 @@ class ModelStep:
                 last = sessions.recent[-1]
                 examples.append(Example("segments", event.user_id, segment_features(view, last.events),
                                         previous=out.segment))
-            out.session_start_ms, out.session_page_views = sessions.current_start_ms, 0
+                # One rate vector per whole session, never a bot's (flagged sessions are not learnt).
+                if out.session_rate is not None and last.events >= self.rules.bot_min_events:
+                    examples.append(Example("bots", event.user_id, dict(zip(BOT_LIMITS, out.session_rate, strict=True))))
+            out.session_start_ms, out.session_page_views, out.session_rate = sessions.current_start_ms, 0, None
         if event.event_type == "page_view":
             out.session_page_views += 1
         n = sessions.current_events
         if n == 1 or n % self.rules.score_every == 0:
             self._segment(out, view, n, served)
-            examples += self._bots(out, user, n, event.user_id, served)
+            self._bots(out, user, n, served)
 
         t = event.event_time_ms
         labelled: list[LabelledExample] = []
@@ -245,7 +249,7 @@ class ModelStep:
         if model is not None and not out.bot:
             out.segment, out.segment_version = int(model[1].predict_one(segment_features(view, events))), model[0]
 
-    def _bots(self, out: ModelOutputs, user: UserState, events: int, user_id: str, served: ServedModels) -> list[Example]:
+    def _bots(self, out: ModelOutputs, user: UserState, events: int, served: ServedModels) -> None:
         s = user.sessions
         assert s is not None
         rate = session_rate_features(events, s.current_length_ms(), user.session_product_views,
@@ -256,5 +260,4 @@ class ModelStep:
             out.bot, out.bot_by = bot_verdict(rate, events, out.bot_score, self.rules)
         if out.bot:
             out.labels.pending.clear()   # a bot's examples never reach training
-        # Train on whole-ish sessions only, and never on what the verdict calls a bot.
-        return [] if out.bot or events < self.rules.bot_min_events else [Example("bots", user_id, rate)]
+        out.session_rate = tuple(rate.values())

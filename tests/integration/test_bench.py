@@ -1,0 +1,29 @@
+"""`persona bench` end to end with small numbers: it completes, writes its three outputs, and measures sanely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from persona.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
+    assert main(["bench", "--events", "3000", "--rate", "200", "--seconds", "25", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "bench.json").read_text())
+    for side in ("job", "baseline"):
+        m = r[side]
+        assert m["drain"]["events"] == 3000 and m["drain"]["events_per_s"] > 0
+        assert m["live"]["sent"] >= 0.9 * 200 * 25 and m["live"]["freshness_ms"]["n"] > 100
+        assert m["state"]["redis_bytes_per_profile"] > 0 and m["rss_mb"] > 0
+        # A trigger comes after its deadline: a negative delay would mean timers fired early.
+        delays = m["trigger_delay_ms"]
+        assert delays["n"] > 0 and delays["p50"] > 0, delays
+    assert r["job"]["state"]["checkpoint_bytes_per_user"] > 0
+    table = (tmp_path / "bench.md").read_text()
+    assert "| drain: events/s |" in table and "freshness at 200 events/s" in table
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
