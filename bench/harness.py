@@ -176,6 +176,13 @@ def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], t
     raise StackError("bench: the events were not all in Redis before the deadline")
 
 
+def _drain(client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str], events: int,
+           t_start: float) -> dict[str, Any]:
+    t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400)
+    return {"events": events, "startup_s": round(t_first - t_start, 1), "seconds": round(t_done - t_first, 1),
+            "events_per_s": round(events / (t_done - t_first))}
+
+
 def _live(bootstrap: str, topic: str, rate: float, seconds: float, prefix: str, probe: Probe) -> int:
     traffic = LiveTraffic(prefix, LIVE_USERS, seed=11)
     producer = _fast_producer(bootstrap)
@@ -265,9 +272,7 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
     keys = RedisKeys(prefix)
     try:
         _say(f"job: draining {events:,} pre-loaded events")
-        t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400)
-        drain = {"events": events, "startup_s": round(t_first - t_start, 1), "seconds": round(t_done - t_first, 1),
-                 "events_per_s": round(events / (t_done - t_first))}
+        drain = _drain(client, keys, final, tail, events, t_start)
         _say(f"job: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
         live = _measure_live(bootstrap, topics, client, keys, rate, seconds, prefix + "live-",
                              rss=lambda: _rss_mb(_group_pids(proc.pid)))
@@ -380,9 +385,7 @@ def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix
     proc.start()
     try:
         _say(f"baseline: draining {events:,} pre-loaded events (and the job's live events after them)")
-        t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400)
-        drain = {"events": events, "startup_s": round(t_first - t_start, 1), "seconds": round(t_done - t_first, 1),
-                 "events_per_s": round(events / (t_done - t_first))}
+        drain = _drain(client, keys, final, tail, events, t_start)
         _say(f"baseline: drained at {drain['events_per_s']:,} events/s")
         # Let it finish the job's live events still in the topic before measuring its own.
         wait_until(lambda: time.time() - last_record_at.value > 1.0, 300, "the baseline catching up")

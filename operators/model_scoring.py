@@ -22,7 +22,7 @@ from operators.model_features import (BOT_LIMITS, PROPENSITY_FEATURES, propensit
                                       session_rate_features)
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
 from state.compact import compact
-from state.profile import UserState
+from state.profile import UserState, owned
 
 
 @compact
@@ -169,10 +169,7 @@ class ModelStep:
 
     @staticmethod
     def outputs(user: UserState) -> ModelOutputs:
-        out = user.extra.get("models")
-        if out is None:
-            out = user.extra["models"] = ModelOutputs()
-        return out  # type: ignore[no-any-return]
+        return owned(user, "models", ModelOutputs)
 
     def on_event(self, user: UserState, event: Event, view: dict[str, Any], served: ServedModels
                  ) -> tuple[list[Example], list[int]]:
@@ -198,7 +195,7 @@ class ModelStep:
         if event.event_type == "page_view":
             out.session_page_views += 1
         n = sessions.current_events
-        if n == 1 or n % self.rules.score_every == 0:
+        if n == 1 or n % self.rules.score_every == 0 or (out.segment is None and served.get("segments")):
             self._segment(out, view, n, served)
             self._bots(out, user, n, served)
 

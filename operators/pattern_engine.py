@@ -16,7 +16,7 @@ from operators.events import Event
 from operators.pattern_spec import PatternBook, PatternSpec
 from operators.trigger_gate import GateState, TriggerGate
 from state.compact import compact
-from state.profile import UserState, consent_at
+from state.profile import UserState, consent_at, owned
 
 TRIGGER_SCHEMA_VERSION = 1
 
@@ -78,10 +78,7 @@ class PatternEngine:
 
     @staticmethod
     def state_of(user: UserState) -> PatternState:
-        ps = user.extra.get("patterns")
-        if ps is None:
-            ps = user.extra["patterns"] = PatternState()
-        return ps  # type: ignore[no-any-return]
+        return owned(user, "patterns", PatternState)
 
     def on_event(self, user: UserState, event: Event, view: dict[str, Any]) -> Outcome:
         """After ``event`` was applied to ``user`` (``view`` is the profile now)."""

@@ -75,9 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=Path("reports"), help="folder for the PNG and JSON (default reports/)")
 
     bench = sub.add_parser("bench", help="benchmark the job and the plain-Python baseline on the local stack")
-    bench.add_argument("--events", type=int, default=60_000, help="pre-loaded events to drain (default 60000)")
-    bench.add_argument("--rate", type=float, default=2_000.0, help="fixed rate of the freshness run, events/s")
-    bench.add_argument("--seconds", type=float, default=30.0, help="length of the freshness run")
+    bench.add_argument("--events", type=int, default=40_000, help="pre-loaded events to drain (default 40000)")
+    bench.add_argument("--rate", type=float, default=300.0, help="fixed rate of the freshness run, events/s (default 300)")
+    bench.add_argument("--seconds", type=float, default=30.0, help="length of the freshness run (default 30)")
     bench.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="job setting for the job under test, e.g. flink.execution_mode=process")

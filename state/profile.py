@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -28,6 +29,7 @@ from state.rfm import Rfm, RfmThresholds, rfm_score
 from state.sessions import Sessions
 from state.windows import MEASURES, SlidingWindow, measures_of
 
+T = TypeVar("T")
 MIN = 60_000
 WINDOWS = {"10m": (10 * MIN, MIN), "1h": (60 * MIN, 5 * MIN), "24h": (24 * 60 * MIN, 60 * MIN)}
 WEEK_MS = 7 * 24 * 60 * MIN
@@ -73,6 +75,14 @@ class UserState:
     last_add_ms: int | None = None
     last_abandon_ms: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)   # pattern and gate state, owned by operators/
+
+
+def owned(user: UserState, name: str, factory: Callable[[], T]) -> T:
+    """The part of a user's state that an operator owns (``extra[name]``), created on first use."""
+    part = user.extra.get(name)
+    if part is None:
+        part = user.extra[name] = factory()
+    return part  # type: ignore[no-any-return]
 
 
 def new_state(rules: ProfileRules) -> UserState:

@@ -27,7 +27,7 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
                                           tmp_path: Path) -> None:
     gen = load_generator_settings({"users": 600, "seed": 8, "span_hours": 72, "bot_fraction": 0.03,
                                    "malformed_fraction": 0.0, "late_fraction": 0.0})
-    records = list(generate(gen, max_records=40_000))
+    records = list(generate(gen, max_records=50_000))
     bots = bot_users(gen)
     events = [r.event for r in records if r.event is not None]
     decision_points = sum(1 for e in events if e["user_id"] not in bots and (
