@@ -11,7 +11,6 @@ Run on the embedded mini-cluster: ``python -m jobs.personalization [--bounded] [
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from functools import partial
