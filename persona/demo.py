@@ -154,8 +154,8 @@ def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_
     for name in ("propensity", "segments", "bots"):
         info = model_info(client, keys, name)
         print(f"model {name}: " + ("not published yet" if info is None else
-              f"version {info['version']}, {info['examples']:,} examples, "
-              + ", ".join(f"{k} {v:.3f}" for k, v in sorted(info["metrics"].items()))))
+              f"version {info['version']}, {info['examples']:,} examples"
+              + "".join(f", {k} {v:.3f}" for k, v in sorted(info["metrics"].items()))))
     if users:
         busiest = max(users, key=lambda u: int(client.hget(keys.profile(u), "events_total") or 0))
         profile = {k.decode(): v.decode() for k, v in client.hgetall(keys.profile(busiest)).items()}
