@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from operators.events import Event
 from operators.label_join import LabelJoin, LabelledExample, PendingLabels
 from operators.model_features import (BOT_LIMITS, PROPENSITY_FEATURES, propensity_features, segment_features,
@@ -55,6 +53,7 @@ class ModelRules:
     label_timer_resolution_ms: int = 60_000
 
 
+@compact
 @dataclass(frozen=True, slots=True)
 class Example:
     """A training example for one trainer (keyed by ``model``)."""
@@ -65,18 +64,6 @@ class Example:
     label: bool | None = None
     score: float | None = None
     previous: int | None = None    # segments: the user's segment before this session (churn)
-
-    def to_json(self) -> str:
-        return orjson.dumps([self.model, self.user_id, self.x, self.label, self.score, self.previous]).decode()
-
-    @classmethod
-    def from_json(cls, text: str) -> Example:
-        """The inverse of ``to_json``.
-
-        >>> Example.from_json(Example("bots", "u1", {"a": 1.5}).to_json())
-        Example(model='bots', user_id='u1', x={'a': 1.5}, label=None, score=None, previous=None)
-        """
-        return cls(*orjson.loads(text))
 
 
 def _propensity_example(user_id: str, e: LabelledExample) -> Example:

@@ -110,7 +110,7 @@ class ModelSettings(_Strict):
     keep_versions: int = Field(ge=1)
     segments: int = Field(ge=2, le=50)
     score_every_events: int = Field(ge=1)
-    bot_threshold: float = Field(gt=0, le=1.0001)
+    bot_threshold: float = Field(gt=0, le=1)
     bot_min_session_events: int = Field(ge=1)
     bot_rule_events_per_min: float = Field(gt=0)
     bot_rule_min_events: int = Field(ge=1)

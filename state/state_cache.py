@@ -38,9 +38,3 @@ class StateCache(Generic[V]):
         self._items[key] = value
         if len(self._items) > self._max:
             del self._items[next(iter(self._items))]
-
-    def drop(self, key: str) -> None:
-        self._items.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._items)
