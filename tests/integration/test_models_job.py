@@ -64,6 +64,19 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
         for e in events:
             counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
         active = [u for u, n in counts.items() if n >= 20 and u not in bots]
+
+        # The job may still be finishing the stream's tail: compare profiles and sets once they stopped changing.
+        last: list[list[bytes | None]] = []
+
+        def quiet() -> bool:
+            pipe = client.pipeline(transaction=False)
+            for u in active:
+                pipe.hget(keys.profile(u), "profile_version")
+            now = pipe.execute()
+            done = now == (last[-1] if last else None)
+            last.append(now)
+            return done
+        wait_until(quiet, 180, "the job to finish the stream", interval_s=3.0)
         profiles = {u: read_profile(client, keys, u) for u in active}
         missing = [u for u, p in profiles.items() if p is None or "segment" not in p]
         assert not missing, f"active users without a segment: {missing[:5]}"
