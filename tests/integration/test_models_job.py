@@ -63,7 +63,9 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
         counts: dict[str, int] = {}
         for e in events:
             counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
-        active = [u for u, n in counts.items() if n >= 20 and u not in bots]
+        # Users who asked for erasure have no profile by design.
+        erased = {e["user_id"] for e in events if e["event_type"] == "erasure_request"}
+        active = [u for u, n in counts.items() if n >= 20 and u not in bots and u not in erased]
 
         # The job may still be finishing the stream's tail: compare profiles and sets once they stopped changing.
         last: list[list[bytes | None]] = []
@@ -78,9 +80,12 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
             return done
         wait_until(quiet, 180, "the job to finish the stream", interval_s=3.0)
         profiles = {u: read_profile(client, keys, u) for u in active}
-        missing = [u for u, p in profiles.items() if p is None or "segment" not in p]
+        # Flagged users get no segment (the models leave them out); the model may flag a few humans.
+        false_bots = [u for u, p in profiles.items() if p is not None and p.get("bot") is True]
+        assert len(false_bots) <= 0.02 * len(active), f"humans flagged as bots: {false_bots}"
+        missing = [u for u, p in profiles.items() if u not in false_bots and (p is None or "segment" not in p)]
         assert not missing, f"active users without a segment: {missing[:5]}"
-        for u, p in list(profiles.items())[:50]:
+        for u, p in [(u, p) for u, p in profiles.items() if u not in false_bots][:50]:
             assert client.sismember(keys.segment(p["segment"]), u)
 
         flagged = {u for u in seen_bots if (read_profile(client, keys, u) or {}).get("bot") is True}
