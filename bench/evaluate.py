@@ -85,7 +85,8 @@ def run_evaluation(records: int, users: int, seed: int, out: Path) -> int:
     scores = np.array([e.score for e in examples])
     labels = np.array([1 if e.label else 0 for e in examples])
     prequential = auc(scores, labels)
-    batch_scores = encode([e.x for e in examples]) @ fit_logistic(encode([e.x for e in examples]), labels)
+    X = encode([e.x for e in examples])
+    batch_scores = X @ fit_logistic(X, labels)
     hindsight = auc(batch_scores, labels)
     checkpoints = list(range(500, len(examples) + 1, max(len(examples) // 60, 1)))
     cumulative = [auc(scores[:n], labels[:n]) for n in checkpoints]

@@ -142,8 +142,6 @@ class Personalize(KeyedProcessFunction):
         if event.event_type == "erasure_request":
             self._schedule_flush(ctx, now)
             self._writer.erase(event.user_id, now)
-            if state is not None:
-                self._models.erase(state)
         state = apply_event(state, event, self._rules)
         view = profile_view(event.user_id, state, self._rules)
         was_bot = self._models.outputs(state).bot

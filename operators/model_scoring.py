@@ -20,6 +20,7 @@ from operators.model_features import (BOT_LIMITS, PROPENSITY_FEATURES, propensit
                                       session_rate_features)
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
 from state.compact import compact
+from state.model_registry import kept_record
 from state.profile import UserState, owned
 
 
@@ -102,7 +103,6 @@ class ServedModels:
 
         A version is fetched only when it differs from the one served; a version no longer kept is skipped.
         """
-        from state.model_registry import kept_record
         pipe = client.pipeline(transaction=False)
         for name in MODEL_SCHEMA:
             pipe.hmget(keys.model(name), "version", "pinned")
@@ -214,11 +214,6 @@ class ModelStep:
         out = self.outputs(user)
         labelled = self.join.release(out.labels, watermark_ms)
         return [] if out.bot else [_propensity_example("", e) for e in labelled]
-
-    def erase(self, user: UserState) -> int:
-        """Erasure: forget pending examples (the state itself is reset by ``apply_event``)."""
-        out = user.extra.get("models")
-        return self.join.erase(out.labels) if out is not None else 0
 
     @staticmethod
     def annotate(view: dict[str, Any], out: ModelOutputs) -> None:
