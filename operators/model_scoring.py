@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operators.events import Event
-from operators.label_join import LabelJoin, LabelledExample, PendingLabels
+from operators.label_join import LabelJoin, LabelledExample, Pending, PendingLabels
 from operators.model_features import (BOT_LIMITS, PROPENSITY_FEATURES, propensity_features, segment_features,
                                       session_rate_features)
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
-from state.compact import compact
+from state.compact import compact, rows, unrows
 from state.model_registry import kept_record
 from state.profile import UserState, owned
 
 
-@compact
 @dataclass(slots=True)
 class ModelOutputs:
     """What the models said about one user (``UserState.extra["models"]``)."""
@@ -40,6 +39,19 @@ class ModelOutputs:
     session_page_views: int = 0
     session_rate: tuple[float, ...] | None = None   # the session's last rate features (learnt at its end)
     labels: PendingLabels = field(default_factory=PendingLabels)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled with the user's state on every event: builtins only (see state/compact.py).
+        labels = self.labels
+        return _model_outputs, (self.propensity, self.propensity_version, self.segment, self.segment_version,
+                                self.bot_score, self.bot, self.bot_by, self.session_start_ms,
+                                self.session_page_views, self.session_rate, rows(labels.pending),
+                                labels.purchases, labels.dropped)
+
+
+def _model_outputs(*values: Any) -> ModelOutputs:
+    *head, pending, purchases, dropped = values
+    return ModelOutputs(*head, PendingLabels(unrows(Pending, pending), purchases, dropped))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

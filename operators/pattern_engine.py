@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.absence import AbsencePattern, AbsenceState, Match, match_id
+from operators.absence import AbsencePattern, AbsenceState, Armed, Match, match_id
 from operators.events import Event
 from operators.pattern_spec import PatternBook, PatternSpec
 from operators.trigger_gate import GateState, TriggerGate
-from state.compact import compact
+from state.compact import compact, row, rows, unrows
 from state.profile import UserState, consent_at, owned
 
 TRIGGER_SCHEMA_VERSION = 1
@@ -41,7 +41,6 @@ class Trigger:
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
-@compact
 @dataclass(slots=True)
 class PatternState:
     absence: dict[str, AbsenceState] = field(default_factory=dict)
@@ -50,6 +49,20 @@ class PatternState:
     escalations: dict[str, dict[int, int]] = field(default_factory=dict)  # pattern -> session start -> matches
     gate: GateState = field(default_factory=GateState)
     deferred: list[Trigger] = field(default_factory=list)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled with the user's state on every event: builtins only (see state/compact.py).
+        absence = {name: (rows(a.armed), a.blockers) for name, a in self.absence.items()}
+        return _pattern_state, (absence, self.threshold_on, self.anchor_info, self.escalations, row(self.gate),
+                                rows(self.deferred))
+
+
+def _pattern_state(absence: dict[str, tuple[list[tuple[Any, ...]], list[int]]], threshold_on: dict[str, bool],
+                   anchor_info: dict[tuple[str, str], tuple[int, dict[str, Any]]],
+                   escalations: dict[str, dict[int, int]], gate: tuple[Any, ...],
+                   deferred: list[tuple[Any, ...]]) -> PatternState:
+    return PatternState({name: AbsenceState(unrows(Armed, armed), blockers) for name, (armed, blockers) in absence.items()},
+                        threshold_on, anchor_info, escalations, GateState(*gate), unrows(Trigger, deferred))
 
 
 @compact

@@ -11,6 +11,10 @@ which made pickling the per-user state the largest cost per event (~230 µs of ~
 (<class 'state.windows.SlidingWindow'>, (600000, 60000, {}))
 >>> pickle.loads(pickle.dumps(SlidingWindow(600_000, 60_000, {0: [1, 0, 0, 0, 0, 0]})))
 SlidingWindow(length_ms=600000, bucket_ms=60000, buckets={0: [1, 0, 0, 0, 0, 0]})
+
+Even so, pickle spends ~2 µs per object it reduces and per class it names. The values pickled on every
+event (``UserState`` and the parts operators keep in it) therefore reduce to one restore function over
+builtins only, with nested instances as ``row`` tuples: a replayed user state pickles in ~43 µs instead of ~80.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ def compact(cls: type[T]) -> type[T]:
 
     cls.__reduce__ = reduce  # type: ignore[assignment,method-assign]
     return cls
+
+
+def row(item: Any) -> tuple[Any, ...]:
+    """A compact instance as the plain tuple of its field values (``cls(*row(item))`` rebuilds it)."""
+    return item.__reduce__()[1]  # type: ignore[no-any-return]
 
 
 def rows(items: list[Any]) -> list[tuple[Any, ...]]:

@@ -22,7 +22,7 @@ import orjson
 
 from operators.events import Event
 from state.affinity import Affinities
-from state.compact import compact
+from state.compact import compact, row
 from state.journey import JourneyFacts, journey_stage
 from state.keys import PROFILE_SCHEMA_VERSION
 from state.rfm import Rfm, RfmThresholds, rfm_score
@@ -50,7 +50,6 @@ class ProfileRules:
     rfm: RfmThresholds = RfmThresholds()
 
 
-@compact
 @dataclass(slots=True)
 class UserState:
     version: int = 0
@@ -75,6 +74,27 @@ class UserState:
     last_add_ms: int | None = None
     last_abandon_ms: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)   # pattern and gate state, owned by operators/
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled on every event: one restore function over builtins (see state/compact.py). The parts in
+        # ``extra`` reduce the same way, each with one restore function of its own.
+        return _user_state, (
+            self.version, self.newest_event_ms, self.totals, {name: row(w) for name, w in self.windows.items()},
+            None if self.sessions is None else self.sessions.flat(), self.session_product_views,
+            self.session_product_dwell_ms, self.session_starts, row(self.rfm),
+            None if self.affinities is None else row(self.affinities), self.device_counts, self.last_device,
+            self.country, self.timezone, self.demographics, self.marketing_consent, self.consent_log, self.cart,
+            self.last_purchase_ms, self.last_add_ms, self.last_abandon_ms, self.extra)
+
+
+def _user_state(version: int, newest_event_ms: int, totals: dict[str, int], windows: dict[str, tuple[Any, ...]],
+                sessions: tuple[Any, ...] | None, *rest: Any) -> UserState:
+    (views, dwell, starts, rfm, affinities, devices, last_device, country, timezone, demographics, consent,
+     consent_log, cart, last_purchase, last_add, last_abandon, extra) = rest
+    return UserState(version, newest_event_ms, totals, {name: SlidingWindow(*w) for name, w in windows.items()},
+                     None if sessions is None else Sessions.from_flat(sessions), views, dwell, starts, Rfm(*rfm),
+                     None if affinities is None else Affinities(*affinities), devices, last_device, country,
+                     timezone, demographics, consent, consent_log, cart, last_purchase, last_add, last_abandon, extra)
 
 
 def owned(user: UserState, name: str, factory: Callable[[], T]) -> T:

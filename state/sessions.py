@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from state.compact import compact
+from typing import Any
+
+from state.compact import compact, rows, unrows
 
 
 @compact
@@ -42,6 +44,16 @@ class Sessions:
     current_end_ms: int | None = None
     current_events: int = 0
     recent: deque[SessionSummary] = field(default_factory=deque)
+
+    def flat(self) -> tuple[Any, ...]:
+        """Builtins only, for the owner's pickling (``Sessions.from_flat`` rebuilds it)."""
+        return (self.gap_ms, self.keep, self.count, self.current_start_ms, self.current_end_ms,
+                self.current_events, rows(list(self.recent)))
+
+    @classmethod
+    def from_flat(cls, flat: tuple[Any, ...]) -> Sessions:
+        *head, recent = flat
+        return cls(*head, deque(unrows(SessionSummary, recent)))
 
     def observe(self, t_ms: int) -> bool:
         """Account one event; True if it opened a new session."""
