@@ -194,9 +194,13 @@ class ModelStep:
         if event.event_type == "page_view":
             out.session_page_views += 1
         n = sessions.current_events
-        if n == 1 or n % self.rules.score_every == 0 or (out.segment is None and served.get("segments")):
+        if n == 1 or n % self.rules.score_every == 0:
             self._segment(out, view, n, served)
             self._bots(out, user, n, served)
+        elif out.segment is None and not out.bot and served.get("segments"):
+            # A first segment as soon as a model exists; a bot gets none, so this must not run for bots on
+            # every event (bots are few users but many events).
+            self._segment(out, view, n, served)
 
         t = event.event_time_ms
         labelled: list[LabelledExample] = []

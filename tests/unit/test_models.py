@@ -173,3 +173,29 @@ def test_compiled_propensity_scores_equal_the_river_pipeline() -> None:
         x = _x(random.Random(100 + i), "propensity")
         x["device"] = random.Random(i).choice(["mobile", "desktop", "never-seen"])
         assert math.isclose(compiled.score(x), t.model.predict_proba_one(x)[True], rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_bots_and_segments_are_scored_every_n_events_even_for_a_user_without_a_segment() -> None:
+    served = ServedModels()
+    served.apply(ModelTrainer.new("bots").snapshot(1).to_record())
+    bots = served.get("bots")[1]
+    scored: list[int] = []
+    bots.score_one = lambda x, _f=bots.score_one: scored.append(1) or _f(x)
+    step, s = ModelStep(MODEL_RULES), None
+    for i in range(40):   # 60 events/min: the rule flags it after 20, before a segments model exists
+        if i == 25:
+            served.apply(ModelTrainer.new("segments").snapshot(1).to_record())
+        e = ev(i, "page_view", i * 1_000, {"page_type": "category", "category": "toys", "dwell_ms": 500})
+        s = apply_event(s, e, RULES)
+        step.on_event(s, e, profile_view("u1", s, RULES), served)
+    out = ModelStep.outputs(s)
+    assert out.bot and out.bot_by == "rule" and out.segment is None   # a bot gets no segment
+    assert len(scored) == 1 + 40 // MODEL_RULES.score_every   # events 1, 5, 10, ..., 40
+    human = ev(100, "page_view", 0, {"page_type": "category", "category": "toys", "dwell_ms": 5_000}, user="u2")
+    s2 = apply_event(None, human, RULES)
+    step.on_event(s2, human, profile_view("u2", s2, RULES), ServedModels())   # no model yet: no segment
+    assert ModelStep.outputs(s2).segment is None
+    later = ev(101, "page_view", 60_000, {"page_type": "category", "category": "toys", "dwell_ms": 5_000}, user="u2")
+    s2 = apply_event(s2, later, RULES)
+    step.on_event(s2, later, profile_view("u2", s2, RULES), served)   # the 2nd event, off the cadence
+    assert ModelStep.outputs(s2).segment is not None
