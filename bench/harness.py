@@ -6,7 +6,9 @@ Per system:
 2. freshness: live events at a fixed rate; for every 10th event, the time from produce to the moment
    Redis shows its ``profile_version``: p50/p95/p99 and whether the lag stayed bounded;
 3. trigger delay: abandonment deadline (10 s after an add to cart, bench/patterns.yaml) to the trigger;
-4. state: checkpoint bytes per user (job), Redis ``MEMORY USAGE`` per profile, process RSS.
+4. state: checkpoint bytes per user (job), Redis ``MEMORY USAGE`` per profile, process RSS;
+5. the ceiling of the per-event work itself: the same functions over the same events in one process,
+   with no Kafka, Redis or Flink (no system built on this Python code can drain faster on this machine).
 
 The baseline is a kafka-python consumer calling the same functions (bench/replay.py) and writing Redis
 through the same pipelined writer, without fault tolerance.
@@ -126,13 +128,13 @@ def _fast_producer(bootstrap: str) -> Producer:
                      "queue.buffering.max.messages": 1_000_000})
 
 
-def _preload(bootstrap: str, topic: str, n: int, users: int) -> tuple[dict[str, int], int, list[str]]:
-    """Generated events (valid only) -> topic: each user's final profile version, the count, the last users."""
+def _preload(bootstrap: str, topic: str, n: int, users: int) -> tuple[dict[str, int], list[bytes], list[str]]:
+    """Generated events (valid only) -> topic: each user's final profile version, the records, the last users."""
     gen = load_generator_settings({"users": users, "seed": 7, "malformed_fraction": 0.0, "late_fraction": 0.0,
                                    "out_of_order_fraction": 0.0, "span_hours": 72})
     producer = _fast_producer(bootstrap)
     final: dict[str, int] = {}
-    count = 0
+    values: list[bytes] = []
     last: list[str] = []
     for rec in generate(gen, max_records=n):
         ev = rec.event
@@ -140,10 +142,21 @@ def _preload(bootstrap: str, topic: str, n: int, users: int) -> tuple[dict[str, 
         final[ev["user_id"]] = 0 if ev["event_type"] == "erasure_request" else final.get(ev["user_id"], 0) + 1
         producer.produce(topic, key=rec.key, value=rec.value, timestamp=rec.event_time_ms)
         producer.poll(0)
-        count += 1
+        values.append(rec.value)
         last = [*last[-199:], ev["user_id"]]
     producer.flush(60)
-    return final, count, sorted(set(last))
+    return final, values, sorted(set(last))
+
+
+def _logic_only(values: list[bytes]) -> dict[str, Any]:
+    """``Replay.process`` over the records in this process: parse, profile, models (training in line), patterns."""
+    replay = Replay(load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000}))
+    start = time.perf_counter()
+    for value in values:
+        replay.process(value)
+    seconds = time.perf_counter() - start
+    return {"events": len(values), "seconds": round(seconds, 1), "events_per_s": round(len(values) / seconds),
+            "us_per_event": round(seconds / len(values) * 1e6)}
 
 
 def _all_final(client: redis.Redis, keys: RedisKeys, final: dict[str, int], users: list[str]) -> bool:
@@ -444,7 +457,11 @@ def run_bench(events: int, rate: float, seconds: float, out: Path, job_overrides
     ensure_topics(bootstrap, [topics["models"]], 1)
     try:
         _say(f"pre-loading {events:,} generated events")
-        final, count, tail = _preload(bootstrap, topics["events"], events, users=max(events // 30, 100))
+        final, values, tail = _preload(bootstrap, topics["events"], events, users=max(events // 30, 100))
+        count = len(values)
+        _say("logic only: the per-event functions over the same events in this process")
+        logic = _logic_only(values)
+        _say(f"logic only: {logic['events_per_s']:,} events/s ({logic['us_per_event']} µs per event)")
         job = _run_job(bootstrap, redis_url, topics, f"bench:{run_id}:job:", count, final, tail, rate, seconds, out,
                        job_overrides)
         base_topics = {**topics, "triggers": f"bench-{run_id}.baseline-triggers"}
@@ -454,7 +471,7 @@ def run_bench(events: int, rate: float, seconds: float, out: Path, job_overrides
         result = {"run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
                   "versions": _versions(redis_url), "command": f"persona bench --events {events} --rate {rate:g} "
                   f"--seconds {seconds:g}" + "".join(f" --set {k}={v}" for k, v in job_overrides.items()),
-                  "job_settings": job_overrides, "job": job, "baseline": baseline,
+                  "job_settings": job_overrides, "job": job, "baseline": baseline, "logic_only": logic,
                   "ratio_job_to_baseline_drain": round(job["drain"]["events_per_s"] / baseline["drain"]["events_per_s"], 3),
                   "wall_s": round(time.time() - t0, 1)}
         js = load_job_settings(job_overrides)
@@ -510,6 +527,10 @@ def markdown_table(r: dict[str, Any]) -> str:
         f"Job / baseline drain throughput: {r['ratio_job_to_baseline_drain']:.2f}. "
         f"Freshness samples: {fj['n']:,} (job), {fb['n']:,} (baseline).",
         "",
+        f"The per-event work alone (`bench/replay.py` over the same events in one process: parse, profile, models "
+        f"with training, patterns; no Kafka, Redis or Flink): {r['logic_only']['events_per_s']:,} events/s, "
+        f"{r['logic_only']['us_per_event']} µs per event.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -521,7 +542,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
     j, b = r["job"], r["baseline"]
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 4))
     names = ("Flink job", "Python baseline")
-    a1.bar(names, [j["drain"]["events_per_s"], b["drain"]["events_per_s"]], color=("tab:blue", "tab:gray"))
+    a1.bar([*names, "logic only"], [j["drain"]["events_per_s"], b["drain"]["events_per_s"],
+                                    r["logic_only"]["events_per_s"]], color=("tab:blue", "tab:gray", "tab:olive"))
     a1.set_title("drain throughput (events/s)")
     ps = ("p50", "p95", "p99")
     xs = range(len(ps))

@@ -24,6 +24,7 @@ def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
         delays = m["trigger_delay_ms"]
         assert delays["n"] > 0 and delays["p50"] > 0, delays
     assert r["job"]["state"]["checkpoint_bytes_per_user"] > 0
+    assert r["logic_only"]["events"] == 3000 and r["logic_only"]["events_per_s"] > 0
     table = (tmp_path / "bench.md").read_text()
-    assert "| drain: events/s |" in table and "freshness at 200 events/s" in table
+    assert "| drain: events/s |" in table and "freshness at 200 events/s" in table and "per-event work alone" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
