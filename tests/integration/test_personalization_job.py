@@ -55,15 +55,18 @@ def stored_field(profile: dict[str, str], dotted: str) -> Any:
     return node
 
 
+# Parallelism 2: users are spread over two Personalize subtasks, each with its own Redis writer and timers,
+# and the watermark is the minimum over two source subtasks; the result must not change.
+@pytest.mark.parametrize("parallelism", [1, 2])
 def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: str, redis_url: str, topics: TopicNames,
-                                                              redis_prefix: str, tmp_path: Path) -> None:
+                                                              redis_prefix: str, tmp_path: Path, parallelism: int) -> None:
     records = list(generate(load_generator_settings({"users": 450, "seed": 21, "bot_fraction": 0.0}), max_records=22_000))
     assert len(records) >= 20_000
     assert {r.delay for r in records} == {"in_order", "out_of_order", "late"} and any(r.malformed for r in records)
     produce(kafka_bootstrap, topics.events, records)
 
-    run_bounded_job("jobs.personalization", job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "p-test"),
-                    tmp_path, timeout_s=600)
+    run_bounded_job("jobs.personalization", [*job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "p-test"),
+                                             f"flink.parallelism={parallelism}"], tmp_path, timeout_s=600)
 
     want = expected(records)
     dead = read_all_json(kafka_bootstrap, topics.dead_letter)
