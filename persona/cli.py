@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis
 
+from bench.layouts import parse_layout
 from persona.settings import (ConfigError, load_generator_settings, load_job_settings, load_stack_settings,
                               parse_overrides)
 from persona.stack.procs import StackError
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="job setting for the job under test, e.g. flink.execution_mode=process")
+    lay = sub.add_parser("bench-layouts", help="job throughput on the local standalone cluster per TaskManager layout")
+    lay.add_argument("--layouts", nargs="+", type=parse_layout, default=[(1, 1), (1, 2), (2, 1)], metavar="TMxSLOTS",
+                     help="TaskManagers x slots each (default: 1x1 1x2 2x1)")
+    lay.add_argument("--events", dest="layout_events", nargs=2, type=int, default=[10_000, 40_000],
+                     metavar=("SMALL", "LARGE"), help="pre-loaded events of the two drains (default 10000 40000)")
+    lay.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     return p
 
 
@@ -94,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ("records", "users", "rate", "events", "seconds"):
         _positive(parser, f"--{name}", getattr(args, name, None))
+    if args.command == "bench-layouts" and not 0 < args.layout_events[0] < args.layout_events[1]:
+        parser.error("--events: SMALL must be positive and less than LARGE")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
@@ -144,6 +153,9 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
     if args.command == "bench":
         from bench.harness import run_bench
         return run_bench(args.events, args.rate, args.seconds, args.out, parse_overrides(args.overrides))
+    if args.command == "bench-layouts":
+        from bench.layouts import run_layouts
+        return run_layouts(args.layouts, *args.layout_events, args.out)
     raise AssertionError(args.command)
 
 

@@ -145,6 +145,7 @@ class FlinkClusterSettings(_Strict):
     rpc_port: int = Field(ge=1, le=65535)
     jobmanager_memory_mb: int = Field(ge=512)
     taskmanager_memory_mb: int = Field(ge=1024)
+    taskmanagers: int = Field(ge=1)
     taskmanager_slots: int = Field(ge=1)
     start_timeout_s: float = Field(gt=0)
 

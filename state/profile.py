@@ -77,7 +77,8 @@ class UserState:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled on every event: one restore function over builtins (see state/compact.py). The parts in
-        # ``extra`` reduce the same way, each with one restore function of its own.
+        # ``extra`` reduce the same way, each with one restore function of its own. This argument order is
+        # the checkpointed format: a new field goes last, with a default in ``_user_state`` for old state.
         return _user_state, (
             self.version, self.newest_event_ms, self.totals, {name: row(w) for name, w in self.windows.items()},
             None if self.sessions is None else self.sessions.flat(), self.session_product_views,

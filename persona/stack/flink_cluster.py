@@ -75,7 +75,7 @@ class FlinkCluster:
         conf["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
         (self.conf_dir / "masters").write_text(f"127.0.0.1:{s.rest_port}\n")
-        (self.conf_dir / "workers").write_text("127.0.0.1\n")
+        (self.conf_dir / "workers").write_text("127.0.0.1\n" * s.taskmanagers)   # start-cluster.sh starts one per line
 
     def _write_lib(self) -> None:
         """The wheel's lib/ plus opt/flink-python (symlinks), so Python support is on the parent classpath."""
@@ -91,10 +91,13 @@ class FlinkCluster:
         return json.loads(body) if body else None
 
     def running(self) -> bool:
+        return self._taskmanagers() >= 1
+
+    def _taskmanagers(self) -> int:
         try:
-            return self.rest("/overview")["taskmanagers"] >= 1
+            return int(self.rest("/overview")["taskmanagers"])
         except (urllib.error.URLError, OSError, KeyError, ValueError):
-            return False
+            return 0
 
     def up(self) -> str:
         if self.running():
@@ -108,8 +111,10 @@ class FlinkCluster:
                               text=True, check=False)
         if proc.returncode != 0:
             raise StackError(f"start-cluster.sh failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
-        wait_until(self.running, self.settings.start_timeout_s, f"flink cluster at {self.rest_url}", interval_s=0.5)
-        return f"flink cluster started; web UI {self.rest_url}"
+        n = self.settings.taskmanagers
+        wait_until(lambda: self._taskmanagers() >= n, self.settings.start_timeout_s,
+                   f"flink cluster at {self.rest_url} with {n} TaskManager(s)", interval_s=0.5)
+        return f"flink cluster started ({n} TaskManager(s) x {self.settings.taskmanager_slots} slot(s)); web UI {self.rest_url}"
 
     def down(self) -> str:
         if not self.conf_dir.exists():
@@ -118,12 +123,13 @@ class FlinkCluster:
         wait_until(lambda: not self.running(), 30, "stopping the flink cluster", interval_s=0.5)
         return "flink cluster stopped"
 
-    def submit(self, module: str, job_args: list[str], jars: list[Path]) -> str:
-        """``flink run -d -py`` the job module; returns the job id."""
+    def submit(self, module: str, job_args: list[str], jars: list[Path], detach: bool = True) -> str:
+        """``flink run -d -py`` the job module; returns the job id. ``detach=False`` returns when the job has ended."""
         if not self.running():
             raise StackError(f"no flink cluster at {self.rest_url}; start it with `persona cluster up`")
         script = ROOT / Path(*module.split(".")).with_suffix(".py")
-        cmd = [str(FLINK_HOME / "bin" / "flink"), "run", "-d", "-m", f"127.0.0.1:{self.settings.rest_port}",
+        cmd = [str(FLINK_HOME / "bin" / "flink"), "run", *(["-d"] if detach else []),
+               "-m", f"127.0.0.1:{self.settings.rest_port}",
                "-py", str(script), "-pyexec", sys.executable, "-pyclientexec", sys.executable]
         for jar in jars:
             cmd += ["--jarfile", str(jar)]

@@ -28,3 +28,14 @@ def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
     table = (tmp_path / "bench.md").read_text()
     assert "| drain: events/s |" in table and "freshness at 200 events/s" in table and "per-event work alone" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.cluster
+def test_bench_layouts_drains_on_a_standalone_cluster_and_writes_its_outputs(tmp_path: Path) -> None:
+    assert main(["bench-layouts", "--layouts", "2x1", "--events", "1000", "6000", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "layouts.json").read_text())
+    [row] = r["layouts"]
+    assert (row["taskmanagers"], row["slots"], row["parallelism"]) == (2, 1, 2)
+    assert row["seconds"]["6000"] > row["seconds"]["1000"] > 0 and row["events_per_s"] > 0
+    assert "| 2 TaskManager(s) x 1 slot(s) | 2 |" in (tmp_path / "layouts.md").read_text()
+    assert (tmp_path / "layouts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
     settings = FlinkClusterSettings(rest_port=free_port(), rpc_port=free_port(), jobmanager_memory_mb=1024,
-                                    taskmanager_memory_mb=1728, taskmanager_slots=2, start_timeout_s=120)
+                                    taskmanager_memory_mb=1728, taskmanagers=2, taskmanager_slots=1,
+                                    start_timeout_s=120)
     c = FlinkCluster(tmp_path_factory.mktemp("flink"), settings)
     c.up()
     try:
@@ -38,7 +39,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
 def test_flink_run_on_standalone_cluster(cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str,
                                          topics: TopicNames, redis_prefix: str, connector_jars: list[Path]) -> None:
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=cluster-test"]
+                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=cluster-test",
+                 # Both TaskManagers run a Python job, so the next test's job is a second one on its TaskManager.
+                 "flink.parallelism=2"]
     job_id = cluster.submit("jobs.event_counter", [a for o in overrides for a in ("--set", o)], connector_jars)
     wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
 

@@ -10,7 +10,9 @@ from persona.cli import main
 
 @pytest.mark.parametrize("argv", [[], ["frobnicate"], ["services"], ["services", "sideways"],
                                   ["generate", "--records", "-5"], ["generate", "--records", "many"],
-                                  ["cluster"], ["profile"]])
+                                  ["cluster"], ["profile"], ["bench-layouts", "--layouts", "2y1"],
+                                  ["bench-layouts", "--layouts", "0x1"], ["bench-layouts", "--events", "40000", "10000"],
+                                  ["bench-layouts", "--events", "0", "10"]])
 def test_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
