@@ -478,20 +478,27 @@ def run_bench(events: int, rate: float, seconds: float, out: Path, job_overrides
         result["job_mode"] = f"{js.flink.execution_mode} mode, parallelism {js.flink.parallelism}"
     finally:
         _cleanup(services, started, bootstrap, list(topics.values()) + [f"bench-{run_id}.baseline-triggers"])
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench.md").write_text(markdown_table(result))
-    plot(result, out / "bench.png")
-    print(markdown_table(result))
-    _say(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} in {result['wall_s']:.0f} s")
+    write_report(out, "bench", result, markdown_table(result), plot)
     return 0
+
+
+def write_report(out: Path, stem: str, result: dict[str, Any], table: str,
+                 plot_to: Callable[[dict[str, Any], Path], None]) -> None:
+    """``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` in ``out``; the table also goes to stdout."""
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    plot_to(result, out / f"{stem}.png")
+    print(table)
+    _say(f"wrote {out / stem}.json, .md and .png" + (f" in {result['wall_s']:.0f} s" if "wall_s" in result else ""))
 
 
 def _cleanup(services: LocalServices, started: tuple[bool, bool], bootstrap: str, names: list[str]) -> None:
     from kafka.admin import KafkaAdminClient
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.delete_topics(names)
-        admin.close()
+        if names:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+            admin.delete_topics(names)
+            admin.close()
     except Exception as e:  # noqa: BLE001 - cleanup must not hide the result
         _say(f"could not delete the bench topics: {e}")
     if started[0]:

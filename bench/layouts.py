@@ -10,7 +10,6 @@ time, cancels the client's start-up, the submission and the job's start-up.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -59,9 +58,8 @@ def _drain_seconds(cluster: Any, bootstrap: str, redis_url: str, events: int, pa
 
 
 def run_layouts(layouts: list[Layout], small: int, large: int, out: Path) -> int:
-    from bench.harness import _machine, _say
+    from bench.harness import _cleanup, _machine, _say, write_report
     from persona.settings import load_stack_settings
-    from persona.stack.flink_cluster import FlinkCluster
     from persona.stack.prereqs import check_all
     from persona.stack.services import LocalServices
 
@@ -71,13 +69,33 @@ def run_layouts(layouts: list[Layout], small: int, large: int, out: Path) -> int
     out.mkdir(parents=True, exist_ok=True)
     stack = load_stack_settings()
     services = LocalServices.from_settings(stack)
+    started = (services.kafka.running() is None, services.redis.running() is None)
     for line in services.up():
         _say(line)
+    try:
+        rows = _measure(layouts, small, large, stack, services)
+    finally:
+        _cleanup(services, started, services.kafka.bootstrap, [])
+    result = {"run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
+              "command": f"persona bench-layouts --layouts {' '.join(f'{t}x{s}' for t, s in layouts)} "
+                         f"--events {small} {large}", "layouts": rows}
+    write_report(out, "layouts", result, markdown_table(result), plot)
+    return 0
+
+
+def _measure(layouts: list[Layout], small: int, large: int, stack: Any, services: Any) -> list[dict[str, Any]]:
+    from bench.harness import _say
+    from persona.stack.flink_cluster import FlinkCluster
+    from persona.stack.procs import StackError
+
     run_id = time.strftime("%Y%m%d%H%M%S")
     rows: list[dict[str, Any]] = []
     for tms, slots in layouts:
         settings = stack.flink_cluster.model_copy(update={"taskmanagers": tms, "taskmanager_slots": slots})
         cluster = FlinkCluster(stack.run_path / "flink-layouts", settings)
+        if cluster.running():   # another layout than the one to measure, and not ours to stop
+            raise StackError(f"a Flink cluster already answers at {cluster.rest_url}; stop it first "
+                             "(`persona cluster down`)")
         _say(cluster.up())
         try:
             # The first job on fresh TaskManagers also pays for starting their Python: not measured.
@@ -99,15 +117,7 @@ def run_layouts(layouts: list[Layout], small: int, large: int, out: Path) -> int
                      "seconds": {str(k): round(v, 1) for k, v in seconds.items()}, "events_per_s": rate})
         _say(f"{tms} x {slots}: " + (f"{rate:,} events/s (marginal)" if rate else
                                      "no rate: the two drains differ by less than start-up noise; use more events"))
-    result = {"run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
-              "command": f"persona bench-layouts --layouts {' '.join(f'{t}x{s}' for t, s in layouts)} "
-                         f"--events {small} {large}", "layouts": rows}
-    (out / "layouts.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "layouts.md").write_text(markdown_table(result))
-    plot(result, out / "layouts.png")
-    print(markdown_table(result))
-    _say(f"wrote {out / 'layouts.json'}, {out / 'layouts.md'}, {out / 'layouts.png'}")
-    return 0
+    return rows
 
 
 def markdown_table(r: dict[str, Any]) -> str:
