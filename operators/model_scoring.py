@@ -255,4 +255,6 @@ class ModelStep:
             out.bot, out.bot_by = bot_verdict(rate, events, out.bot_score, self.rules)
         if out.bot:
             out.labels.pending.clear()   # a bot's examples never reach training
+            # Nor does a bot stay in a segment set that campaigns target (it may have had one before the flag).
+            out.segment = out.segment_version = None
         out.session_rate = tuple(rate.values())

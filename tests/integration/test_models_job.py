@@ -88,8 +88,10 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
         for u, p in [(u, p) for u, p in profiles.items() if u not in false_bots][:50]:
             assert client.sismember(keys.segment(p["segment"]), u)
 
-        flagged = {u for u in seen_bots if (read_profile(client, keys, u) or {}).get("bot") is True}
-        assert flagged == seen_bots
+        bot_profiles = {u: read_profile(client, keys, u) or {} for u in seen_bots}
+        assert {u for u, p in bot_profiles.items() if p.get("bot") is True} == seen_bots
+        in_sets = {u for u in seen_bots for k in client.scan_iter(keys.segment("seg*")) if client.sismember(k, u)}
+        assert not in_sets and not [u for u, p in bot_profiles.items() if "segment" in p], "bots must leave segments"
         triggered = {r["user_id"] for r in read_all_json(kafka_bootstrap, topics.triggers)}
         assert triggered, "the stream must produce triggers for humans"
         assert not triggered & bots

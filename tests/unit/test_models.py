@@ -199,3 +199,18 @@ def test_bots_and_segments_are_scored_every_n_events_even_for_a_user_without_a_s
     s2 = apply_event(s2, later, RULES)
     step.on_event(s2, later, profile_view("u2", s2, RULES), served)   # the 2nd event, off the cadence
     assert ModelStep.outputs(s2).segment is not None
+
+
+def test_a_user_flagged_as_a_bot_leaves_its_segment() -> None:
+    served = ServedModels()
+    served.apply(ModelTrainer.new("segments").snapshot(1).to_record())
+    step, s, segments = ModelStep(MODEL_RULES), None, []
+    for i in range(25):   # 60 events/min: a segment from the first event, the rule flags it at the 20th
+        e = ev(i, "page_view", i * 1_000, {"page_type": "category", "category": "toys", "dwell_ms": 500})
+        s = apply_event(s, e, RULES)
+        view = profile_view("u1", s, RULES)
+        step.on_event(s, e, view, served)
+        segments.append(view["segment"])
+    assert segments[0] is not None and segments[18] is not None   # scored as a human first
+    out = ModelStep.outputs(s)
+    assert out.bot and out.segment is None and segments[19:] == [None] * 6
