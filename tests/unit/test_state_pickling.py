@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 from collections import deque
+from dataclasses import fields
 
 from bench.replay import Replay
 from operators.model_scoring import ModelOutputs
 from operators.pattern_engine import PatternState
 from persona.generator.shoppers import generate
 from persona.settings import load_generator_settings, load_job_settings
+from state.profile import UserState
 
 RECORDS = [r.value for r in generate(load_generator_settings({"users": 120, "seed": 5, "span_hours": 6}),
                                      max_records=6000)]
@@ -41,3 +45,19 @@ def test_every_part_of_a_replayed_state_survives_pickling() -> None:
 
 def test_a_restored_state_continues_like_the_original() -> None:
     assert _replay(RECORDS, restore_at=3000).states == _replay(RECORDS).states
+
+
+def test_state_checkpointed_in_the_previous_format_still_restores() -> None:
+    """Before the flat format, these three classes pickled as ``cls(*field_values)`` (``state.compact.compact``)."""
+    states = _replay(RECORDS[:4000]).states
+
+    def as_before(obj: object) -> tuple[type, tuple[object, ...]]:
+        return type(obj), tuple(getattr(obj, f.name) for f in fields(obj))  # type: ignore[arg-type]
+
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf)
+    pickler.dispatch_table = {**copyreg.dispatch_table, UserState: as_before, ModelOutputs: as_before,
+                              PatternState: as_before}
+    pickler.dump(states)
+    assert not any(name in buf.getvalue() for name in (b"_user_state", b"_model_outputs", b"_pattern_state"))
+    assert pickle.loads(buf.getvalue()) == states
