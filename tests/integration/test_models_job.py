@@ -90,7 +90,8 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
 
         bot_profiles = {u: read_profile(client, keys, u) or {} for u in seen_bots}
         assert {u for u, p in bot_profiles.items() if p.get("bot") is True} == seen_bots
-        in_sets = {u for u in seen_bots for k in client.scan_iter(keys.segment("seg*")) if client.sismember(k, u)}
+        segment_sets = list(client.scan_iter(keys.segment("seg*")))
+        in_sets = {u for u in seen_bots for k in segment_sets if client.sismember(k, u)}
         assert not in_sets and not [u for u, p in bot_profiles.items() if "segment" in p], "bots must leave segments"
         triggered = {r["user_id"] for r in read_all_json(kafka_bootstrap, topics.triggers)}
         assert triggered, "the stream must produce triggers for humans"
