@@ -46,12 +46,13 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def encode(xs: list[dict]) -> np.ndarray:
-    """Standardised numeric features plus one-hot categoricals, as the online pipeline does."""
-    num = np.array([[x[k] for k in PROPENSITY_NUMERIC] for x in xs], dtype=float)
+def encode(xs: list[tuple]) -> np.ndarray:
+    """Standardised numeric features plus one-hot categoricals (packed tuples), as the online model does."""
+    n = len(PROPENSITY_NUMERIC)
+    num = np.array([x[:n] for x in xs], dtype=float)
     num = (num - num.mean(0)) / np.where(num.std(0) > 0, num.std(0), 1.0)
     cats = []
-    for k in PROPENSITY_CATEGORICAL:
+    for k in range(n, n + len(PROPENSITY_CATEGORICAL)):
         values = sorted({x[k] for x in xs})
         cats.append(np.array([[x[k] == v for v in values] for x in xs], dtype=float))
     return np.hstack([num, *cats, np.ones((len(xs), 1))])

@@ -9,7 +9,7 @@ models' scalers, string features through one-hot encoding.
 ...           {"product_id": "p1", "category": "toys", "price_minor": 1000, "quantity": 2, "currency": "EUR"})
 >>> rules = ProfileRules()
 >>> s = apply_event(None, e, rules)
->>> f = propensity_features(profile_view("u1", s, rules), "add_to_cart")
+>>> f = dict(zip(PROPENSITY_FEATURES, propensity_features(profile_view("u1", s, rules), "add_to_cart")))
 >>> f["carts_1h"], f["cart_items"], f["device"], f["decision"]
 (1.0, 1.0, 'mobile', 'add_to_cart')
 """
@@ -17,6 +17,7 @@ models' scalers, string features through one-hot encoding.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 PROPENSITY_NUMERIC = ("views_10m", "dwell_10m_s", "carts_10m", "views_1h", "carts_1h", "carts_24h", "purchases_24h",
@@ -32,32 +33,32 @@ BOT_LIMITS = {"events_per_min": (0.0, 60.0), "session_events_log": (0.0, 7.0), "
 NO_PURCHASE_DAYS = 365.0   # recency of a user who never bought
 
 
-def _recency(view: dict[str, Any]) -> float:
+def _recency(view: Mapping[str, Any]) -> float:
     days = view["rfm"]["recency_days"]
     return NO_PURCHASE_DAYS if days is None else float(min(days, NO_PURCHASE_DAYS))
 
 
-def propensity_features(view: dict[str, Any], decision: str) -> dict[str, float | str]:
-    """The snapshot taken at a decision point (``decision`` is the event type: add_to_cart or page_view)."""
+def propensity_features(view: Mapping[str, Any], decision: str) -> tuple[float | str, ...]:
+    """The snapshot taken at a decision point (``decision`` is the event type: add_to_cart or page_view).
+
+    A packed tuple in ``PROPENSITY_FEATURES`` order: it is stored in the user's state until labelled, and the
+    learner and the scorer read it by position.
+    """
     w10, w1h, w24 = view["windows"]["10m"], view["windows"]["1h"], view["windows"]["24h"]
     rfm = view["rfm"]
-    return {
-        "views_10m": float(w10["views"]), "dwell_10m_s": w10["product_dwell_ms"] / 1000.0,
-        "carts_10m": float(w10["carts"]), "views_1h": float(w1h["views"]), "carts_1h": float(w1h["carts"]),
-        "carts_24h": float(w24["carts"]), "purchases_24h": float(w24["purchases"]),
-        "session_length_min": view["current_session_length_ms"] / 60_000.0,
-        "session_dwell_s": view["current_session_product_dwell_ms"] / 1000.0,
-        "sessions_7d": float(view["sessions_7d"]), "frequency_90d": float(rfm["frequency_90d"]),
-        "monetary_90d_log": math.log1p(rfm["monetary_90d"] / 100.0), "recency_days": _recency(view),
-        "cart_items": float(view["cart_items"]), "cart_value_log": math.log1p(view["cart_value_minor"] / 100.0),
+    return (
+        float(w10["views"]), w10["product_dwell_ms"] / 1000.0, float(w10["carts"]), float(w1h["views"]),
+        float(w1h["carts"]), float(w24["carts"]), float(w24["purchases"]),
+        view["current_session_length_ms"] / 60_000.0, view["current_session_product_dwell_ms"] / 1000.0,
+        float(view["sessions_7d"]), float(rfm["frequency_90d"]), math.log1p(rfm["monetary_90d"] / 100.0),
+        _recency(view), float(view["cart_items"]), math.log1p(view["cart_value_minor"] / 100.0),
         # How long a page holds the user: the clearest sign of intent in a session.
-        "dwell_per_view_10m_s": w10["product_dwell_ms"] / 1000.0 / max(w10["views"], 1),
-        "dwell_per_view_1h_s": w1h["product_dwell_ms"] / 1000.0 / max(w1h["views"], 1),
-        "device": view["last_device"] or "unknown", "hour_block": f"h{view['local_hour'] // 3}", "decision": decision,
-    }
+        w10["product_dwell_ms"] / 1000.0 / max(w10["views"], 1), w1h["product_dwell_ms"] / 1000.0 / max(w1h["views"], 1),
+        view["last_device"] or "unknown", f"h{view['local_hour'] // 3}", decision,
+    )
 
 
-def segment_features(view: dict[str, Any], session_events: int) -> dict[str, float]:
+def segment_features(view: Mapping[str, Any], session_events: int) -> dict[str, float]:
     """RFM and behaviour of a user at the end of a session (scaled by the segment model's scaler)."""
     rfm, w24 = view["rfm"], view["windows"]["24h"]
     return {"recency_days": _recency(view), "frequency_90d": float(rfm["frequency_90d"]),

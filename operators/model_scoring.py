@@ -16,8 +16,7 @@ from typing import Any
 
 from operators.events import Event
 from operators.label_join import LabelJoin, LabelledExample, Pending, PendingLabels
-from operators.model_features import (BOT_LIMITS, PROPENSITY_FEATURES, propensity_features, segment_features,
-                                      session_rate_features)
+from operators.model_features import BOT_LIMITS, propensity_features, segment_features, session_rate_features
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
 from state.compact import compact, rows, unrows
 from state.model_registry import kept_record
@@ -80,7 +79,7 @@ class Example:
 
 
 def _propensity_example(user_id: str, e: LabelledExample) -> Example:
-    return Example("propensity", user_id, dict(zip(PROPENSITY_FEATURES, e.features, strict=True)), e.label, e.score)
+    return Example("propensity", user_id, e.features, e.label, e.score)
 
 
 def bot_verdict(rate: dict[str, float], events: int, score: float | None, rules: ModelRules) -> tuple[bool, str | None]:
@@ -156,7 +155,7 @@ class ServedModels:
             snap = self.pinned.get(name) or self.latest.get(name)
             if snap is None:
                 return None
-            model = restore(snap.blob)
+            model = restore(name, snap.blob)
             self._models[name] = (snap.version, CompiledLogistic.of(model) if name == "propensity" else model)
         return self._models[name]
 
@@ -213,9 +212,8 @@ class ModelStep:
             score = model[1].score(x) if model else 0.5
             out.propensity, out.propensity_version = score, model[0] if model else 0
             if not out.bot:
-                # Pending snapshots live in the user's state, pickled on every event: values only, no keys.
-                packed = tuple(x[k] for k in PROPENSITY_FEATURES)
-                labelled, deadline = self.join.snapshot(out.labels, event.event_id, t, packed, score,
+                # Pending snapshots live in the user's state, stored on every event: values only, no keys.
+                labelled, deadline = self.join.snapshot(out.labels, event.event_id, t, x, score,
                                                         out.propensity_version)
                 if deadline is not None:
                     # Coalesced: one timer per user and resolution step (labels may come that much later).

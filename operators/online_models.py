@@ -9,18 +9,19 @@
   Quality: River's silhouette on the scaled vectors; churn: how often a user's segment changes.
 - ``bots``: HalfSpaceTrees over per-session rate features, with fixed feature ranges.
 
-A snapshot is the pickled model with its name, version and metrics. Pickle is River's own persistence
-format; the models topic and Redis keys are written by the job and the CLI only (see README "Models").
+A snapshot is the model with its name, version and metrics. The propensity model is River's logistic
+regression computed over flat numbers (``operators.propensity_learner``, equal to River's pipeline) and
+its snapshot is JSON numbers; segments and bots are River models, pickled (River's own persistence
+format): the models topic and Redis keys are written by the job and the CLI only (see README "Models").
 
->>> def x(items): return {**dict.fromkeys(PROPENSITY_NUMERIC, 0.0), "cart_items": items,
-...                         "device": "mobile", "hour_block": "h3", "decision": "add_to_cart"}
+>>> def x(items): return (0.0,) * 13 + (items,) + (0.0,) * 3 + ("mobile", "h3", "add_to_cart")
 >>> t = ModelTrainer.new("propensity", seed=1)
 >>> for i in range(400):   # the serving model knew nothing for the first half, then was right
 ...     t.learn(x(float(i % 2)), label=bool(i % 2), score=0.5 if i < 200 else 0.9 * (i % 2))
 >>> snap = t.snapshot(created_at_ms=0)
 >>> snap.version, snap.examples, round(snap.metrics["roc_auc"], 3)   # by hand: (200*100 + 100*100 + 100*100/2) / 200**2
 (1, 400, 0.875)
->>> restore(snap.blob).predict_proba_one(x(1.0))[True] > 0.5
+>>> restore("propensity", snap.blob).predict(x(1.0)[:17], x(1.0)[17:]) > 0.5
 True
 """
 
@@ -32,22 +33,23 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import anomaly, cluster, compose, linear_model, metrics, optim, preprocessing
-from river.utils.math import sigmoid
+import orjson
+from river import anomaly, cluster, compose, metrics, preprocessing
 
 from operators.model_features import BOT_LIMITS, PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC, SEGMENT_FEATURES
+from operators.propensity_learner import PropensityLearner, sigmoid
 from operators.score_auc import HistogramAUC
 
 MODEL_NAMES = ("propensity", "segments", "bots")
 # Bumped when a model's features or structure change: snapshots of another schema are not loaded.
-MODEL_SCHEMA = {"propensity": 1, "segments": 1, "bots": 1}
+# propensity 2: features as one packed tuple, snapshot as JSON numbers (1 was a pickled River pipeline).
+MODEL_SCHEMA = {"propensity": 2, "segments": 1, "bots": 1}
+N_NUMERIC = len(PROPENSITY_NUMERIC)
 
 
 def new_model(name: str, seed: int, segments: int = 5) -> Any:
     if name == "propensity":
-        numeric = compose.Select(*PROPENSITY_NUMERIC) | preprocessing.StandardScaler()
-        categorical = compose.Select(*PROPENSITY_CATEGORICAL) | preprocessing.OneHotEncoder()
-        return (numeric + categorical) | linear_model.LogisticRegression(optimizer=optim.SGD(0.005), l2=1e-4)
+        return PropensityLearner.new(N_NUMERIC, PROPENSITY_CATEGORICAL, lr=0.005, l2=1e-4)
     if name == "segments":
         return (compose.Select(*SEGMENT_FEATURES) | preprocessing.StandardScaler()
                 | cluster.KMeans(n_clusters=segments, halflife=0.1, sigma=1.0, seed=seed))
@@ -78,8 +80,17 @@ class ModelSnapshot:
                    int(doc["examples"]), dict(doc["metrics"]), base64.b64decode(doc["blob"]))
 
 
-def restore(blob: bytes) -> Any:
+def restore(name: str, blob: bytes) -> Any:
+    """The model of a snapshot blob: numbers for propensity, a River model (pickle) for the others."""
+    if name == "propensity":
+        return PropensityLearner.from_numbers(orjson.loads(blob))
     return pickle.loads(blob)
+
+
+def model_blob(name: str, model: Any) -> bytes:
+    if name == "propensity":
+        return orjson.dumps(model.to_numbers())
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass(slots=True)
@@ -107,17 +118,18 @@ class ModelTrainer:
             meters = {}
         return cls(name, new_model(name, seed, segments), meters=meters)
 
-    def learn(self, x: dict[str, Any], label: bool | None = None, score: float | None = None,
+    def learn(self, x: Any, label: bool | None = None, score: float | None = None,
               previous: int | None = None) -> None:
-        """Learn one example. Propensity: ``score`` is the serving model's prediction at the snapshot.
-        Segments: ``previous`` is the user's segment before this session (None: first), for churn."""
+        """Learn one example. Propensity: ``x`` is the packed feature tuple (``PROPENSITY_FEATURES`` order) and
+        ``score`` the serving model's prediction at the snapshot. Segments: ``previous`` is the user's
+        segment before this session (None: first), for churn."""
         if self.name == "propensity":
             assert label is not None and score is not None
             p = min(max(score, 1e-6), 1 - 1e-6)
             self.meters["roc_auc"].update(label, p)
             self.meters["roc_auc_recent"].update(label, p)
             self.meters["log_loss"].update(label, {True: p, False: 1 - p})
-            self.model.learn_one(x, label)
+            self.model.learn(x[:N_NUMERIC], x[N_NUMERIC:], label)
         elif self.name == "segments":
             self.model.learn_one(x)
             seg = self.model.predict_one(x)
@@ -147,45 +159,33 @@ class ModelTrainer:
         self.version += 1
         self.since_snapshot = 0
         return ModelSnapshot(self.name, self.version, MODEL_SCHEMA[self.name], created_at_ms, self.examples,
-                             self.metric_values(), pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL))
+                             self.metric_values(), model_blob(self.name, self.model))
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledLogistic:
-    """The propensity pipeline reduced to its numbers, for serving.
+    """A propensity snapshot frozen for serving: 1/std precomputed, one score in a few µs.
 
-    River's pipeline (select, scale, one-hot, union, dot product) costs ~70 µs per prediction and runs at
-    almost half of all events; this gives the same probability in a few µs. Built from a snapshot, never
-    trained (the trainer keeps the River pipeline).
+    Built from a snapshot, never trained (the trainer keeps learning the ``PropensityLearner``).
     """
 
-    numeric: tuple[tuple[str, float, float, float], ...]   # (feature, mean, 1/std or 0, weight)
-    categorical: tuple[str, ...]
-    one_hot_weights: dict[str, float]                      # "device_mobile" -> weight
+    numeric: tuple[tuple[float, float, float], ...]   # (mean, 1/std or 0, weight) per numeric feature
+    names: tuple[str, ...]                             # categorical feature names
+    one_hot_weights: dict[str, float]                  # "device_mobile" -> weight
     intercept: float
 
     @classmethod
-    def of(cls, pipeline: Any) -> CompiledLogistic:
-        union, lr = pipeline.steps.values()
-        scaler = encoder = None
-        for sub in union.transformers.values():
-            last = list(sub.steps.values())[-1]
-            if isinstance(last, preprocessing.StandardScaler):
-                scaler = last
-            elif isinstance(last, preprocessing.OneHotEncoder):
-                encoder = last
-        assert scaler is not None and encoder is not None, "not a propensity pipeline"
-        weights = dict(lr.weights)
-        numeric = tuple((k, float(scaler.means[k]), 1.0 / scaler.vars[k] ** 0.5 if scaler.vars[k] > 0 else 0.0,
-                         float(weights.get(k, 0.0))) for k in PROPENSITY_NUMERIC)
-        one_hot = {k: float(w) for k, w in weights.items() if k not in PROPENSITY_NUMERIC}
-        return cls(numeric, PROPENSITY_CATEGORICAL, one_hot, float(lr.intercept))
+    def of(cls, m: PropensityLearner) -> CompiledLogistic:
+        numeric = tuple((mean, 1.0 / var ** 0.5 if var > 0 else 0.0, w)
+                        for mean, var, w in zip(m.means, m.variances, m.weights, strict=True))
+        return cls(numeric, m.names, dict(m.categories), m.intercept)
 
-    def score(self, x: dict[str, Any]) -> float:
-        """P(purchase within the label window)."""
+    def score(self, x: tuple[Any, ...]) -> float:
+        """P(purchase within the label window) for a packed feature tuple."""
         z = self.intercept
-        for name, mean, inv_std, w in self.numeric:
-            z += w * (x[name] - mean) * inv_std
-        for name in self.categorical:
-            z += self.one_hot_weights.get(f"{name}_{x[name]}", 0.0)
+        for xi, (mean, inv_std, w) in zip(x, self.numeric):
+            z += w * (xi - mean) * inv_std
+        weights = self.one_hot_weights
+        for name, value in zip(self.names, x[N_NUMERIC:]):
+            z += weights.get(f"{name}_{value}", 0.0)
         return sigmoid(z)

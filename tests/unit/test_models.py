@@ -7,7 +7,8 @@ import pickle
 import random
 
 from operators.events import Event
-from operators.model_features import PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC, propensity_features, session_rate_features
+from operators.model_features import (PROPENSITY_CATEGORICAL, PROPENSITY_FEATURES, PROPENSITY_NUMERIC, propensity_features,
+                                      session_rate_features)
 from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
 from operators.online_models import MODEL_NAMES, CompiledLogistic, ModelSnapshot, ModelTrainer, restore
 from operators.pattern_engine import PatternEngine
@@ -37,7 +38,7 @@ def test_propensity_features_are_read_from_the_profile() -> None:
     s = None
     for e in events:
         s = apply_event(s, e, RULES)
-    f = propensity_features(profile_view("u1", s, RULES), "add_to_cart")
+    f = dict(zip(PROPENSITY_FEATURES, propensity_features(profile_view("u1", s, RULES), "add_to_cart"), strict=True))
     assert set(f) == set(PROPENSITY_NUMERIC) | set(PROPENSITY_CATEGORICAL)
     assert f["views_10m"] == 1 and f["dwell_10m_s"] == 90 and f["carts_10m"] == 2 and f["purchases_24h"] == 1
     assert f["cart_items"] == 1 and math.isclose(f["cart_value_log"], math.log1p(10.0))
@@ -51,10 +52,9 @@ def test_session_rate_features_clip_to_the_declared_limits() -> None:
     assert f == {"events_per_min": 60.0, "session_events_log": math.log1p(500), "dwell_per_view_s": 60.0, "views_share": 1.0}
 
 
-def _x(r: random.Random, name: str) -> dict:
+def _x(r: random.Random, name: str) -> dict | tuple:
     if name == "propensity":
-        return {**{k: r.random() for k in PROPENSITY_NUMERIC}, "device": r.choice(["mobile", "desktop"]),
-                "hour_block": "h2", "decision": "add_to_cart"}
+        return (*(r.random() for _ in PROPENSITY_NUMERIC), r.choice(["mobile", "desktop"]), "h2", "add_to_cart")
     if name == "segments":
         return {k: r.random() for k in ("recency_days", "frequency_90d", "monetary_90d_log", "sessions_7d",
                                          "views_24h", "carts_24h", "session_events")}
@@ -71,9 +71,10 @@ def test_snapshot_restore_round_trip_gives_the_same_predictions_and_continues_id
         snap = a.snapshot(created_at_ms=123)
         back = ModelSnapshot.from_record(pickle.loads(pickle.dumps(snap.to_record())))
         assert (back.name, back.version, back.examples, back.metrics, back.blob) == (name, 1, 300, snap.metrics, snap.blob)
-        model, b = restore(back.blob), pickle.loads(pickle.dumps(a))   # b: the trainer as Flink state restores it
+        model, b = restore(name, back.blob), pickle.loads(pickle.dumps(a))   # b: the trainer as Flink state restores it
         probe = [_x(random.Random(i), name) for i in range(20)]
-        predict = {"propensity": lambda m, x: m.predict_proba_one(x)[True], "segments": lambda m, x: m.predict_one(x),
+        n = len(PROPENSITY_NUMERIC)
+        predict = {"propensity": lambda m, x: m.predict(x[:n], x[n:]), "segments": lambda m, x: m.predict_one(x),
                    "bots": lambda m, x: m.score_one(x)}[name]
         assert [predict(model, x) for x in probe] == [predict(a.model, x) for x in probe]
         more = [_x(r, name) for _ in range(50)]
@@ -142,8 +143,7 @@ def _run(events: list[Event], served: ServedModels) -> tuple[list, list]:
 def _served_scoring(p: float) -> ServedModels:
     """A served propensity model whose every score is ``p`` (a bias-only logistic regression)."""
     t = ModelTrainer.new("propensity")
-    lr = list(t.model.steps.values())[-1]
-    lr.intercept = math.log(p / (1 - p))
+    t.model.intercept = math.log(p / (1 - p))
     served = ServedModels()
     served.apply(t.snapshot(0).to_record())
     return served
@@ -162,17 +162,18 @@ def test_a_rule_reading_the_score_decides_and_the_bot_flag_overrides_every_patte
     assert triggers == [] and suppressed == [("abandonment_with_discount", "bot")]
 
 
-def test_compiled_propensity_scores_equal_the_river_pipeline() -> None:
+def test_compiled_propensity_scores_equal_the_learner() -> None:
     r = random.Random(5)
     t = ModelTrainer.new("propensity", seed=3)
+    n = len(PROPENSITY_NUMERIC)
     for _ in range(500):
         x = _x(r, "propensity")
-        t.learn(x, label=x["cart_items"] > 0.6, score=0.5)
-    compiled = CompiledLogistic.of(restore(t.snapshot(0).blob))
+        t.learn(x, label=x[13] > 0.6, score=0.5)
+    compiled = CompiledLogistic.of(restore("propensity", t.snapshot(0).blob))
     for i in range(200):
         x = _x(random.Random(100 + i), "propensity")
-        x["device"] = random.Random(i).choice(["mobile", "desktop", "never-seen"])
-        assert math.isclose(compiled.score(x), t.model.predict_proba_one(x)[True], rel_tol=1e-9, abs_tol=1e-12)
+        x = (*x[:n], random.Random(i).choice(["mobile", "desktop", "never-seen"]), *x[n + 1:])
+        assert math.isclose(compiled.score(x), t.model.predict(x[:n], x[n:]), rel_tol=1e-9, abs_tol=1e-12)
 
 
 def test_bots_and_segments_are_scored_every_n_events_even_for_a_user_without_a_segment() -> None:
