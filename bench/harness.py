@@ -42,9 +42,8 @@ from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
 from persona.stack.topics import ensure_topics
-from state.journey import STAGES
+from operators.personalize import Step
 from state.keys import RedisKeys
-from state.profile import redis_fields
 from state.profile_store import ProfileWriter
 
 SAMPLE_EVERY = 10
@@ -350,33 +349,36 @@ class Baseline:
         settings = load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000})
         self.keys = RedisKeys(prefix)
         r = settings.redis
-        segments = STAGES + tuple(f"seg{i}" for i in range(settings.models.segments))
-        self.writer = ProfileWriter.from_url(redis_url, self.keys, r.profile_ttl_s, r.flush_interval_ms,
-                                             r.flush_max_batch, segments)
         self.triggers = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self.trigger_topic = topics["triggers"]
         self.replay = Replay(settings, on_trigger=lambda t: self.triggers.send(
-            self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()))
+            self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()), on_step=self._write)
+        self.now = int(time.time() * 1000)
+        self.writer = ProfileWriter.from_url(redis_url, self.keys, r.profile_ttl_s, r.flush_interval_ms,
+                                             r.flush_max_batch, self.replay.core.memberships_known)
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
         self.stop: Any = threading.Event()
         self.last_record: Any = None   # a shared value set by the process that runs it
         self.max_out_of_orderness = settings.source.max_out_of_orderness_ms
 
+    def _write(self, user: str, step: Step) -> None:
+        """The same Redis writes as the job's: erasures, and profiles encoded at the flush."""
+        if step.erase:
+            self.writer.erase(user, self.now)
+        if step.write_profile and step.state is not None:
+            self.writer.put(user, step.state.version, partial(self.replay.core.profile, user, step.state, self.now),
+                            self.now)
+
     def run(self) -> None:
         while not self.stop.is_set():
             batches = self.consumer.poll(timeout_ms=50)
-            now = int(time.time() * 1000)
+            self.now = int(time.time() * 1000)
             if batches:
                 self.last_record.value = time.time()
             for records in batches.values():
                 for rec in records:
-                    out = self.replay.process(rec.value)
-                    if out is None:
-                        continue
-                    user, state, view = out
-                    memberships = (view["stage"], view["segment"]) if view.get("segment") else (view["stage"],)
-                    self.writer.put(user, state.version, partial(redis_fields, view, now), now, segments=memberships)
+                    self.replay.process(rec.value)
             # Silent partitions: the wall clock stands in for an idle source's watermark.
             if not batches:
                 self.replay.advance(int(time.time() * 1000) - self.max_out_of_orderness - 2000)

@@ -1,8 +1,10 @@
-"""The job's per-event path as a plain Python loop: the benchmark baseline and the model evaluation share it.
+"""The per-event core as a plain Python loop: the benchmark's logic-only run and baseline, and ``persona evaluate``.
 
-Same functions as ``jobs/personalization.py`` (parse, profile, models, patterns), in one process, with
-no fault tolerance. Model snapshots are "published" to the scorer every ``publish_every`` examples, as
-the job's trainer does.
+It calls the same ``Personalizer`` as the Flink job, in one process and with no fault tolerance. What
+Flink does around the core is done here by hand: a heap of event-time timers fired as a watermark
+(newest event time less the out-of-orderness bound) passes them, and trainers that learn the examples
+in line and "publish" a snapshot to the scorer every ``publish_every_examples`` examples, as the job's
+trainer does.
 """
 
 from __future__ import annotations
@@ -10,16 +12,16 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from jobs.personalization import check_patterns, model_rules, profile_rules
 from operators.events import Event
-from operators.model_scoring import Example, ModelStep, ServedModels
+from operators.model_scoring import Example, ServedModels
 from operators.online_models import MODEL_NAMES, ModelTrainer
-from operators.pattern_engine import PatternEngine, Trigger
+from operators.pattern_engine import Trigger
+from operators.personalize import Step
 from operators.validation import parse_event
+from persona.rules import personalizer
 from persona.settings import JobSettings
-from state.profile import UserState, apply_event, is_late, profile_view
+from state.user_state import UserState
 
 
 @dataclass
@@ -27,65 +29,57 @@ class Replay:
     settings: JobSettings
     on_example: Callable[[Example], None] | None = None
     on_trigger: Callable[[Trigger], None] | None = None
+    on_step: Callable[[str, Step], None] | None = None   # every step of an event or timer (e.g. to write Redis)
     states: dict[str, UserState] = field(default_factory=dict)
     timers: list[tuple[int, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.rules = profile_rules(self.settings)
-        self.engine = PatternEngine(check_patterns(self.settings))
-        self.step = ModelStep(model_rules(self.settings))
+        self.core = personalizer(self.settings)
         self.served = ServedModels()
         m = self.settings.models
         self.trainers = {n: ModelTrainer.new(n, m.seed, m.segments) for n in MODEL_NAMES}
+        self._armed: set[tuple[int, str]] = set()   # Flink keeps one timer per (key, time); so does this loop
         self.watermark = 0
         self.triggers = 0
 
-    def process(self, raw: bytes) -> tuple[str, UserState, dict[str, Any]] | None:
-        """One record; returns (user, state, view) for a processed event, None for a rejected or late one."""
+    def process(self, raw: bytes) -> tuple[str, Step] | None:
+        """One record; returns (user, step) for an applied event, None for a rejected or late one."""
         e = parse_event(raw)
         if not isinstance(e, Event):
             return None
-        s = self.states.get(e.user_id)
-        if is_late(s, e, self.rules):
+        step = self.core.on_event(self.states.get(e.user_id), e, self.served)
+        if step.dead_letter is not None:
             return None
-        s = apply_event(s, e, self.rules)
-        self.states[e.user_id] = s
-        view = profile_view(e.user_id, s, self.rules)
-        examples, deadlines = self.step.on_event(s, e, view, self.served)
-        self._learn(examples)
-        out = self.engine.on_event(s, e, view)
-        self._emit(out.triggers)
-        for d in (*deadlines, *out.timers):
-            heapq.heappush(self.timers, (d, e.user_id))
-        # Label timers fire as the watermark (newest event time less the disorder bound) passes them.
-        self.watermark = max(self.watermark, e.event_time_ms - self.settings.source.max_out_of_orderness_ms)
-        while self.timers and self.timers[0][0] <= self.watermark:
-            due, user = heapq.heappop(self.timers)
-            if user in self.states:
-                self._on_timer(user, due)
-        return e.user_id, s, view
-
-    def _on_timer(self, user: str, due: int) -> None:
-        s = self.states[user]
-        self._learn(self.step.on_timer(s, due))
-        out = self.engine.on_timer(s, user, due)
-        self._emit(out.triggers)
-        for d in out.timers:
-            heapq.heappush(self.timers, (d, user))
+        assert step.state is not None
+        self.states[e.user_id] = step.state
+        self._carry_out(e.user_id, step)
+        self.advance(e.event_time_ms - self.settings.source.max_out_of_orderness_ms)
+        return e.user_id, step
 
     def advance(self, watermark_ms: int) -> None:
-        """Move the watermark without an event (a silent stream), firing the timers it passes."""
+        """Move the watermark (also without an event: a silent stream), firing the timers it passes."""
         self.watermark = max(self.watermark, watermark_ms)
         while self.timers and self.timers[0][0] <= self.watermark:
-            due, user = heapq.heappop(self.timers)
+            timer = heapq.heappop(self.timers)
+            self._armed.discard(timer)
+            due, user = timer
             if user in self.states:
-                self._on_timer(user, due)
+                self._carry_out(user, self.core.on_timer(self.states[user], user, due))
 
-    def _emit(self, triggers: list[Trigger]) -> None:
-        self.triggers += len(triggers)
-        if self.on_trigger is not None:
-            for t in triggers:
-                self.on_trigger(t)
+    def _carry_out(self, user: str, step: Step) -> None:
+        if self.on_step is not None:
+            self.on_step(user, step)
+        for t in step.timers:
+            if (t, user) not in self._armed:
+                self._armed.add((t, user))
+                heapq.heappush(self.timers, (t, user))
+        if step.triggers:
+            self.triggers += len(step.triggers)
+            if self.on_trigger is not None:
+                for trigger in step.triggers:
+                    self.on_trigger(trigger)
+        if step.examples:
+            self._learn(step.examples)
 
     def _learn(self, examples: list[Example]) -> None:
         every = self.settings.models.publish_every_examples

@@ -6,7 +6,9 @@ bytes together with its topic, partition, offset and timestamp, which dead-lette
 
 from __future__ import annotations
 
-from pyflink.datastream import DataStream
+from pyflink.common import Types
+from pyflink.datastream import DataStream, KeyedStream
+from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
 from persona.settings import KafkaSettings, SourceSettings
@@ -19,7 +21,7 @@ def _quote(value: str) -> str:
 
 
 def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings,
-                     bounded: bool) -> DataStream:
+                     bounded: bool, select: bool = True) -> DataStream:
     """Rows of (value: bytes, topic, partition, offset, timestamp text in UTC) from the events topic.
 
     Event-time watermarks are generated in the source, per partition, from the Kafka record timestamp:
@@ -52,9 +54,36 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
     t_env.get_config().set_local_timezone("UTC")
     # An idle partition stops holding the watermark back after this long.
     t_env.get_config().set("table.exec.source.idle-timeout", f"{source.idleness_ms} ms")
+    if not select:
+        return None  # type: ignore[return-value]   # the caller queries raw_events itself
     # `ts` stays selected (last) so the rows keep it as their event-time timestamp.
     table = t_env.sql_query("SELECT `value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING), `ts` FROM raw_events")
     return t_env.to_data_stream(table)
+
+
+def keyed_raw_events(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings,
+                     bounded: bool) -> KeyedStream:
+    """The events topic keyed by user, with no Python operator before the keyed function.
+
+    The user id is read on the Java side (``JSON_VALUE``) and the stream is keyed on it there, so a record
+    crosses into Python once, in the keyed function, which parses it. A record whose user id cannot be
+    read is keyed by ``""``; the keyed function then rejects it with its reason. The function receives
+    ``Row(value, topic, partition, offset, timestamp text)``, and must check that the parsed user id
+    equals its key (a JSON document with duplicate keys could be read differently by the two parsers).
+    """
+    raw_event_stream(t_env, kafka, source, bounded, select=False)
+    table = t_env.sql_query(
+        "SELECT COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '') AS `user_key`, "
+        "ROW(`value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING)) AS `record` FROM raw_events")
+    record_type = Types.ROW([Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(),
+                             Types.STRING()])
+    # A plain RowTypeInfo (to_data_stream gives an ExternalTypeInfo, which the keyed Python operator refuses).
+    stream = t_env.to_append_stream(table, Types.ROW([Types.STRING(), record_type]))
+    # What PyFlink's own key_by builds after its Python key-selector map: the key is field 0 of the row.
+    gateway = get_gateway()
+    j_keyed = stream._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(),
+                                          Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, record_type, stream)
 
 
 def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: str, topic: str) -> str:

@@ -18,24 +18,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from operators.events import Event
-from state.compact import compact, rows, unrows
+from state.pattern_state import AbsenceState, Armed
 
 Predicate = Callable[[Event], bool]
 
 
-@compact
-@dataclass(frozen=True, slots=True)
-class Armed:
-    anchor_event_id: str
-    anchor_time_ms: int
-    deadline_ms: int
-
-
-@compact
 @dataclass(frozen=True, slots=True)
 class Match:
     match_id: str
@@ -55,22 +45,6 @@ def match_id(user_id: str, pattern: str, anchor_event_id: str) -> str:
     return hashlib.sha256(f"{user_id}\x1f{pattern}\x1f{anchor_event_id}".encode()).hexdigest()[:24]
 
 
-@dataclass(slots=True)
-class AbsenceState:
-    """Open anchors (their windows never overlap) and recent blocker times (anchors and cancels)."""
-
-    armed: list[Armed] = field(default_factory=list)
-    blockers: list[int] = field(default_factory=list)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _absence_state, (rows(self.armed), self.blockers)
-
-
-def _absence_state(armed: list[tuple[Any, ...]], blockers: list[int]) -> AbsenceState:
-    return AbsenceState(unrows(Armed, armed), blockers)
-
-
-@compact
 @dataclass(frozen=True, slots=True)
 class AbsencePattern:
     name: str
@@ -96,7 +70,8 @@ class AbsencePattern:
         st.blockers.append(t)
         if is_anchor and not blocked:
             st.armed.append(Armed(event_id, t, t + self.within_ms))
-            st.armed.sort(key=lambda a: a.anchor_time_ms)
+            if len(st.armed) > 1:
+                st.armed.sort(key=lambda a: a.anchor_time_ms)
             return st, t + self.within_ms
         return st, None
 

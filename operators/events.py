@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.compact import compact
-
 EVENT_TYPES = frozenset({
     "page_view", "search", "add_to_cart", "remove_from_cart", "purchase", "consent", "profile_update",
     "erasure_request",
@@ -14,11 +12,10 @@ EVENT_TYPES = frozenset({
 
 REJECTION_REASONS = frozenset({
     "not_utf8", "bad_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
-    "unknown_event_type", "unsupported_schema_version", "late_event",
+    "unknown_event_type", "unsupported_schema_version", "late_event", "key_mismatch",
 })
 
 
-@compact
 @dataclass(frozen=True, slots=True)
 class SourceRef:
     """Where a record came from, so a dead-letter entry can be traced and replayed."""
@@ -29,7 +26,6 @@ class SourceRef:
     timestamp_ms: int | None = None
 
 
-@compact
 @dataclass(frozen=True, slots=True)
 class Event:
     """A validated, normalised event. Times are epoch ms UTC; money is integer minor units.
@@ -50,7 +46,6 @@ class Event:
     source: SourceRef | None = field(default=None, repr=False, compare=False)
 
 
-@compact
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a record was refused. ``field`` is a dotted path (``payload.price``) or None for the whole record."""

@@ -13,11 +13,11 @@ Pure and time-injected: the Flink wrapper registers a timer at every returned de
 
 >>> j = LabelJoin(window_ms=1_000, max_pending=10)
 >>> st = PendingLabels()
->>> j.snapshot(st, "x1", 0, {"f": 1.0}, 0.2, 3)
+>>> j.snapshot(st, "x1", 0, (1.0,), 0.2, 3)
 ([], 1000)
 >>> [(e.example_id, e.label) for e in j.purchase(st, 500)]
 [('x1', True)]
->>> j.snapshot(st, "x2", 2_000, {"f": 0.0}, 0.1, 3)
+>>> j.snapshot(st, "x2", 2_000, (0.0,), 0.1, 3)
 ([], 3000)
 >>> [(e.example_id, e.label) for e in j.release(st, watermark_ms=3_000)]
 [('x2', False)]
@@ -25,23 +25,12 @@ Pure and time-injected: the Flink wrapper registers a timer at every returned de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from state.compact import compact, rows, unrows
+from state.model_state import Pending, PendingLabels
 
 
-@compact
-@dataclass(frozen=True, slots=True)
-class Pending:
-    example_id: str
-    t_ms: int
-    features: Any           # opaque to the join (the job stores a tuple of values)
-    score: float            # what the serving model said at the snapshot (prequential: before it learns)
-    model_version: int
-
-
-@compact
 @dataclass(frozen=True, slots=True)
 class LabelledExample:
     example_id: str
@@ -53,23 +42,6 @@ class LabelledExample:
     labelled_at_ms: int
 
 
-@dataclass(slots=True)
-class PendingLabels:
-    """Per-user part of the state (``UserState.extra["models"].labels``)."""
-
-    pending: list[Pending] = field(default_factory=list)
-    purchases: list[int] = field(default_factory=list)   # purchase times of the last window
-    dropped: int = 0                                      # snapshots refused over max_pending
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled with the user's state on every event: pending snapshots go as plain tuples.
-        return _pending_labels, (rows(self.pending), self.purchases, self.dropped)
-
-
-def _pending_labels(pending: list[tuple[Any, ...]], purchases: list[int], dropped: int) -> PendingLabels:
-    return PendingLabels(unrows(Pending, pending), purchases, dropped)
-
-
 @dataclass(frozen=True, slots=True)
 class LabelJoin:
     window_ms: int
@@ -78,7 +50,7 @@ class LabelJoin:
     def snapshot(self, st: PendingLabels, example_id: str, t_ms: int, features: Any, score: float,
                  model_version: int) -> tuple[list[LabelledExample], int | None]:
         """Add a snapshot. Returns (examples labelled now, deadline to arm a timer for, or None)."""
-        if any(t_ms <= p <= t_ms + self.window_ms for p in st.purchases):
+        if st.purchases and any(t_ms <= p <= t_ms + self.window_ms for p in st.purchases):
             return [LabelledExample(example_id, t_ms, features, score, model_version, True, t_ms)], None
         if len(st.pending) >= self.max_pending:
             # A user in a long session makes many decision points; the oldest snapshots carry the

@@ -3,7 +3,7 @@
 All three are plain dicts of ``name -> float | str`` as River expects; numeric features go through the
 models' scalers, string features through one-hot encoding.
 
->>> from state.profile import ProfileRules, apply_event, profile_view
+>>> from operators.profile_fold import ProfileRules, apply_event, profile_view
 >>> from operators.events import Event
 >>> e = Event("e1", "add_to_cart", "u1", 1_000_000, "s1", {"device": "mobile", "timezone": "UTC"},
 ...           {"product_id": "p1", "category": "toys", "price_minor": 1000, "quantity": 2, "currency": "EUR"})

@@ -11,46 +11,19 @@ examples this step returns, so serving never waits for learning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from operators.events import Event
-from operators.label_join import LabelJoin, LabelledExample, Pending, PendingLabels
+from operators.label_join import LabelJoin, LabelledExample
 from operators.model_features import BOT_LIMITS, propensity_features, segment_features, session_rate_features
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
-from state.compact import compact, rows, unrows
 from state.model_registry import kept_record
-from state.profile import UserState, owned
+from state.model_state import ModelOutputs
+from state.user_state import UserState
 
-
-@dataclass(slots=True)
-class ModelOutputs:
-    """What the models said about one user (``UserState.extra["models"]``)."""
-
-    propensity: float | None = None
-    propensity_version: int = 0
-    segment: int | None = None
-    segment_version: int = 0
-    bot_score: float | None = None
-    bot: bool = False
-    bot_by: str | None = None            # rule | model
-    session_start_ms: int | None = None  # the session the counters below belong to
-    session_page_views: int = 0
-    session_rate: tuple[float, ...] | None = None   # the session's last rate features (learnt at its end)
-    labels: PendingLabels = field(default_factory=PendingLabels)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Pickled with the user's state on every event: builtins only (see state/compact.py).
-        labels = self.labels
-        return _model_outputs, (self.propensity, self.propensity_version, self.segment, self.segment_version,
-                                self.bot_score, self.bot, self.bot_by, self.session_start_ms,
-                                self.session_page_views, self.session_rate, rows(labels.pending),
-                                labels.purchases, labels.dropped)
-
-
-def _model_outputs(*values: Any) -> ModelOutputs:
-    *head, pending, purchases, dropped = values
-    return ModelOutputs(*head, PendingLabels(unrows(Pending, pending), purchases, dropped))  # type: ignore[arg-type]
+__all__ = ["Example", "ModelOutputs", "ModelRules", "ModelStep", "ServedModels", "bot_verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +38,20 @@ class ModelRules:
     label_timer_resolution_ms: int = 60_000
 
 
-@compact
 @dataclass(frozen=True, slots=True)
 class Example:
     """A training example for one trainer (keyed by ``model``)."""
 
     model: str
     user_id: str
-    x: dict[str, Any]
+    x: Any                         # propensity: the packed feature tuple; segments, bots: a dict
     label: bool | None = None
     score: float | None = None
     previous: int | None = None    # segments: the user's segment before this session (churn)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled to cross to the trainer: one constructor call over builtins (no per-field slot state).
+        return Example, (self.model, self.user_id, self.x, self.label, self.score, self.previous)
 
 
 def _propensity_example(user_id: str, e: LabelledExample) -> Example:
@@ -167,27 +143,26 @@ class ModelStep:
 
     @staticmethod
     def outputs(user: UserState) -> ModelOutputs:
-        return owned(user, "models", ModelOutputs)
+        return user.models
 
-    def on_event(self, user: UserState, event: Event, view: dict[str, Any], served: ServedModels
+    def on_event(self, user: UserState, event: Event, view: Mapping[str, Any], served: ServedModels
                  ) -> tuple[list[Example], list[int]]:
-        """After the event was applied (``view`` is the profile now; model fields are added to it).
+        """After the event was applied (``view`` is the profile now; it reads the model fields live).
 
         Returns (examples for the trainers, event-time deadlines to arm timers for).
         """
-        out = self.outputs(user)
+        out = user.models
         examples: list[Example] = []
         timers: list[int] = []
-        assert user.sessions is not None
         sessions = user.sessions
         if out.session_start_ms != sessions.current_start_ms:
             # A new session: the previous one ended. Learn its segment vector (and its rate features).
             if out.session_start_ms is not None and sessions.recent and not out.bot:
-                last = sessions.recent[-1]
-                examples.append(Example("segments", event.user_id, segment_features(view, last.events),
+                last_events = sessions.recent[-1][2]
+                examples.append(Example("segments", event.user_id, segment_features(view, last_events),
                                         previous=out.segment))
                 # One rate vector per whole session, never a bot's (flagged sessions are not learnt).
-                if out.session_rate is not None and last.events >= self.rules.bot_min_events:
+                if out.session_rate is not None and last_events >= self.rules.bot_min_events:
                     examples.append(Example("bots", event.user_id, dict(zip(BOT_LIMITS, out.session_rate, strict=True))))
             out.session_start_ms, out.session_page_views, out.session_rate = sessions.current_start_ms, 0, None
         if event.event_type == "page_view":
@@ -219,9 +194,8 @@ class ModelStep:
                     # Coalesced: one timer per user and resolution step (labels may come that much later).
                     step = self.rules.label_timer_resolution_ms
                     timers.append(-(-deadline // step) * step)
-        if not out.bot:
+        if labelled and not out.bot:
             examples += [_propensity_example(event.user_id, e) for e in labelled]
-        self.annotate(view, out)
         return examples, timers
 
     def on_timer(self, user: UserState, watermark_ms: int) -> list[Example]:
@@ -229,22 +203,13 @@ class ModelStep:
         labelled = self.join.release(out.labels, watermark_ms)
         return [] if out.bot else [_propensity_example("", e) for e in labelled]
 
-    @staticmethod
-    def annotate(view: dict[str, Any], out: ModelOutputs) -> None:
-        view["propensity"] = None if out.propensity is None else round(out.propensity, 4)
-        view["propensity_version"] = out.propensity_version or None
-        view["segment"] = None if out.segment is None else f"seg{out.segment}"
-        view["bot_score"] = None if out.bot_score is None else round(out.bot_score, 4)
-        view["bot"] = out.bot
-
-    def _segment(self, out: ModelOutputs, view: dict[str, Any], events: int, served: ServedModels) -> None:
+    def _segment(self, out: ModelOutputs, view: Mapping[str, Any], events: int, served: ServedModels) -> None:
         model = served.get("segments")
         if model is not None and not out.bot:
             out.segment, out.segment_version = int(model[1].predict_one(segment_features(view, events))), model[0]
 
     def _bots(self, out: ModelOutputs, user: UserState, events: int, served: ServedModels) -> None:
         s = user.sessions
-        assert s is not None
         rate = session_rate_features(events, s.current_length_ms(), user.session_product_views,
                                      user.session_product_dwell_ms, out.session_page_views)
         model = served.get("bots")

@@ -1,71 +1,27 @@
 """Run the compiled patterns over one user's events and timers, and gate the resulting triggers.
 
 Pure: the Flink wrapper passes the user's state, the event (or the watermark) and the profile view;
-the engine returns trigger records and the event times it wants to be woken at. Its own state lives
-in ``UserState.extra["patterns"]`` so the user still has one state value.
+the engine returns trigger records and the event times it wants to be woken at. Its own state is the
+typed part ``UserState.patterns`` (``state/pattern_state.py``), so the user still has one state value.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from operators.absence import AbsencePattern, AbsenceState, Armed, Match, match_id
+from operators.absence import AbsencePattern, Match, match_id
 from operators.events import Event
 from operators.pattern_spec import PatternBook, PatternSpec
-from operators.trigger_gate import GateState, TriggerGate
-from state.compact import compact, row, rows, unrows
-from state.profile import UserState, consent_at, owned
+from operators.profile_fold import consent_at
+from operators.trigger_gate import TriggerGate
+from state.pattern_state import TRIGGER_SCHEMA_VERSION, AnchorInfo, PatternState, Trigger, anchor_key
+from state.user_state import UserState
 
-TRIGGER_SCHEMA_VERSION = 1
-
-
-@compact
-@dataclass(frozen=True, slots=True)
-class Trigger:
-    trigger_id: str
-    pattern: str
-    reason: str
-    user_id: str
-    event_time: int
-    emitted_at: int
-    cart: dict[str, Any] | None = None
-
-    def to_json(self) -> str:
-        doc: dict[str, Any] = {"schema_version": TRIGGER_SCHEMA_VERSION, "trigger_id": self.trigger_id,
-                               "pattern": self.pattern, "reason": self.reason, "user_id": self.user_id,
-                               "event_time": self.event_time, "emitted_at": self.emitted_at}
-        if self.cart is not None:
-            doc["cart"] = self.cart
-        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+__all__ = ["TRIGGER_SCHEMA_VERSION", "Outcome", "PatternEngine", "PatternState", "Trigger"]
 
 
-@dataclass(slots=True)
-class PatternState:
-    absence: dict[str, AbsenceState] = field(default_factory=dict)
-    threshold_on: dict[str, bool] = field(default_factory=dict)
-    anchor_info: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)  # (pattern, anchor id) -> (session, cart)
-    escalations: dict[str, dict[int, int]] = field(default_factory=dict)  # pattern -> session start -> matches
-    gate: GateState = field(default_factory=GateState)
-    deferred: list[Trigger] = field(default_factory=list)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Pickled with the user's state on every event: builtins only (see state/compact.py).
-        absence = {name: (rows(a.armed), a.blockers) for name, a in self.absence.items()}
-        return _pattern_state, (absence, self.threshold_on, self.anchor_info, self.escalations, row(self.gate),
-                                rows(self.deferred))
-
-
-def _pattern_state(absence: dict[str, tuple[list[tuple[Any, ...]], list[int]]], threshold_on: dict[str, bool],
-                   anchor_info: dict[tuple[str, str], tuple[int, dict[str, Any]]],
-                   escalations: dict[str, dict[int, int]], gate: tuple[Any, ...],
-                   deferred: list[tuple[Any, ...]]) -> PatternState:
-    return PatternState({name: AbsenceState(unrows(Armed, armed), blockers) for name, (armed, blockers) in absence.items()},
-                        threshold_on, anchor_info, escalations, GateState(*gate), unrows(Trigger, deferred))
-
-
-@compact
 @dataclass(frozen=True, slots=True)
 class Outcome:
     triggers: list[Trigger]
@@ -74,10 +30,10 @@ class Outcome:
 
 
 def _cart_snapshot(state: UserState) -> dict[str, Any]:
-    items = [{k: i[k] for k in ("product_id", "category", "price_minor", "quantity")} for i in state.cart.values()]
-    currency = next((i["currency"] for i in state.cart.values()), None)
-    return {"items": sorted(items, key=lambda i: i["product_id"]),
-            "value_minor": sum(i["price_minor"] * i["quantity"] for i in items), "currency": currency}
+    items = sorted(({"product_id": pid, "category": i.category, "price_minor": i.price_minor, "quantity": i.quantity}
+                    for pid, i in state.cart.items()), key=lambda i: i["product_id"])
+    currency = next((i.currency for i in state.cart.values()), None)
+    return {"items": items, "value_minor": sum(i["price_minor"] * i["quantity"] for i in items), "currency": currency}
 
 
 class PatternEngine:
@@ -91,11 +47,11 @@ class PatternEngine:
 
     @staticmethod
     def state_of(user: UserState) -> PatternState:
-        return owned(user, "patterns", PatternState)
+        return user.patterns
 
-    def on_event(self, user: UserState, event: Event, view: dict[str, Any]) -> Outcome:
+    def on_event(self, user: UserState, event: Event, view: Mapping[str, Any]) -> Outcome:
         """After ``event`` was applied to ``user`` (``view`` is the profile now)."""
-        ps = self.state_of(user)
+        ps = user.patterns
         triggers: list[Trigger] = []
         timers: list[int] = []
         suppressed: list[tuple[str, str]] = []
@@ -107,8 +63,8 @@ class PatternEngine:
                 ps.absence[spec.name], deadline = self._absence[spec.name].observe(
                     ps.absence.get(spec.name), event.event_id, event.event_time_ms, is_anchor, is_cancel)
                 if deadline is not None:
-                    assert user.sessions is not None
-                    ps.anchor_info[(spec.name, event.event_id)] = (user.sessions.current_start_ms or 0, _cart_snapshot(user))
+                    ps.anchors[anchor_key(spec.name, event.event_id)] = AnchorInfo(
+                        user.sessions.current_start_ms or 0, _cart_snapshot(user))
                     timers.append(deadline)
             elif spec.kind == "threshold":
                 assert spec.on is not None
@@ -124,7 +80,7 @@ class PatternEngine:
         return Outcome(triggers, timers, suppressed)
 
     def on_timer(self, user: UserState, user_id: str, watermark_ms: int) -> Outcome:
-        ps = self.state_of(user)
+        ps = user.patterns
         triggers: list[Trigger] = []
         timers: list[int] = []
         suppressed: list[tuple[str, str]] = []
@@ -146,7 +102,8 @@ class PatternEngine:
 
     def _released(self, user: UserState, ps: PatternState, spec: PatternSpec, m: Match, triggers: list[Trigger],
                   timers: list[int], suppressed: list[tuple[str, str]]) -> None:
-        session, cart = ps.anchor_info.pop((spec.name, m.anchor_event_id), (0, None))
+        info = ps.anchors.pop(anchor_key(spec.name, m.anchor_event_id), None)
+        session, cart = (info.session_start_ms, info.cart) if info is not None else (0, None)
         if spec.include_cart:
             user.last_abandon_ms = max(user.last_abandon_ms or m.deadline_ms, m.deadline_ms)
         escalation = self._escalation_of.get(spec.name)
@@ -167,7 +124,7 @@ class PatternEngine:
               suppressed: list[tuple[str, str]]) -> None:
         # Consent as of the match time: a timer may fire after later consent events were applied.
         ps.gate.marketing_consent = consent_at(user, at_ms)
-        if getattr(user.extra.get("models"), "bot", False):
+        if user.models.bot:
             # A user flagged as a bot (rule or model) gets no trigger, whatever produced the match.
             suppressed.append((spec.name, "bot"))
             return
@@ -184,5 +141,7 @@ class PatternEngine:
 
     @staticmethod
     def _forget_anchors(ps: PatternState) -> None:
-        live = {(name, a.anchor_event_id) for name, st in ps.absence.items() for a in st.armed}
-        ps.anchor_info = {k: v for k, v in ps.anchor_info.items() if k in live}
+        if ps.anchors:
+            live = {anchor_key(name, a.anchor_event_id) for name, st in ps.absence.items() for a in st.armed}
+            if live != ps.anchors.keys():
+                ps.anchors = {k: v for k, v in ps.anchors.items() if k in live}

@@ -25,19 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from operators.events import EVENT_TYPES, Event
-from persona.settings import CONF_DIR, ConfigError, read_yaml
+from operators.profile_fold import PROFILE_FIELD_NAMES, WINDOWS
+from state.windows import MEASURES
+from operators.config_files import ConfigError, read_yaml
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
     "lte": operator.le, "in": lambda a, b: a in b,
 }
+# Scalar profile fields a condition may read, derived from the profile view (nested ones dotted).
 PROFILE_FIELDS = frozenset({
-    "profile_version", "events_total", "session_count", "current_session_length_ms",
-    "current_session_product_dwell_ms", "sessions_7d", "purchases_7d", "cart_items", "cart_value_minor",
-    "stage", "last_device", "country", "local_hour", "marketing_consent", "propensity", "segment", "bot_score", "bot",
-    "rfm.recency_days", "rfm.frequency_30d", "rfm.frequency_90d", "rfm.monetary_30d", "rfm.monetary_90d",
-    "rfm.score", *(f"windows.{w}.{m}" for w in ("10m", "1h", "24h") for m in (
-        "views", "product_dwell_ms", "carts", "cart_value_minor", "purchases", "revenue_minor")),
+    *(f for f in PROFILE_FIELD_NAMES if f not in {"schema_version", "user_id", "counts_by_type", "windows", "rfm",
+                                                  "recent_sessions", "affinities", "device_mix", "demographics"}),
+    *(f"rfm.{k}" for k in ("recency_days", "frequency_30d", "frequency_90d", "monetary_30d", "monetary_90d", "r", "f",
+                           "m", "score")),
+    *(f"windows.{w}.{m}" for w in WINDOWS for m in MEASURES),
 })
 CONTEXT_FIELDS = frozenset({"device", "os", "country", "region", "locale", "timezone", "referrer"})
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
@@ -216,6 +218,9 @@ def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBoo
         raise ConfigError(f"{source}: {e}") from None
 
 
+DEFAULT_PATTERNS = Path(__file__).resolve().parent.parent / "conf" / "patterns.yaml"
+
+
 def load_patterns(path: Path | None = None) -> PatternBook:
-    path = path or CONF_DIR / "patterns.yaml"
+    path = path or DEFAULT_PATTERNS
     return compile_patterns(read_yaml(path), str(path))

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from state.compact import compact
 
 
-@compact
 @dataclass(slots=True)
 class HistogramAUC:
     bins: int = 200

@@ -14,21 +14,13 @@ Pure and time-injected. Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from state.compact import compact
+from state.pattern_state import GateState
 
 
-@compact
-@dataclass(slots=True)
-class GateState:
-    marketing_consent: bool = True
-    sent: dict[str, list[int]] = field(default_factory=dict)  # pattern -> release times within the cap window
-
-
-@compact
 @dataclass(frozen=True, slots=True)
 class Decision:
     outcome: str                 # send | deferred | suppressed
@@ -36,7 +28,6 @@ class Decision:
     reason: str | None = None    # why suppressed
 
 
-@compact
 @dataclass(frozen=True, slots=True)
 class TriggerGate:
     cap: int

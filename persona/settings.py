@@ -18,12 +18,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from operators.config_files import ConfigError, read_yaml
+
+__all__ = ["ConfigError", "read_yaml"]
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a one-line message naming the file and key."""
 
 
 class _Strict(BaseModel):
@@ -245,16 +245,6 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source: 
             value = yaml.safe_load(value)
         node[parts[-1]] = value
     return data
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing or malformed file is a one-line ConfigError naming it."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def _load(

@@ -33,9 +33,9 @@ return 1
 """
 
 
-# The fields, or a function giving them: encoding is deferred to the flush, so a user's profile is
-# encoded once per batch however many events it had (encoding was ~25% of the per-event cost).
-Fields = Mapping[str, str] | Callable[[], Mapping[str, str]]
+# The fields, or a function giving them (or giving the fields and the user's sets): encoding is deferred to
+# the flush, so a user's profile is encoded once per batch however many events it had.
+Fields = Mapping[str, str] | Callable[[], Mapping[str, str] | tuple[Mapping[str, str], tuple[str, ...]]]
 
 
 class ProfileWriter:
@@ -51,6 +51,7 @@ class ProfileWriter:
         self._script = client.register_script(_REPLACE_IF_NEWER)
         self._segments = segments
         self._segment_keys = [keys.segment(name) for name in segments]
+        self._index = {name: i + 1 for i, name in enumerate(segments)}   # 1-based, as the script counts
         self._pending: dict[str, tuple[int, Fields, tuple[str, ...]]] = {}
         self._erase: set[str] = set()
         self._oldest_ms: int | None = None
@@ -71,6 +72,7 @@ class ProfileWriter:
         """Queue a profile; a newer version for the same user replaces the queued one.
 
         ``fields`` may be a function: it is called once, at the flush, if this version is still the pending one.
+        It may return ``(fields, segments)``, the sets then being decided at the flush too.
 
         ``segment`` or ``segments`` (of the writer's ``segments``) are the sets the user belongs to; it leaves the others.
         """
@@ -103,9 +105,12 @@ class ProfileWriter:
                 pipe.srem(key, user_id)
         erase_replies = len(self._erase) * (1 + len(self._segment_keys))
         for user_id, (version, fields, member_of) in self._pending.items():
-            indices = "," + "".join(f"{self._segments.index(s) + 1}," for s in member_of if s in self._segments)
+            values = fields() if callable(fields) else fields
+            if isinstance(values, tuple):
+                values, member_of = values
+            indices = "," + "".join(f"{self._index[s]}," for s in member_of if s in self._index)
             args: list[Any] = [version, self._ttl_s, user_id, indices]
-            for k, v in (fields() if callable(fields) else fields).items():
+            for k, v in values.items():
                 args += (k, v)
             self._script(keys=[self._keys.profile(user_id), *self._segment_keys], args=args, client=pipe)
         results = pipe.execute()[erase_replies:]

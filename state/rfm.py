@@ -13,14 +13,13 @@ against thresholds (config); the RFM score is their sum (3..15).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from state.compact import compact
+import msgspec
 
 DAY_MS = 86_400_000
 
 
-@compact
 @dataclass(frozen=True, slots=True)
 class RfmValues:
     recency_days: int | None      # whole days since the last purchase; None if none in 90 days
@@ -30,7 +29,6 @@ class RfmValues:
     monetary_90d: int
 
 
-@compact
 @dataclass(frozen=True, slots=True)
 class RfmThresholds:
     """Ascending cut points: a value at or past the i-th cut scores i+2 (recency: at or below)."""
@@ -40,10 +38,8 @@ class RfmThresholds:
     monetary_90d: tuple[int, int, int, int] = (2_000, 10_000, 50_000, 200_000)
 
 
-@compact
-@dataclass(slots=True)
-class Rfm:
-    days: dict[int, list[int]] = field(default_factory=dict)  # UTC day number -> [count, revenue_minor]
+class Rfm(msgspec.Struct, omit_defaults=True, rename={"days": "d"}):
+    days: dict[int, list[int]] = {}  # UTC day number -> [count, revenue_minor]
 
     def add_purchase(self, t_ms: int, revenue_minor: int) -> None:
         day = t_ms // DAY_MS

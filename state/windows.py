@@ -5,32 +5,33 @@ A window of length ``W`` with buckets of width ``g`` covers the bucket holding `
 the nine before. Events are added to their own bucket, so out-of-order events land where they belong;
 an event older than the window when it arrives no longer counts in it.
 
->>> w = SlidingWindow(length_ms=600_000, bucket_ms=60_000)
->>> [w.add(t, v) for t, v in [(0, (1, 0, 0, 0, 0, 0)), (59_999, (1, 0, 0, 0, 0, 0)), (60_000, (0, 0, 1, 900, 0, 0))]]
+The state is only the buckets (``{bucket start: [measures]}``); the geometry is a ``WindowSpec``, the
+same for every user, so it is not stored per user.
+
+>>> w, buckets = WindowSpec(length_ms=600_000, bucket_ms=60_000), {}
+>>> [w.add(buckets, t, v) for t, v in [(0, (1, 0, 0, 0, 0, 0)), (59_999, (1, 0, 0, 0, 0, 0)), (60_000, (0, 0, 1, 900, 0, 0))]]
 [True, True, True]
->>> w.totals(now_ms=60_000)
+>>> w.totals(buckets, now_ms=60_000)
 (2, 0, 1, 900, 0, 0)
->>> w.totals(now_ms=600_000)   # the bucket [0, 60 s) has left the window
+>>> w.totals(buckets, now_ms=600_000)   # the bucket [0, 60 s) has left the window
 (0, 0, 1, 900, 0, 0)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from state.compact import compact
+from dataclasses import dataclass
 
 # Order of the measures in every bucket.
 MEASURES = ("views", "product_dwell_ms", "carts", "cart_value_minor", "purchases", "revenue_minor")
 ZERO = (0,) * len(MEASURES)
 
+Buckets = dict[int, list[int]]
 
-@compact
-@dataclass(slots=True)
-class SlidingWindow:
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
     length_ms: int
     bucket_ms: int
-    buckets: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.bucket_ms <= 0 or self.length_ms <= 0 or self.length_ms % self.bucket_ms:
@@ -39,33 +40,32 @@ class SlidingWindow:
     def _oldest_start(self, now_ms: int) -> int:
         return now_ms - now_ms % self.bucket_ms - self.length_ms + self.bucket_ms
 
-    def add(self, t_ms: int, values: tuple[int, ...], now_ms: int | None = None) -> bool:
+    def add(self, buckets: Buckets, t_ms: int, values: tuple[int, ...], now_ms: int | None = None) -> bool:
         """Add measures at event time ``t_ms``; False (ignored) if it is already outside the window at ``now_ms``."""
         start = t_ms - t_ms % self.bucket_ms
         if now_ms is not None and start < self._oldest_start(now_ms):
             return False
-        bucket = self.buckets.get(start)
+        bucket = buckets.get(start)
         if bucket is None:
-            self.buckets[start] = list(values)
+            buckets[start] = list(values)
         else:
             for i, v in enumerate(values):
-                bucket[i] += v
+                if v:
+                    bucket[i] += v
         return True
 
-    def evict(self, now_ms: int) -> None:
+    def evict(self, buckets: Buckets, now_ms: int) -> None:
         """Drop buckets that can no longer be in the window (memory stays bounded by length/bucket)."""
         oldest = self._oldest_start(now_ms)
-        for start in [s for s in self.buckets if s < oldest]:
-            del self.buckets[start]
+        for start in [s for s in buckets if s < oldest]:
+            del buckets[start]
 
-    def totals(self, now_ms: int) -> tuple[int, ...]:
+    def totals(self, buckets: Buckets, now_ms: int) -> tuple[int, ...]:
         oldest, newest = self._oldest_start(now_ms), now_ms - now_ms % self.bucket_ms
-        acc = list(ZERO)
-        for start, values in self.buckets.items():
-            if oldest <= start <= newest:
-                for i, v in enumerate(values):
-                    acc[i] += v
-        return tuple(acc)
+        rows = [values for start, values in buckets.items() if oldest <= start <= newest]
+        if not rows:
+            return ZERO
+        return tuple(map(sum, zip(*rows, strict=True)))
 
 
 def measures_of(event_type: str, payload: dict[str, object]) -> tuple[int, ...] | None:

@@ -9,7 +9,7 @@ import jsonschema
 from operators.events import Event
 from operators.pattern_engine import Trigger
 from persona.settings import ROOT
-from state.profile import ProfileRules, apply_event, profile_view, redis_fields
+from operators.profile_fold import ProfileRules, apply_event, profile_view, redis_fields
 
 
 def schema(name: str) -> dict:  # type: ignore[type-arg]

@@ -11,11 +11,11 @@ from operators.model_features import (PROPENSITY_CATEGORICAL, PROPENSITY_FEATURE
                                       session_rate_features)
 from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
 from operators.online_models import MODEL_NAMES, CompiledLogistic, ModelSnapshot, ModelTrainer, restore
-from operators.pattern_engine import PatternEngine
+from operators.personalize import Personalizer
 import yaml
 
 from operators.pattern_spec import compile_patterns
-from state.profile import ProfileRules, apply_event, profile_view
+from operators.profile_fold import ProfileRules, ProfileView, apply_event, profile_view
 
 RULES = ProfileRules()
 MODEL_RULES = ModelRules(label_window_ms=30 * 60_000, max_pending=20, bot_threshold=0.95, bot_rule_events_per_min=30,
@@ -127,17 +127,15 @@ patterns:
 
 
 def _run(events: list[Event], served: ServedModels) -> tuple[list, list]:
-    engine, step = PatternEngine(compile_patterns(yaml.safe_load(PATTERNS), "test")), ModelStep(MODEL_RULES)
+    core = Personalizer(RULES, MODEL_RULES, compile_patterns(yaml.safe_load(PATTERNS), "test"), segments=5)
     s, triggers, suppressed = None, [], []
     for e in events:
-        s = apply_event(s, e, RULES)
-        view = profile_view(e.user_id, s, RULES)
-        step.on_event(s, e, view, served)
-        out = engine.on_event(s, e, view)
-        triggers += out.triggers
-        suppressed += out.suppressed
-    out = engine.on_timer(s, "u1", 10 ** 13)
-    return triggers + out.triggers, suppressed + out.suppressed
+        step = core.on_event(s, e, served)
+        s = step.state
+        triggers += step.triggers
+        suppressed += step.suppressed
+    step = core.on_timer(s, "u1", 10 ** 13)
+    return triggers + step.triggers, suppressed + step.suppressed
 
 
 def _served_scoring(p: float) -> ServedModels:
@@ -209,7 +207,7 @@ def test_a_user_flagged_as_a_bot_leaves_its_segment() -> None:
     for i in range(25):   # 60 events/min: a segment from the first event, the rule flags it at the 20th
         e = ev(i, "page_view", i * 1_000, {"page_type": "category", "category": "toys", "dwell_ms": 500})
         s = apply_event(s, e, RULES)
-        view = profile_view("u1", s, RULES)
+        view = ProfileView("u1", s, RULES)
         step.on_event(s, e, view, served)
         segments.append(view["segment"])
     assert segments[0] is not None and segments[18] is not None   # scored as a human first

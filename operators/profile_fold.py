@@ -1,0 +1,307 @@
+"""The per-user profile: a pure fold of events into ``UserState``, and a lazy view of it.
+
+Every derived number is evaluated at the user's newest event time, never at a wall clock, so the same
+events give the same profile whatever the arrival order (within the lateness bound) and whenever the
+job runs.
+
+Lateness is judged per user: an event older than the user's newest event by more than
+``allowed_lateness_ms`` is refused (``late_event``). Per user, records keep their order in Kafka and
+Flink, so this decision is deterministic, unlike one against a watermark whose cadence depends on
+wall-clock time.
+
+``ProfileView`` computes each profile field (schemas/profile.v1.json) only when something reads it:
+a pattern condition, a model's features, or the Redis writer at its flush. Most events need few of
+them, and a user's profile is encoded once per write batch however many events it had.
+
+>>> from operators.events import Event
+>>> rules = ProfileRules()
+>>> s = apply_event(None, Event("e1", "add_to_cart", "u1", 1_000, None, {"device": "mobile"},
+...     {"product_id": "p1", "category": "toys", "price_minor": 1250, "quantity": 2, "currency": "EUR"}), rules)
+>>> view = ProfileView("u1", s, rules)
+>>> view["cart_value_minor"], view["windows"]["10m"]["carts"], view["stage"]
+(2500, 1, 'considering')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from operators.events import Event
+from state.journey import JourneyFacts, journey_stage
+from state.keys import PROFILE_SCHEMA_VERSION
+from state.rfm import RfmThresholds, rfm_score
+from state.user_state import CartItem, UserState
+from state.windows import MEASURES, WindowSpec, measures_of
+
+MIN = 60_000
+HOUR_MS = 60 * MIN
+DAY_MS = 24 * HOUR_MS
+WEEK_MS = 7 * DAY_MS
+WINDOWS = {"10m": WindowSpec(10 * MIN, MIN), "1h": WindowSpec(60 * MIN, 5 * MIN), "24h": WindowSpec(24 * 60 * MIN, 60 * MIN)}
+AFFINITY_WEIGHTS = {"page_view": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
+AFFINITY_MIN_SCORE = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRules:
+    """Plain values from settings (Flink pickles functions: no settings objects inside them)."""
+
+    session_gap_ms: int = 30 * MIN
+    recent_sessions: int = 5
+    affinity_half_life_ms: int = WEEK_MS
+    affinity_keep: int = 10
+    loyal_min_purchases: int = 3
+    allowed_lateness_ms: int = 60_000
+    rfm: RfmThresholds = RfmThresholds()
+
+
+def is_late(state: UserState | None, event: Event, rules: ProfileRules) -> bool:
+    return state is not None and state.version > 0 and event.event_time_ms < state.newest_event_ms - rules.allowed_lateness_ms
+
+
+def apply_event(state: UserState | None, event: Event, rules: ProfileRules) -> UserState:
+    """Fold one (not late) event into the state; mutates and returns it. ``erasure_request`` forgets everything."""
+    kind = event.event_type
+    if kind == "erasure_request":
+        return UserState()
+    s = state if state is not None else UserState()
+    t, p = event.event_time_ms, event.payload
+    s.version += 1
+    if t > s.newest_event_ms:
+        s.newest_event_ms = t
+    now = s.newest_event_ms
+    s.totals[kind] = s.totals.get(kind, 0) + 1
+
+    values = measures_of(kind, p)
+    if values is not None:
+        windows = s.windows
+        for name, spec in WINDOWS.items():
+            buckets = windows.get(name)
+            if buckets is None:
+                buckets = windows[name] = {}
+            spec.add(buckets, t, values, now_ms=now)
+            spec.evict(buckets, now)
+
+    if s.sessions.observe(t, rules.session_gap_ms, rules.recent_sessions):
+        s.session_product_views = s.session_product_dwell_ms = 0
+        s.session_starts = [x for x in s.session_starts if x > now - WEEK_MS] + [t]
+    if kind == "page_view" and p.get("page_type") == "product":
+        s.session_product_views += 1
+        s.session_product_dwell_ms += int(p.get("dwell_ms", 0))
+
+    weight = AFFINITY_WEIGHTS.get(kind)
+    if weight:
+        half_life = rules.affinity_half_life_ms
+        category = p.get("category")
+        if category:
+            s.affinities.add(category, weight, t, half_life)
+        elif kind == "purchase":
+            for item in p["items"]:
+                s.affinities.add(item["category"], weight, t, half_life)
+        s.affinities.prune(now, AFFINITY_MIN_SCORE, rules.affinity_keep, half_life)
+
+    ctx = event.context
+    device = ctx.get("device")
+    if device is not None:
+        s.device_counts[device] = s.device_counts.get(device, 0) + 1
+        if t >= now:
+            s.last_device = device
+    s.country = ctx.get("country", s.country)
+    s.timezone = ctx.get("timezone", s.timezone)
+
+    if kind == "add_to_cart":
+        s.cart[p["product_id"]] = CartItem(p["category"], p["price_minor"], p["quantity"], p["currency"])
+        s.last_add_ms = max(s.last_add_ms or t, t)
+    elif kind == "remove_from_cart":
+        s.cart.pop(p["product_id"], None)
+    elif kind == "purchase":
+        s.cart.clear()
+        s.rfm.add_purchase(t, p["total_minor"])
+        s.last_purchase_ms = max(s.last_purchase_ms or t, t)
+    elif kind == "consent":
+        if "marketing" in p["withdrawn"] or "marketing" in p["granted"]:
+            s.consent_log = sorted([*s.consent_log, (t, "marketing" in p["granted"])])[-10:]
+            s.marketing_consent = consent_at(s, now)
+    elif kind == "profile_update":
+        s.demographics.update(p["attributes"])
+    return s
+
+
+def consent_at(s: UserState, t_ms: int) -> bool:
+    """Marketing consent in force at ``t_ms`` (granted unless withdrawn and not granted again since)."""
+    value = True
+    for at, granted in s.consent_log:
+        if at > t_ms:
+            break
+        value = granted
+    return value
+
+
+_ZONES: dict[str | None, ZoneInfo] = {}
+_HOUR_CACHE: dict[tuple[str | None, int], int] = {}
+
+
+def _zone(timezone: str | None) -> ZoneInfo:
+    tz = _ZONES.get(timezone)
+    if tz is None:
+        try:
+            tz = ZoneInfo(timezone) if timezone else ZoneInfo("UTC")
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = ZoneInfo("UTC")
+        if len(_ZONES) < 10_000:   # bounded: time zone names come from input
+            _ZONES[timezone] = tz
+    return tz
+
+
+def local_hour(t_ms: int, timezone: str | None) -> int:
+    """The hour of day at ``t_ms`` in ``timezone`` (UTC when unknown). Offsets change on whole hours at
+    most once per UTC hour, so the answer is cached per zone and UTC hour.
+
+    >>> local_hour(1_793_653_200_000, "Europe/Berlin"), local_hour(1_793_653_200_000, "nowhere")
+    (22, 21)
+    """
+    key = (timezone, t_ms // HOUR_MS)
+    hour = _HOUR_CACHE.get(key)
+    if hour is None:
+        hour = datetime.fromtimestamp(t_ms / 1000, _zone(timezone)).hour
+        if len(_HOUR_CACHE) > 100_000:
+            _HOUR_CACHE.clear()
+        _HOUR_CACHE[key] = hour
+    return hour
+
+
+def cart_value_minor(s: UserState) -> int:
+    return sum(i.price_minor * i.quantity for i in s.cart.values())
+
+
+def stage(s: UserState, rules: ProfileRules) -> str:
+    facts = JourneyFacts(
+        purchases_90d=s.rfm.values(s.newest_event_ms).frequency_90d, last_purchase_ms=s.last_purchase_ms,
+        last_add_ms=s.last_add_ms, last_abandon_ms=s.last_abandon_ms, cart_items=len(s.cart),
+        session_product_views=s.session_product_views)
+    return journey_stage(facts, rules.loyal_min_purchases)
+
+
+# ----------------------------------------------------------------------------- the view
+def _windows(v: ProfileView) -> dict[str, dict[str, int]]:
+    now, windows = v.state.newest_event_ms, v.state.windows
+    return {name: dict(zip(MEASURES, spec.totals(windows.get(name, {}), now), strict=True))
+            for name, spec in WINDOWS.items()}
+
+
+def _rfm(v: ProfileView) -> dict[str, Any]:
+    values = v.state.rfm.values(v.state.newest_event_ms)
+    r, f, m, score = rfm_score(values, v.rules.rfm)
+    return {"recency_days": values.recency_days, "frequency_30d": values.frequency_30d,
+            "frequency_90d": values.frequency_90d, "monetary_30d": values.monetary_30d,
+            "monetary_90d": values.monetary_90d, "r": r, "f": f, "m": m, "score": score}
+
+
+def _purchases_7d(v: ProfileView) -> int:
+    today = v.state.newest_event_ms // DAY_MS
+    return sum(c for d, (c, _) in v.state.rfm.days.items() if d > today - 7)
+
+
+def _affinities(v: ProfileView) -> dict[str, float]:
+    # Entries are pruned when a category gains weight; one that decayed below the floor since is not shown.
+    s, rules = v.state, v.rules
+    top = s.affinities.top(s.newest_event_ms, rules.affinity_keep, rules.affinity_half_life_ms)
+    return {c: round(x, 6) for c, x in top if x >= AFFINITY_MIN_SCORE}
+
+
+_FIELDS: dict[str, Callable[[ProfileView], Any]] = {
+    "schema_version": lambda v: PROFILE_SCHEMA_VERSION,
+    "user_id": lambda v: v.user_id,
+    "profile_version": lambda v: v.state.version,
+    "last_event_time": lambda v: v.state.newest_event_ms,
+    "events_total": lambda v: sum(v.state.totals.values()),
+    "counts_by_type": lambda v: dict(sorted(v.state.totals.items())),
+    "windows": _windows,
+    "session_count": lambda v: v.state.sessions.count,
+    "current_session_length_ms": lambda v: v.state.sessions.current_length_ms(),
+    "current_session_product_dwell_ms": lambda v: v.state.session_product_dwell_ms,
+    "sessions_7d": lambda v: sum(1 for x in v.state.session_starts if x > v.state.newest_event_ms - WEEK_MS),
+    "recent_sessions": lambda v: [list(x) for x in v.state.sessions.recent],
+    "rfm": _rfm,
+    "purchases_7d": _purchases_7d,
+    "affinities": _affinities,
+    "last_device": lambda v: v.state.last_device,
+    "device_mix": lambda v: dict(sorted(v.state.device_counts.items())),
+    "country": lambda v: v.state.country,
+    "timezone": lambda v: v.state.timezone,
+    "local_hour": lambda v: local_hour(v.state.newest_event_ms, v.state.timezone),
+    "demographics": lambda v: dict(sorted(v.state.demographics.items())),
+    "marketing_consent": lambda v: v.state.marketing_consent,
+    "cart_items": lambda v: len(v.state.cart),
+    "cart_value_minor": lambda v: cart_value_minor(v.state),
+    "stage": lambda v: stage(v.state, v.rules),
+}
+# What the models said: read live (the model step updates them after the view was created).
+_MODEL_FIELDS: dict[str, Callable[[UserState], Any]] = {
+    "propensity": lambda s: None if s.models.propensity is None else round(s.models.propensity, 4),
+    "propensity_version": lambda s: s.models.propensity_version or None,
+    "segment": lambda s: None if s.models.segment is None else f"seg{s.models.segment}",
+    "bot_score": lambda s: None if s.models.bot_score is None else round(s.models.bot_score, 4),
+    "bot": lambda s: s.models.bot,
+}
+# The pattern vocabulary's profile.* fields are these names (nested ones dotted: profile.rfm.score).
+PROFILE_FIELD_NAMES = (*_FIELDS, *_MODEL_FIELDS)
+
+
+class ProfileView(Mapping[str, Any]):
+    """The profile (schemas/profile.v1.json before string encoding) at the user's newest event, computed
+    field by field on first read and then kept for the rest of the event."""
+
+    __slots__ = ("user_id", "state", "rules", "_cache")
+
+    def __init__(self, user_id: str, state: UserState, rules: ProfileRules) -> None:
+        self.user_id, self.state, self.rules = user_id, state, rules
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        cached = self._cache.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached
+        model = _MODEL_FIELDS.get(key)
+        if model is not None:
+            return model(self.state)
+        value = self._cache[key] = _FIELDS[key](self)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PROFILE_FIELD_NAMES)
+
+    def __len__(self) -> int:
+        return len(PROFILE_FIELD_NAMES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: self[k] for k in PROFILE_FIELD_NAMES}
+
+
+_MISSING = object()
+
+
+def profile_view(user_id: str, state: UserState, rules: ProfileRules) -> dict[str, Any]:
+    """Every field of the profile, computed now (tests and tools; the job reads a ``ProfileView``)."""
+    return ProfileView(user_id, state, rules).to_dict()
+
+
+def redis_fields(view: Mapping[str, Any], updated_at_ms: int) -> dict[str, str]:
+    """Redis hashes hold strings: integers as decimal text, nested values and booleans as JSON.
+
+    Unknown values (None) are left out: an absent field means "unknown".
+    """
+    out = {"updated_at": str(updated_at_ms)}
+    for k in PROFILE_FIELD_NAMES:
+        v = view[k]
+        if v is None:
+            continue
+        out[k] = v if isinstance(v, str) else (str(v) if isinstance(v, int) and not isinstance(v, bool)
+                                               else orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode())
+    return out

@@ -1,0 +1,41 @@
+"""From validated settings to the plain rule values the per-event core takes (Flink pickles them)."""
+
+from __future__ import annotations
+
+from operators.config_files import ConfigError
+from operators.model_scoring import ModelRules
+from operators.pattern_spec import PatternBook, load_patterns
+from operators.personalize import Personalizer
+from operators.profile_fold import ProfileRules
+from persona.settings import JobSettings, resolve_path
+
+
+def model_rules(settings: JobSettings) -> ModelRules:
+    m = settings.models
+    return ModelRules(label_window_ms=m.label_window_ms, max_pending=m.max_pending_per_user,
+                      bot_threshold=m.bot_threshold, bot_rule_events_per_min=m.bot_rule_events_per_min,
+                      bot_rule_min_events=m.bot_rule_min_events, bot_min_events=m.bot_min_session_events,
+                      score_every=m.score_every_events, label_timer_resolution_ms=m.label_timer_resolution_ms)
+
+
+def profile_rules(settings: JobSettings) -> ProfileRules:
+    p = settings.profile
+    return ProfileRules(session_gap_ms=p.session_gap_ms, recent_sessions=p.recent_sessions,
+                        affinity_half_life_ms=p.affinity_half_life_ms, affinity_keep=p.affinity_keep,
+                        loyal_min_purchases=p.loyal_min_purchases, allowed_lateness_ms=p.allowed_lateness_ms)
+
+
+def check_patterns(settings: JobSettings) -> PatternBook:
+    """Compile the pattern file and check it against the lateness contract of absence patterns."""
+    book = load_patterns(resolve_path(settings.patterns_file))
+    for spec in book.patterns:
+        if spec.kind == "absence" and spec.within_ms <= settings.profile.allowed_lateness_ms:
+            raise ConfigError(f"{settings.patterns_file}: patterns.{spec.name}.within must exceed "
+                              f"profile.allowed_lateness_ms ({settings.profile.allowed_lateness_ms} ms)")
+    return book
+
+
+def personalizer(settings: JobSettings, book: PatternBook | None = None) -> Personalizer:
+    """The per-event core configured by ``settings`` (``book``: the already checked patterns, if any)."""
+    return Personalizer(profile_rules(settings), model_rules(settings), book or check_patterns(settings),
+                        settings.models.segments)

@@ -1,0 +1,74 @@
+"""The per-user state of the pattern engine (``UserState.patterns``) and the trigger record.
+
+Schemas only: the logic lives in ``operators/absence.py``, ``operators/trigger_gate.py`` and
+``operators/pattern_engine.py``. Short keys keep each user's state small; a key is persisted schema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+TRIGGER_SCHEMA_VERSION = 1
+
+
+class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A gated trigger (schemas/trigger.v1.json); kept in state while deferred by quiet hours."""
+
+    trigger_id: str
+    pattern: str
+    reason: str
+    user_id: str
+    event_time: int
+    emitted_at: int
+    cart: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {"schema_version": TRIGGER_SCHEMA_VERSION, "trigger_id": self.trigger_id,
+                               "pattern": self.pattern, "reason": self.reason, "user_id": self.user_id,
+                               "event_time": self.event_time, "emitted_at": self.emitted_at}
+        if self.cart is not None:
+            doc["cart"] = self.cart
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+class Armed(msgspec.Struct, frozen=True, array_like=True):
+    anchor_event_id: str
+    anchor_time_ms: int
+    deadline_ms: int
+
+
+class AbsenceState(msgspec.Struct, omit_defaults=True, rename={"armed": "a", "blockers": "b"}):
+    """Open anchors (their windows never overlap) and recent blocker times (anchors and cancels)."""
+
+    armed: list[Armed] = []
+    blockers: list[int] = []
+
+
+class GateState(msgspec.Struct, omit_defaults=True, rename={"marketing_consent": "c", "sent": "s"}):
+    marketing_consent: bool = True
+    sent: dict[str, list[int]] = {}   # pattern -> release times within the cap window
+
+
+class AnchorInfo(msgspec.Struct, frozen=True, array_like=True):
+    """What a trigger needs from the moment its anchor happened: the session and the cart."""
+
+    session_start_ms: int
+    cart: dict[str, Any] | None
+
+
+def anchor_key(pattern: str, anchor_event_id: str) -> str:
+    return f"{pattern}\x1f{anchor_event_id}"
+
+
+class PatternState(msgspec.Struct, omit_defaults=True,
+                   rename={"absence": "a", "threshold_on": "t", "anchors": "i", "escalations": "e", "gate": "g",
+                           "deferred": "d"}):
+    absence: dict[str, AbsenceState] = {}
+    threshold_on: dict[str, bool] = {}
+    anchors: dict[str, AnchorInfo] = {}              # anchor_key(pattern, anchor id) -> info
+    escalations: dict[str, dict[int, int]] = {}      # pattern -> session start -> matches
+    gate: GateState = msgspec.field(default_factory=GateState)
+    deferred: list[Trigger] = []
