@@ -104,7 +104,10 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules) -> U
         elif kind == "purchase":
             for item in p["items"]:
                 s.affinities.add(item["category"], weight, t, half_life)
-        s.affinities.prune(now, AFFINITY_MIN_SCORE, rules.affinity_keep, half_life)
+        # Memory stays bounded by pruning when a new category overflows the list; an entry that decays
+        # below the floor meanwhile is hidden by the view and is the first to go.
+        if len(s.affinities.entries) > rules.affinity_keep:
+            s.affinities.prune(now, AFFINITY_MIN_SCORE, rules.affinity_keep, half_life)
 
     ctx = event.context
     device = ctx.get("device")

@@ -24,16 +24,20 @@ class HistogramAUC:
     half_life: float | None = None
     pos: list[float] = field(default_factory=list)
     neg: list[float] = field(default_factory=list)
+    weight: float = 1.0   # what one new example adds: grows by 2^(1/half_life) instead of decaying every bin
 
     def update(self, label: bool, score: float) -> None:
         if not self.pos:
             self.pos, self.neg = [0.0] * self.bins, [0.0] * self.bins
         if self.half_life:
-            keep = 0.5 ** (1.0 / self.half_life)
-            self.pos = [c * keep for c in self.pos]
-            self.neg = [c * keep for c in self.neg]
+            # Decaying old counts and growing new ones give the same ratios, and AUC depends only on ratios.
+            self.weight *= 2.0 ** (1.0 / self.half_life)
+            if self.weight > 1e200:
+                self.pos = [c / self.weight for c in self.pos]
+                self.neg = [c / self.weight for c in self.neg]
+                self.weight = 1.0
         i = min(int(score * self.bins), self.bins - 1) if score > 0 else 0
-        (self.pos if label else self.neg)[i] += 1.0
+        (self.pos if label else self.neg)[i] += self.weight
 
     def get(self) -> float | None:
         """AUC, or None before both classes were seen."""

@@ -177,9 +177,14 @@ def test_compiled_propensity_scores_equal_the_learner() -> None:
 def test_bots_and_segments_are_scored_every_n_events_even_for_a_user_without_a_segment() -> None:
     served = ServedModels()
     served.apply(ModelTrainer.new("bots").snapshot(1).to_record())
-    bots = served.get("bots")[1]
+    version, bots = served.get("bots")
     scored: list[int] = []
-    bots.score_one = lambda x, _f=bots.score_one: scored.append(1) or _f(x)
+
+    class Counting:
+        def score_one(self, x: dict) -> float:
+            scored.append(1)
+            return bots.score_one(x)
+    served._models["bots"] = (version, Counting())
     step, s = ModelStep(MODEL_RULES), None
     for i in range(40):   # 60 events/min: the rule flags it after 20, before a segments model exists
         if i == 25:
