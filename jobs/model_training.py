@@ -2,7 +2,7 @@
 
 State per model, both checkpointed:
 - ``model_trainer_v1``: the trainer (model, metrics, version), rewritten only when a snapshot is published;
-- ``model_log_v1``: the examples learnt since then, appended one by one.
+- ``model_log_v2``: the batches of examples learnt since then, appended batch by batch.
 
 Pickling a HalfSpaceTrees model costs ~10 ms, so rewriting it per example would cap training at ~100
 examples/s. Appending the example is cheap; after a restore the trainer replays the log onto the
@@ -21,13 +21,13 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-from operators.model_scoring import Example
+from operators.model_scoring import ExampleBatch
 from operators.online_models import MODEL_NAMES, ModelTrainer
 from state.keys import RedisKeys
 from state.model_registry import record_snapshot
 
 MODEL_STATE = "model_trainer_v1"
-LOG_STATE = "model_log_v1"
+LOG_STATE = "model_log_v2"   # v2: batches of examples (v1 held single examples)
 
 
 class TrainModels(KeyedProcessFunction):
@@ -60,16 +60,19 @@ class TrainModels(KeyedProcessFunction):
         t = self._trainers.get(name)
         if t is None:
             t = self._model.value() or ModelTrainer.new(name, self._seed, self._segments)
-            for ex in self._log.get() or ():   # examples learnt after the last written model
-                t.learn(ex.x, ex.label, ex.score, ex.previous)
+            for batch in self._log.get() or ():   # examples learnt after the last written model
+                for ex in batch.examples:
+                    t.learn(ex.x, ex.label, ex.score, ex.previous)
             self._trainers[name] = t
         return t
 
-    def process_element(self, ex: Example, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
-        t = self._trainer(ex.model)
-        t.learn(ex.x, ex.label, ex.score, ex.previous)
-        self._log.add(ex)
-        if t.since_snapshot == 1:
+    def process_element(self, batch: ExampleBatch, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
+        t = self._trainer(batch.model)
+        first = t.since_snapshot == 0
+        for ex in batch.examples:
+            t.learn(ex.x, ex.label, ex.score, ex.previous)
+        self._log.add(batch)
+        if first:
             ctx.timer_service().register_processing_time_timer(int(time.time() * 1000) + self._interval)
         if t.since_snapshot >= self._every:
             yield self._publish(t)
@@ -90,5 +93,5 @@ class TrainModels(KeyedProcessFunction):
         self._client.close()
 
 
-def example_key(ex: Any) -> str:
-    return ex.model  # type: ignore[no-any-return]
+def example_key(batch: Any) -> str:
+    return batch.model  # type: ignore[no-any-return]

@@ -25,13 +25,7 @@ def _epoch_ms(ts: str | None) -> int | None:
 
 
 class ParseEvents(ProcessFunction):
-    """Valid events go on as pickled ``Event``s; every rejected record goes to ``DEAD_LETTERS``.
-
-    ``keep_raw``: events carry their bytes and provenance, for jobs that may dead-letter them later.
-    """
-
-    def __init__(self, keep_raw: bool = False) -> None:
-        self._keep_raw = keep_raw
+    """Valid events go on as pickled ``Event``s; every rejected record goes to ``DEAD_LETTERS``."""
 
     def open(self, runtime_context: Any) -> None:
         group = runtime_context.get_metrics_group().add_group("ingest")
@@ -40,8 +34,7 @@ class ParseEvents(ProcessFunction):
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Any:
         raw: bytes = row[0] if row[0] is not None else b""
-        source = SourceRef(row[1], row[2], row[3], None)
-        out = parse_event(raw, source if self._keep_raw else None)
+        out = parse_event(raw)
         if isinstance(out, Event):
             self._valid.inc()
             yield out
@@ -51,7 +44,7 @@ class ParseEvents(ProcessFunction):
         yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, int(time.time() * 1000)))
 
 
-def parse(raw: DataStream, keep_raw: bool = False) -> tuple[DataStream, DataStream]:
+def parse(raw: DataStream) -> tuple[DataStream, DataStream]:
     """(events, dead letters as (key, json) rows)."""
-    events = raw.process(ParseEvents(keep_raw), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-validate").uid("parse-validate")
+    events = raw.process(ParseEvents(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-validate").uid("parse-validate")
     return events, events.get_side_output(DEAD_LETTERS)

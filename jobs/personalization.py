@@ -34,7 +34,7 @@ from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, Rejection, SourceRef
-from operators.model_scoring import ServedModels
+from operators.model_scoring import Example, ExampleBatch, ServedModels
 from operators.pattern_spec import PatternBook
 from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
+END_OF_INPUT = 2**63 - 1   # the watermark at the end of a bounded input
 
 
 def _epoch_ms(ts: str | None) -> int | None:
@@ -68,7 +69,9 @@ class Personalize(KeyedProcessFunction):
     """
 
     def __init__(self, core: Personalizer, redis_url: str, key_prefix: str, profile_ttl_s: int, flush_interval_ms: int,
-                 max_batch: int, state_ttl_s: int, state_cache_users: int, models_refresh_ms: int) -> None:
+                 max_batch: int, state_ttl_s: int, state_cache_users: int, models_refresh_ms: int,
+                 example_batch: int = 200) -> None:
+        self._example_batch = example_batch
         self._core = core
         self._refresh_s = models_refresh_ms / 1000
         self._cache_size = state_cache_users
@@ -90,6 +93,12 @@ class Personalize(KeyedProcessFunction):
         self._model_client = redis.Redis.from_url(url)
         self._model_keys = RedisKeys(prefix)
         self._next_refresh = 0.0
+        # Examples wait here for their trainer: one side-output record per model and batch, not per example
+        # (each record costs a Java/Python crossing and a pickle). Sent when a batch fills, at the flush timer
+        # (every flush_interval_ms) and when the input ends.
+        self._batches: dict[str, list[Example]] = {}
+        self._waiting = 0
+        self._flush_armed = False
         metrics = runtime_context.get_metrics_group()
         ingest = metrics.add_group("ingest")
         self._valid = ingest.counter("valid")
@@ -145,11 +154,15 @@ class Personalize(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self._flush_armed = False
             self._writer.flush()
+            yield from self._send_examples()
             return
         user_id = ctx.get_current_key()
         step = self._core.on_timer(self._load(user_id), user_id, timestamp)
         yield from self._carry_out(user_id, step, ctx, int(time.time() * 1000))
+        if ctx.timer_service().current_watermark() >= END_OF_INPUT:   # the input ended: no flush timer fires now
+            yield from self._send_examples()
 
     def close(self) -> None:
         self._writer.close()
@@ -158,7 +171,7 @@ class Personalize(KeyedProcessFunction):
     def _carry_out(self, user_id: str, step: Step, ctx: Any, now: int) -> Iterator[Any]:
         state = step.state
         if step.erase:
-            self._schedule_flush(ctx, now)
+            self._arm_flush(ctx, now)
             self._writer.erase(user_id, now)
         if step.timers:
             timers = ctx.timer_service()
@@ -168,9 +181,14 @@ class Personalize(KeyedProcessFunction):
             self._suppressed[reason].inc()
         if step.bot_flagged:
             self._bots.inc()
-        for ex in step.examples:
-            self._examples[ex.model].inc()
-            yield EXAMPLES, ex
+        if step.examples:
+            self._arm_flush(ctx, now)
+            for ex in step.examples:
+                self._examples[ex.model].inc()
+                self._batches.setdefault(ex.model, []).append(ex)
+            self._waiting += len(step.examples)
+            if self._waiting >= self._example_batch:
+                yield from self._send_examples()
         for trigger in step.triggers:
             self._triggers[trigger.pattern].inc()
             yield Row(trigger.user_id, trigger.to_json())
@@ -179,15 +197,24 @@ class Personalize(KeyedProcessFunction):
         if step.store:
             self._store(user_id, state)
         if step.write_profile:
-            self._schedule_flush(ctx, now)
+            self._arm_flush(ctx, now)
             self._writer.put(user_id, state.version, partial(self._core.profile, user_id, state, now), now)
             if self._writer.due(now):
                 self._writer.flush()
 
-    def _schedule_flush(self, ctx: Any, now: int) -> None:
-        """The first write of a batch arms a processing-time timer, so the batch is flushed even if the stream stops."""
-        if self._writer.pending == 0:
+    def _arm_flush(self, ctx: Any, now: int) -> None:
+        """The first write or example of a batch arms a processing-time timer, so the batch goes out even if
+        the stream stops."""
+        if not self._flush_armed:
+            self._flush_armed = True
             ctx.timer_service().register_processing_time_timer(now + self._interval)
+
+    def _send_examples(self) -> Iterator[Any]:
+        for model, examples in self._batches.items():
+            if examples:
+                yield EXAMPLES, ExampleBatch(model, tuple(examples))
+        self._batches = {}
+        self._waiting = 0
 
     @staticmethod
     def _dead_letter(raw: bytes, rejection: Rejection, record: Row) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 EVENT_TYPES = frozenset({
     "page_view", "search", "add_to_cart", "remove_from_cart", "purchase", "consent", "profile_update",
@@ -16,8 +17,7 @@ REJECTION_REASONS = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRef:
+class SourceRef(msgspec.Struct, frozen=True):
     """Where a record came from, so a dead-letter entry can be traced and replayed."""
 
     topic: str
@@ -26,12 +26,12 @@ class SourceRef:
     timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True):
     """A validated, normalised event. Times are epoch ms UTC; money is integer minor units.
 
     ``payload`` is normalised per event type (see ``operators.validation``); ``context`` keeps the
-    known context keys only, with enums lower-cased and the IP address removed.
+    known context keys only, with enums lower-cased and the IP address removed. (A msgspec Struct: one
+    is made per event, and a frozen dataclass sets each field through ``object.__setattr__``.)
     """
 
     event_id: str
@@ -39,15 +39,11 @@ class Event:
     user_id: str
     event_time_ms: int
     session_id: str | None = None
-    context: dict[str, Any] = field(default_factory=dict)
-    payload: dict[str, Any] = field(default_factory=dict)
-    # Kept so a decision taken later (a late event) can still dead-letter the original bytes.
-    raw: bytes | None = field(default=None, repr=False, compare=False)
-    source: SourceRef | None = field(default=None, repr=False, compare=False)
+    context: dict[str, Any] = {}
+    payload: dict[str, Any] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(msgspec.Struct, frozen=True):
     """Why a record was refused. ``field`` is a dotted path (``payload.price``) or None for the whole record."""
 
     reason: str

@@ -25,7 +25,7 @@ from state.model_registry import kept_record
 from state.model_state import ModelOutputs
 from state.user_state import UserState
 
-__all__ = ["Example", "ModelOutputs", "ModelRules", "ModelStep", "ServedModels", "bot_verdict"]
+__all__ = ["Example", "ExampleBatch", "ModelOutputs", "ModelRules", "ModelStep", "ServedModels", "bot_verdict"]
 
 
 def compile_model(name: str, model: Any) -> Any:
@@ -62,6 +62,17 @@ class Example:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled to cross to the trainer: one constructor call over builtins (no per-field slot state).
         return Example, (self.model, self.user_id, self.x, self.label, self.score, self.previous)
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleBatch:
+    """Examples of one model, sent to its trainer together: one record crosses instead of one per example."""
+
+    model: str
+    examples: tuple[Example, ...]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return ExampleBatch, (self.model, self.examples)
 
 
 def _propensity_example(user_id: str, e: LabelledExample) -> Example:

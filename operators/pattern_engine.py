@@ -29,11 +29,14 @@ class Outcome:
     suppressed: list[tuple[str, str]]   # (pattern, reason)
 
 
+def _cart_rows(state: UserState) -> AnchorInfo:
+    """The cart now, as the anchor keeps it (session start filled in by the caller)."""
+    rows = sorted((pid, i.category, i.price_minor, i.quantity) for pid, i in state.cart.items())
+    return AnchorInfo(state.sessions.current_start_ms or 0, rows, next((i.currency for i in state.cart.values()), None))
+
+
 def _cart_snapshot(state: UserState) -> dict[str, Any]:
-    items = sorted(({"product_id": pid, "category": i.category, "price_minor": i.price_minor, "quantity": i.quantity}
-                    for pid, i in state.cart.items()), key=lambda i: i["product_id"])
-    currency = next((i.currency for i in state.cart.values()), None)
-    return {"items": items, "value_minor": sum(i["price_minor"] * i["quantity"] for i in items), "currency": currency}
+    return _cart_rows(state).cart_doc()
 
 
 class PatternEngine:
@@ -63,8 +66,7 @@ class PatternEngine:
                 ps.absence[spec.name], deadline = self._absence[spec.name].observe(
                     ps.absence.get(spec.name), event.event_id, event.event_time_ms, is_anchor, is_cancel)
                 if deadline is not None:
-                    ps.anchors[anchor_key(spec.name, event.event_id)] = AnchorInfo(
-                        user.sessions.current_start_ms or 0, _cart_snapshot(user))
+                    ps.anchors[anchor_key(spec.name, event.event_id)] = _cart_rows(user)
                     timers.append(deadline)
             elif spec.kind == "threshold":
                 assert spec.on is not None
@@ -103,7 +105,7 @@ class PatternEngine:
     def _released(self, user: UserState, ps: PatternState, spec: PatternSpec, m: Match, triggers: list[Trigger],
                   timers: list[int], suppressed: list[tuple[str, str]]) -> None:
         info = ps.anchors.pop(anchor_key(spec.name, m.anchor_event_id), None)
-        session, cart = (info.session_start_ms, info.cart) if info is not None else (0, None)
+        session, cart = (info.session_start_ms, info.cart_doc()) if info is not None else (0, None)
         if spec.include_cart:
             user.last_abandon_ms = max(user.last_abandon_ms or m.deadline_ms, m.deadline_ms)
         escalation = self._escalation_of.get(spec.name)

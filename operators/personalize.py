@@ -24,8 +24,8 @@ and pattern releases.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from operators.events import Event, Rejection
 from operators.model_scoring import Example, ModelRules, ModelStep, ServedModels
@@ -49,11 +49,11 @@ class Step:
     write_profile: bool = False             # the profile changed: queue a Redis write of this version
     erase: bool = False                     # erasure: delete the user's Redis profile and memberships first
     dead_letter: Rejection | None = None    # the event was refused (late); the state is unchanged
-    examples: list[Example] = field(default_factory=list)
-    triggers: list[Trigger] = field(default_factory=list)
-    timers: list[int] = field(default_factory=list)                    # event times to be woken at
-    suppressed: list[tuple[str, str]] = field(default_factory=list)    # (pattern, reason)
-    bot_flagged: bool = False               # the user became a bot at this step
+    examples: Sequence[Example] = ()
+    triggers: Sequence[Trigger] = ()
+    timers: Sequence[int] = ()                       # event times to be woken at
+    suppressed: Sequence[tuple[str, str]] = ()       # (pattern, reason)
+    bot_flagged: bool = False                        # the user became a bot at this step
 
 
 class Personalizer:

@@ -37,7 +37,7 @@ from state.journey import JourneyFacts, journey_stage
 from state.keys import PROFILE_SCHEMA_VERSION
 from state.rfm import RfmThresholds, rfm_score
 from state.user_state import CartItem, UserState
-from state.windows import MEASURES, WindowSpec, measures_of
+from state.windows import MEASURES, ZERO, WindowSpec, add_into, measures_of
 
 MIN = 60_000
 HOUR_MS = 60 * MIN
@@ -79,14 +79,21 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules) -> U
     s.totals[kind] = s.totals.get(kind, 0) + 1
 
     values = measures_of(kind, p)
-    if values is not None:
-        windows = s.windows
-        for name, spec in WINDOWS.items():
-            buckets = windows.get(name)
-            if buckets is None:
-                buckets = windows[name] = {}
-            spec.add(buckets, t, values, now_ms=now)
-            spec.evict(buckets, now)
+    windows, sums = s.windows, s.window_sums
+    for name, spec in WINDOWS.items():
+        buckets = windows.get(name)
+        if buckets is None:
+            if values is None:
+                continue
+            buckets = windows[name] = {}
+        total = sums.get(name)
+        if total is None:
+            total = sums[name] = list(spec.totals(buckets, now))
+        if values is not None and spec.add(buckets, t, values, now_ms=now):
+            add_into(total, values)
+        # Every event moves "now": buckets that left the window leave the sums too.
+        for gone in spec.evict(buckets, now):
+            add_into(total, gone, -1)
 
     if s.sessions.observe(t, rules.session_gap_ms, rules.recent_sessions):
         s.session_product_views = s.session_product_dwell_ms = 0
@@ -193,9 +200,8 @@ def stage(s: UserState, rules: ProfileRules) -> str:
 
 # ----------------------------------------------------------------------------- the view
 def _windows(v: ProfileView) -> dict[str, dict[str, int]]:
-    now, windows = v.state.newest_event_ms, v.state.windows
-    return {name: dict(zip(MEASURES, spec.totals(windows.get(name, {}), now), strict=True))
-            for name, spec in WINDOWS.items()}
+    sums = v.state.window_sums
+    return {name: dict(zip(MEASURES, sums.get(name, ZERO), strict=True)) for name in WINDOWS}
 
 
 def _rfm(v: ProfileView) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from operators.events import EVENT_TYPES, Event, Rejection, SourceRef
+from operators.events import EVENT_TYPES, Event, Rejection
 
 DEVICES = frozenset({"mobile", "desktop", "tablet"})
 PAGE_TYPES = frozenset({"home", "category", "product", "search_results", "cart", "checkout", "other"})
@@ -51,11 +51,8 @@ class _Invalid(Exception):
         self.rejection = Rejection(reason, detail, field)
 
 
-def parse_event(raw: bytes, source: SourceRef | None = None) -> Event | Rejection:
-    """Turn raw record bytes into an ``Event``, or a ``Rejection`` saying what is wrong and where.
-
-    With ``source``, the event keeps its raw bytes and provenance for a later dead-letter decision.
-    """
+def parse_event(raw: bytes) -> Event | Rejection:
+    """Turn raw record bytes into an ``Event``, or a ``Rejection`` saying what is wrong and where."""
     try:
         doc = orjson.loads(raw)   # the fast path: valid UTF-8 JSON in C
     except orjson.JSONDecodeError:
@@ -72,12 +69,12 @@ def parse_event(raw: bytes, source: SourceRef | None = None) -> Event | Rejectio
     if not isinstance(doc, dict):
         return Rejection("not_an_object", f"top level is {type(doc).__name__}, expected an object")
     try:
-        return _event(doc, raw if source is not None else None, source)
+        return _event(doc)
     except _Invalid as e:
         return e.rejection
 
 
-def _event(doc: dict[str, Any], raw: bytes | None, source: SourceRef | None) -> Event:
+def _event(doc: dict[str, Any]) -> Event:
     version = _required(doc, "schema_version", "")
     if type(version) is not int or version != 1:
         raise _Invalid("unsupported_schema_version", "schema_version", f"schema_version {version!r} is not 1")
@@ -94,7 +91,7 @@ def _event(doc: dict[str, Any], raw: bytes | None, source: SourceRef | None) -> 
     if not isinstance(payload_doc, dict):
         raise _Invalid("wrong_type", "payload", "payload must be an object")
     payload = _PAYLOADS[event_type](payload_doc)
-    return Event(event_id, event_type, user_id, event_time_ms, session_id, context, payload, raw, source)
+    return Event(event_id, event_type, user_id, event_time_ms, session_id, context, payload)
 
 
 def parse_time_ms(text: str, field: str = "event_time") -> int:

@@ -53,10 +53,18 @@ class GateState(msgspec.Struct, omit_defaults=True, rename={"marketing_consent":
 
 
 class AnchorInfo(msgspec.Struct, frozen=True, array_like=True):
-    """What a trigger needs from the moment its anchor happened: the session and the cart."""
+    """What a trigger needs from the moment its anchor happened: the session and the cart, as rows of
+    (product id, category, price in minor units, quantity), and its currency."""
 
     session_start_ms: int
-    cart: dict[str, Any] | None
+    cart: list[tuple[str, str, int, int]]
+    currency: str | None = None
+
+    def cart_doc(self) -> dict[str, Any]:
+        """The trigger's ``cart`` (schemas/trigger.v1.json)."""
+        items = [{"product_id": p, "category": c, "price_minor": price, "quantity": q} for p, c, price, q in self.cart]
+        return {"items": items, "value_minor": sum(i["price_minor"] * i["quantity"] for i in items),
+                "currency": self.currency}
 
 
 def anchor_key(pattern: str, anchor_event_id: str) -> str:

@@ -38,7 +38,7 @@ class CartItem(msgspec.Struct, frozen=True, array_like=True):
 
 
 class UserState(msgspec.Struct, omit_defaults=True,
-                rename={"version": "v", "newest_event_ms": "t", "totals": "n", "windows": "w", "sessions": "s",
+                rename={"version": "v", "newest_event_ms": "t", "totals": "n", "windows": "w", "window_sums": "ws", "sessions": "s",
                         "session_product_views": "pv", "session_product_dwell_ms": "pd", "session_starts": "ss",
                         "rfm": "r", "affinities": "a", "device_counts": "dc", "last_device": "ld", "country": "c",
                         "timezone": "tz", "demographics": "d", "marketing_consent": "mc", "consent_log": "cl",
@@ -48,6 +48,9 @@ class UserState(msgspec.Struct, omit_defaults=True,
     newest_event_ms: int = 0
     totals: dict[str, int] = {}
     windows: dict[str, dict[int, list[int]]] = {}      # window name -> bucket start -> measures
+    # The sum of each window's buckets, kept as they change: read at every decision point and profile write,
+    # it would otherwise be summed over up to 24 buckets each time.
+    window_sums: dict[str, list[int]] = {}
     sessions: Sessions = msgspec.field(default_factory=Sessions)
     session_product_views: int = 0
     session_product_dwell_ms: int = 0
