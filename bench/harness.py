@@ -36,13 +36,13 @@ from confluent_kafka import Consumer, Producer
 
 from bench.live_events import LiveTraffic
 from bench.replay import Replay
+from operators.personalize import Step
 from persona.generator.shoppers import generate
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
 from persona.stack.topics import ensure_topics
-from operators.personalize import Step
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 

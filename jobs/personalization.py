@@ -23,8 +23,7 @@ import redis
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext, TimeDomain
-from pyflink.datastream import DataStream
+from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext, TimeDomain
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging

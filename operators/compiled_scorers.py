@@ -60,23 +60,8 @@ class CompiledHalfSpaceTrees:
 
     @classmethod
     def of(cls, model: Any) -> CompiledHalfSpaceTrees:
-        trees = []
-        for root in model.trees:
-            nodes: list[tuple[str, float, float, int, int]] = []
-
-            def add(node: Any) -> int:
-                index = len(nodes)
-                nodes.append(("", 0.0, 0.0, -1, -1))
-                if hasattr(node, "children"):
-                    left, right = add(node.children[0]), add(node.children[1])
-                    nodes[index] = (node.feature, node.threshold, node.r_mass, left, right)
-                else:
-                    nodes[index] = ("", 0.0, node.r_mass, -1, -1)
-                return index
-
-            add(root)
-            trees.append(tuple(nodes))
-        return cls(tuple(trees), model.size_limit, model._max_score, model._first_window)
+        return cls(tuple(_flatten(root) for root in model.trees), model.size_limit, model._max_score,
+                   model._first_window)
 
     def score_one(self, x: dict[str, float]) -> float:
         if self.first_window:
@@ -94,3 +79,21 @@ class CompiledHalfSpaceTrees:
                 weight *= 2
         score /= self.max_score
         return 1 - score
+
+
+def _flatten(root: Any) -> tuple[tuple[str, float, float, int, int], ...]:
+    """A tree as a flat tuple of nodes, children after their parent: (feature, threshold, r_mass, left, right)."""
+    nodes: list[tuple[str, float, float, int, int]] = []
+
+    def add(node: Any) -> int:
+        index = len(nodes)
+        nodes.append(("", 0.0, 0.0, -1, -1))
+        if hasattr(node, "children"):
+            left, right = add(node.children[0]), add(node.children[1])
+            nodes[index] = (node.feature, node.threshold, node.r_mass, left, right)
+        else:
+            nodes[index] = ("", 0.0, node.r_mass, -1, -1)
+        return index
+
+    add(root)
+    return tuple(nodes)

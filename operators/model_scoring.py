@@ -15,11 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from operators.compiled_scorers import CompiledHalfSpaceTrees, CompiledKMeans
 from operators.events import Event
 from operators.label_join import LabelJoin, LabelledExample
-from operators.compiled_scorers import CompiledHalfSpaceTrees, CompiledKMeans
-from operators.model_features import (BOT_LIMITS, SEGMENT_FEATURES, propensity_features, segment_features,
-                                      session_rate_features)
+from operators.model_features import (
+    BOT_LIMITS,
+    SEGMENT_FEATURES,
+    propensity_features,
+    segment_features,
+    session_rate_features,
+)
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
 from state.model_registry import kept_record
 from state.model_state import ModelOutputs
@@ -240,5 +245,5 @@ class ModelStep:
         if out.bot:
             out.labels.pending.clear()   # a bot's examples never reach training
             # Nor does a bot stay in a segment set that campaigns target (it may have had one before the flag).
-            out.segment = out.segment_version = None
+            out.segment, out.segment_version = None, 0
         out.session_rate = tuple(rate.values())

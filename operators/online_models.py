@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import math
 import pickle
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,8 @@ def new_model(name: str, seed: int, segments: int = 5) -> Any:
         return (compose.Select(*SEGMENT_FEATURES) | preprocessing.StandardScaler()
                 | cluster.KMeans(n_clusters=segments, halflife=0.1, sigma=1.0, seed=seed))
     if name == "bots":
-        return anomaly.HalfSpaceTrees(n_trees=15, height=6, window_size=200, limits=dict(BOT_LIMITS), seed=seed)
+        limits: dict[Hashable, tuple[float, float]] = {k: v for k, v in BOT_LIMITS.items()}
+        return anomaly.HalfSpaceTrees(n_trees=15, height=6, window_size=200, limits=limits, seed=seed)
     raise ValueError(f"unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")
 
 
@@ -110,10 +112,10 @@ class ModelTrainer:
     def new(cls, name: str, seed: int = 42, segments: int = 5) -> ModelTrainer:
         meters: dict[str, Any]
         if name == "propensity":
-            meters = {"roc_auc": HistogramAUC(), "log_loss": metrics.LogLoss(),
+            meters = {"roc_auc": HistogramAUC(), "log_loss": metrics.LogLoss(),  # type: ignore[no-untyped-call]  # River's metrics are unannotated
                       "roc_auc_recent": HistogramAUC(half_life=1000)}
         elif name == "segments":
-            meters = {"silhouette": metrics.Silhouette()}
+            meters = {"silhouette": metrics.Silhouette()}  # type: ignore[no-untyped-call]  # unannotated in River
         else:
             meters = {}
         return cls(name, new_model(name, seed, segments), meters=meters)
@@ -183,9 +185,9 @@ class CompiledLogistic:
     def score(self, x: tuple[Any, ...]) -> float:
         """P(purchase within the label window) for a packed feature tuple."""
         z = self.intercept
-        for xi, (mean, inv_std, w) in zip(x, self.numeric):
+        for xi, (mean, inv_std, w) in zip(x, self.numeric, strict=False):   # x: numeric, then categorical
             z += w * (xi - mean) * inv_std
         weights = self.one_hot_weights
-        for name, value in zip(self.names, x[N_NUMERIC:]):
+        for name, value in zip(self.names, x[N_NUMERIC:], strict=True):
             z += weights.get(f"{name}_{value}", 0.0)
         return sigmoid(z)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from operators.config_files import ConfigError, read_yaml
 from operators.events import EVENT_TYPES, Event
 from operators.profile_fold import PROFILE_FIELD_NAMES, WINDOWS
 from state.windows import MEASURES
-from operators.config_files import ConfigError, read_yaml
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
@@ -122,7 +122,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def _only(doc: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted((str(k) for k in set(doc) - allowed))
+    unknown = sorted(str(k) for k in set(doc) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown field {str(unknown[0])!r} (allowed: {', '.join(sorted(allowed))})")
 

@@ -270,7 +270,9 @@ class ProfileView(Mapping[str, Any]):
     __slots__ = ("user_id", "state", "rules", "_cache")
 
     def __init__(self, user_id: str, state: UserState, rules: ProfileRules) -> None:
-        self.user_id, self.state, self.rules = user_id, state, rules
+        self.user_id: str = user_id
+        self.state: UserState = state
+        self.rules: ProfileRules = rules
         self._cache: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:

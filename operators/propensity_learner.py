@@ -1,6 +1,6 @@
 """Purchase propensity: River's online logistic regression, computed over flat numbers.
 
-The reference is River's pipeline (``river_reference`` below)::
+The reference is River's pipeline (``tests/unit/test_propensity_learner.py`` builds it)::
 
     (Select(numeric) | StandardScaler()) + (Select(categorical) | OneHotEncoder())
         | LogisticRegression(optimizer=SGD(lr), l2=l2)
@@ -78,13 +78,13 @@ class PropensityLearner:
 
     def _scaled(self, x: tuple[float, ...]) -> list[float]:
         out = []
-        for xi, m, v in zip(x, self.means, self.variances):
+        for xi, m, v in zip(x, self.means, self.variances, strict=True):
             sd = v ** 0.5
             out.append((xi - m) / sd if sd else 0.0)
         return out
 
     def _keys(self, cats: tuple[str, ...]) -> list[str]:
-        return [f"{name}_{value}" for name, value in zip(self.names, cats)]
+        return [f"{name}_{value}" for name, value in zip(self.names, cats, strict=True)]
 
     def learn(self, x: tuple[float, ...], cats: tuple[str, ...], label: bool) -> None:
         # 1. The scaler learns, then scales (River's pipeline order for unsupervised steps).
@@ -105,7 +105,7 @@ class PropensityLearner:
                 weights[k] = 0.0
         # 3. Gradient at the current weights, then the intercept and the SGD steps.
         raw = self.intercept
-        for zi, wi in zip(z, self.weights):
+        for zi, wi in zip(z, self.weights, strict=True):
             raw += wi * zi
         for k in keys:
             raw += weights[k]
@@ -122,7 +122,7 @@ class PropensityLearner:
     def predict(self, x: tuple[float, ...], cats: tuple[str, ...]) -> float:
         """P(label) with the current weights (no learning)."""
         raw = self.intercept
-        for zi, wi in zip(self._scaled(x), self.weights):
+        for zi, wi in zip(self._scaled(x), self.weights, strict=True):
             raw += wi * zi
         weights = self.categories
         for k in self._keys(cats):
@@ -141,12 +141,3 @@ class PropensityLearner:
                    [float(v) for v in doc["means"]], [float(v) for v in doc["variances"]],
                    [float(v) for v in doc["weights"]], {str(k): float(v) for k, v in doc["categories"].items()},
                    float(doc["intercept"]), tuple(str(n) for n in doc["names"]))
-
-
-def river_reference(numeric: tuple[str, ...], categorical: tuple[str, ...], lr: float = 0.005, l2: float = 1e-4) -> Any:
-    """The River pipeline this learner reproduces (tests compare the two)."""
-    from river import compose, linear_model, optim, preprocessing
-
-    num = compose.Select(*numeric) | preprocessing.StandardScaler()
-    cat = compose.Select(*categorical) | preprocessing.OneHotEncoder()
-    return (num + cat) | linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2)

@@ -12,8 +12,13 @@ from pathlib import Path
 import redis
 
 from bench.layouts import parse_layout
-from persona.settings import (ConfigError, load_generator_settings, load_job_settings, load_stack_settings,
-                              parse_overrides)
+from persona.settings import (
+    ConfigError,
+    load_generator_settings,
+    load_job_settings,
+    load_stack_settings,
+    parse_overrides,
+)
 from persona.stack.procs import StackError
 
 

@@ -21,7 +21,7 @@ import msgspec
 
 
 def _decay(score: float, dt_ms: int, half_life_ms: int) -> float:
-    return score * 2.0 ** (-dt_ms / half_life_ms)
+    return score * float(2.0 ** (-dt_ms / half_life_ms))
 
 
 class Affinities(msgspec.Struct, omit_defaults=True, rename={"entries": "e"}):

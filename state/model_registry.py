@@ -9,7 +9,7 @@ a kept version as a pin.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -25,7 +25,8 @@ def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any]
         "version": version, "model_schema": record["model_schema"], "examples": record["examples"],
         "created_at": record["created_at"], "metrics": json.dumps(record["metrics"], sort_keys=True)})
     pipe.execute()
-    old = client.zrange(keys.model_versions(name), 0, -keep - 1)
+    # redis-py types every reply as "awaitable or value" (one API for sync and async clients): these are sync.
+    old = cast(list[bytes], client.zrange(keys.model_versions(name), 0, -keep - 1))
     if old:
         pipe = client.pipeline(transaction=True)
         for v in old:
@@ -37,18 +38,18 @@ def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any]
 def model_info(client: redis.Redis, keys: RedisKeys, name: str) -> dict[str, Any] | None:
     """The newest snapshot's description (metrics decoded), or None if the model never published."""
     raw = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-           for k, v in client.hgetall(keys.model(name)).items()}
+           for k, v in cast(dict[bytes, bytes], client.hgetall(keys.model(name))).items()}
     if not raw:
         return None
     out: dict[str, Any] = {k: int(v) for k, v in raw.items() if k in ("version", "model_schema", "examples", "created_at")}
     out["metrics"] = json.loads(raw.get("metrics", "{}"))
     out["pinned"] = int(raw["pinned"]) if raw.get("pinned") else None
-    out["versions"] = [int(v) for v in client.zrange(keys.model_versions(name), 0, -1)]
+    out["versions"] = [int(v) for v in cast(list[bytes], client.zrange(keys.model_versions(name), 0, -1))]
     return out
 
 
 def kept_record(client: redis.Redis, keys: RedisKeys, name: str, version: int) -> dict[str, Any] | None:
-    raw = client.get(keys.model_blob(name, version))
+    raw = cast(bytes | None, client.get(keys.model_blob(name, version)))
     return json.loads(raw) if raw else None
 
 
@@ -56,4 +57,4 @@ def set_pinned(client: redis.Redis, keys: RedisKeys, name: str, version: int | N
     if version is None:
         client.hdel(keys.model(name), "pinned")
     else:
-        client.hset(keys.model(name), "pinned", version)
+        client.hset(keys.model(name), "pinned", str(version))

@@ -63,8 +63,7 @@ class AnchorInfo(msgspec.Struct, frozen=True, array_like=True):
     def cart_doc(self) -> dict[str, Any]:
         """The trigger's ``cart`` (schemas/trigger.v1.json)."""
         items = [{"product_id": p, "category": c, "price_minor": price, "quantity": q} for p, c, price, q in self.cart]
-        return {"items": items, "value_minor": sum(i["price_minor"] * i["quantity"] for i in items),
-                "currency": self.currency}
+        return {"items": items, "value_minor": sum(price * q for _, _, price, q in self.cart), "currency": self.currency}
 
 
 def anchor_key(pattern: str, anchor_event_id: str) -> str:

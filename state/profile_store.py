@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -142,7 +142,7 @@ def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str
 
     This is the read API for front-ends; unknown fields are returned as text.
     """
-    raw = client.hgetall(keys.profile(user_id))
+    raw = cast(dict[bytes | str, bytes | str], client.hgetall(keys.profile(user_id)))   # a sync client's reply
     if not raw:
         return None
     out: dict[str, Any] = {}

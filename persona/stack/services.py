@@ -47,6 +47,6 @@ class LocalServices:
     def status(self) -> list[str]:
         k, r = self.kafka.running(), self.redis.running()
         return [
-            f"kafka: {'running (pid %d) on %s' % (k, self.kafka.bootstrap) if k else 'stopped'}",
-            f"redis: {'running (pid %d) at %s' % (r, self.redis.url) if r else 'stopped'}",
+            f"kafka: {f'running (pid {k}) on {self.kafka.bootstrap}' if k else 'stopped'}",
+            f"redis: {f'running (pid {r}) at {self.redis.url}' if r else 'stopped'}",
         ]

@@ -12,8 +12,8 @@ from persona.generator.shoppers import generate
 from persona.settings import FlinkClusterSettings, load_generator_settings
 from persona.stack.flink_cluster import FlinkCluster
 from persona.stack.procs import free_port, wait_until
-from state.keys import RedisKeys
 from persona.stack.topics import ensure_topics
+from state.keys import RedisKeys
 from tests.fixtures.jobs import run_bounded_job
 from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.oracle import expected_counts
@@ -85,7 +85,7 @@ def test_personalization_on_the_cluster_gives_the_minicluster_triggers(
         else:
             job_id = cluster.submit("jobs.personalization", ["--bounded", *(a for o in overrides for a in ("--set", o))],
                                     connector_jars)
-            wait_until(lambda: cluster.job_status(job_id) in ("FINISHED", "FAILED", "CANCELED"), 300,
+            wait_until(lambda job_id=job_id: cluster.job_status(job_id) in ("FINISHED", "FAILED", "CANCELED"), 300,
                        f"bounded job {job_id} to end", interval_s=1.0)
             assert cluster.job_status(job_id) == "FINISHED"
         runs[where] = sorted((t["pattern"], t["trigger_id"]) for t in read_all_json(kafka_bootstrap, out.triggers))

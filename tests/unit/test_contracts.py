@@ -8,8 +8,8 @@ import jsonschema
 
 from operators.events import Event
 from operators.pattern_engine import Trigger
-from persona.settings import ROOT
 from operators.profile_fold import ProfileRules, apply_event, profile_view, redis_fields
+from persona.settings import ROOT
 
 
 def schema(name: str) -> dict:  # type: ignore[type-arg]

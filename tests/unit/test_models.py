@@ -6,15 +6,20 @@ import math
 import pickle
 import random
 
-from operators.events import Event
-from operators.model_features import (PROPENSITY_CATEGORICAL, PROPENSITY_FEATURES, PROPENSITY_NUMERIC, propensity_features,
-                                      session_rate_features)
-from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
-from operators.online_models import MODEL_NAMES, CompiledLogistic, ModelSnapshot, ModelTrainer, restore
-from operators.personalize import Personalizer
 import yaml
 
+from operators.events import Event
+from operators.model_features import (
+    PROPENSITY_CATEGORICAL,
+    PROPENSITY_FEATURES,
+    PROPENSITY_NUMERIC,
+    propensity_features,
+    session_rate_features,
+)
+from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
+from operators.online_models import MODEL_NAMES, CompiledLogistic, ModelSnapshot, ModelTrainer, restore
 from operators.pattern_spec import compile_patterns
+from operators.personalize import Personalizer
 from operators.profile_fold import ProfileRules, ProfileView, apply_event, profile_view
 
 RULES = ProfileRules()
@@ -74,7 +79,7 @@ def test_snapshot_restore_round_trip_gives_the_same_predictions_and_continues_id
         model, b = restore(name, back.blob), pickle.loads(pickle.dumps(a))   # b: the trainer as Flink state restores it
         probe = [_x(random.Random(i), name) for i in range(20)]
         n = len(PROPENSITY_NUMERIC)
-        predict = {"propensity": lambda m, x: m.predict(x[:n], x[n:]), "segments": lambda m, x: m.predict_one(x),
+        predict = {"propensity": lambda m, x, n=n: m.predict(x[:n], x[n:]), "segments": lambda m, x: m.predict_one(x),
                    "bots": lambda m, x: m.score_one(x)}[name]
         assert [predict(model, x) for x in probe] == [predict(a.model, x) for x in probe]
         more = [_x(r, name) for _ in range(50)]

@@ -12,8 +12,8 @@ import yaml
 from operators.events import Event
 from operators.pattern_engine import PatternEngine
 from operators.pattern_spec import compile_patterns, load_patterns, parse_duration
-from persona.settings import CONF_DIR, ConfigError
 from operators.profile_fold import ProfileRules, UserState, apply_event, profile_view
+from persona.settings import CONF_DIR, ConfigError
 
 DOC = yaml.safe_load((CONF_DIR / "patterns.yaml").read_text())
 RULES = ProfileRules()

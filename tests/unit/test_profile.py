@@ -9,11 +9,11 @@ from collections import defaultdict
 import pytest
 
 from operators.events import Event
+from operators.profile_fold import ProfileRules, apply_event, is_late, profile_view, redis_fields
 from operators.validation import parse_event
 from persona.generator.shoppers import generate
 from persona.settings import load_generator_settings
 from state.journey import JourneyFacts, journey_stage
-from operators.profile_fold import ProfileRules, apply_event, is_late, profile_view, redis_fields
 
 RULES = ProfileRules()
 MIN = 60_000

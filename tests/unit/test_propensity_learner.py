@@ -6,10 +6,19 @@ import math
 import pickle
 import random
 
-from operators.propensity_learner import PropensityLearner, river_reference
+from river import compose, linear_model, optim, preprocessing
+
+from operators.propensity_learner import PropensityLearner
 
 NUMERIC = tuple(f"n{i}" for i in range(17))
 CATEGORICAL = ("device", "hour_block", "decision")
+
+
+def river_reference(numeric: tuple[str, ...], categorical: tuple[str, ...], lr: float = 0.005, l2: float = 1e-4):
+    """The River pipeline the learner reproduces."""
+    num = compose.Select(*numeric) | preprocessing.StandardScaler()
+    cat = compose.Select(*categorical) | preprocessing.OneHotEncoder()
+    return (num + cat) | linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2)
 
 
 def _examples(n: int, seed: int) -> list[tuple[tuple[float, ...], tuple[str, ...], bool]]:
@@ -27,7 +36,7 @@ def _examples(n: int, seed: int) -> list[tuple[tuple[float, ...], tuple[str, ...
 def test_weights_and_predictions_equal_rivers_after_thousands_of_examples() -> None:
     river, ours = river_reference(NUMERIC, CATEGORICAL), PropensityLearner.new(len(NUMERIC), CATEGORICAL)
     for x, cats, y in _examples(3000, seed=1):
-        river.learn_one({**dict(zip(NUMERIC, x)), **dict(zip(CATEGORICAL, cats))}, y)
+        river.learn_one({**dict(zip(NUMERIC, x, strict=True)), **dict(zip(CATEGORICAL, cats, strict=True))}, y)
         ours.learn(x, cats, y)
     lr = list(river.steps.values())[-1]
     weights = dict(lr.weights)
@@ -38,7 +47,7 @@ def test_weights_and_predictions_equal_rivers_after_thousands_of_examples() -> N
         assert math.isclose(weights[key], w, rel_tol=1e-9, abs_tol=1e-12), key
     assert math.isclose(lr.intercept, ours.intercept, rel_tol=1e-9, abs_tol=1e-12)
     for x, cats, _ in _examples(200, seed=2):
-        features = {**dict(zip(NUMERIC, x)), **dict(zip(CATEGORICAL, cats))}
+        features = {**dict(zip(NUMERIC, x, strict=True)), **dict(zip(CATEGORICAL, cats, strict=True))}
         assert math.isclose(river.predict_proba_one(features)[True], ours.predict(x, cats), rel_tol=1e-9, abs_tol=1e-12)
 
 
