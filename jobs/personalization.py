@@ -69,8 +69,9 @@ class Personalize(KeyedProcessFunction):
 
     def __init__(self, core: Personalizer, redis_url: str, key_prefix: str, profile_ttl_s: int, flush_interval_ms: int,
                  max_batch: int, state_ttl_s: int, state_cache_users: int, models_refresh_ms: int,
-                 example_batch: int = 200) -> None:
+                 models_refresh_events: int, example_batch: int = 50) -> None:
         self._example_batch = example_batch
+        self._refresh_events = models_refresh_events
         self._core = core
         self._refresh_s = models_refresh_ms / 1000
         self._cache_size = state_cache_users
@@ -92,6 +93,7 @@ class Personalize(KeyedProcessFunction):
         self._model_client = redis.Redis.from_url(url)
         self._model_keys = RedisKeys(prefix)
         self._next_refresh = 0.0
+        self._until_refresh = 0
         # Examples wait here for their trainer: one side-output record per model and batch, not per example
         # (each record costs a Java/Python crossing and a pickle). Sent when a batch fills, at the flush timer
         # (every flush_interval_ms) and when the input ends.
@@ -122,9 +124,13 @@ class Personalize(KeyedProcessFunction):
         self._cache.put(user_id, state)
 
     def _refresh_models(self) -> None:
+        # Every refresh_ms, and every refresh_every_events: in a catch-up replay one second holds hours of
+        # event time, and a model served that stale would score (and be judged on) old knowledge.
+        self._until_refresh -= 1
         now = time.monotonic()
-        if now >= self._next_refresh:
+        if now >= self._next_refresh or self._until_refresh <= 0:
             self._next_refresh = now + self._refresh_s
+            self._until_refresh = self._refresh_events
             try:
                 self._served.refresh(self._model_client, self._model_keys)
             except redis.RedisError as e:   # keep serving what we have; the next refresh retries
@@ -227,7 +233,7 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple
     personalized = (
         keyed.process(Personalize(personalizer(settings, book), r.url.get_secret_value(), r.key_prefix,
                                   r.profile_ttl_s, r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s,
-                                  settings.flink.state_cache_users, m.refresh_ms),
+                                  settings.flink.state_cache_users, m.refresh_ms, m.refresh_every_events),
                       output_type=KEYED_JSON)
         .name("personalize").uid("personalize")
     )

@@ -41,6 +41,7 @@ from state.windows import MEASURES, ZERO, WindowSpec, add_into, measures_of
 
 MIN = 60_000
 HOUR_MS = 60 * MIN
+QUARTER_MS = 15 * MIN
 DAY_MS = 24 * HOUR_MS
 WEEK_MS = 7 * DAY_MS
 WINDOWS = {"10m": WindowSpec(10 * MIN, MIN), "1h": WindowSpec(60 * MIN, 5 * MIN), "24h": WindowSpec(24 * 60 * MIN, 60 * MIN)}
@@ -170,13 +171,15 @@ def _zone(timezone: str | None) -> ZoneInfo:
 
 
 def local_hour(t_ms: int, timezone: str | None) -> int:
-    """The hour of day at ``t_ms`` in ``timezone`` (UTC when unknown). Offsets change on whole hours at
-    most once per UTC hour, so the answer is cached per zone and UTC hour.
+    """The hour of day at ``t_ms`` in ``timezone`` (UTC when unknown). Every UTC offset is a multiple of
+    15 minutes, so the answer is the same within a quarter hour of UTC and is cached per zone and quarter.
 
     >>> local_hour(1_793_653_200_000, "Europe/Berlin"), local_hour(1_793_653_200_000, "nowhere")
     (22, 21)
+    >>> [local_hour(1_793_653_200_000 + m * 60_000, "Asia/Kolkata") for m in (0, 29, 30)]   # UTC 21:00 is 02:30
+    [2, 2, 3]
     """
-    key = (timezone, t_ms // HOUR_MS)
+    key = (timezone, t_ms // QUARTER_MS)
     hour = _HOUR_CACHE.get(key)
     if hour is None:
         hour = datetime.fromtimestamp(t_ms / 1000, _zone(timezone)).hour

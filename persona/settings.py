@@ -107,6 +107,7 @@ class ModelSettings(_Strict):
     publish_every_examples: int = Field(ge=1)
     publish_interval_ms: int = Field(gt=0)
     refresh_ms: int = Field(gt=0)
+    refresh_every_events: int = Field(gt=0)
     keep_versions: int = Field(ge=1)
     segments: int = Field(ge=2, le=50)
     score_every_events: int = Field(ge=1)
