@@ -110,6 +110,7 @@ class Personalize(KeyedProcessFunction):
         self._suppressed = {r: group.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap", "bot")}
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
+        self._counts: dict[str, int] = dict.fromkeys(["valid", "late", *self._examples], 0)
 
     def _load(self, user_id: str) -> UserState | None:
         state = self._cache.get(user_id)
@@ -147,12 +148,12 @@ class Personalize(KeyedProcessFunction):
             self._rejected[event.reason].inc()
             yield DEAD_LETTERS, Row(None, self._dead_letter(raw, event, record))
             return
-        self._valid.inc()
+        self._counts["valid"] += 1
         self._refresh_models()
         now = int(time.time() * 1000)
         step = self._core.on_event(self._load(user_id), event, self._served)
         if step.dead_letter is not None:
-            self._late.inc()
+            self._counts["late"] += 1
             yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, step.dead_letter, record))
             return
         yield from self._carry_out(user_id, step, ctx, now)
@@ -161,6 +162,7 @@ class Personalize(KeyedProcessFunction):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self._flush_armed = False
             self._writer.flush()
+            self._push_counts()
             yield from self._send_examples()
             return
         user_id = ctx.get_current_key()
@@ -170,6 +172,7 @@ class Personalize(KeyedProcessFunction):
             yield from self._send_examples()
 
     def close(self) -> None:
+        self._push_counts()
         self._writer.close()
         self._model_client.close()
 
@@ -189,7 +192,7 @@ class Personalize(KeyedProcessFunction):
         if step.examples:
             self._arm_flush(ctx, now)
             for ex in step.examples:
-                self._examples[ex.model].inc()
+                self._counts[ex.model] += 1
                 self._batches.setdefault(ex.model, []).append(ex)
             self._waiting += len(step.examples)
             if self._waiting >= self._example_batch:
@@ -206,6 +209,14 @@ class Personalize(KeyedProcessFunction):
             self._writer.put(user_id, state.version, partial(self._core.profile, user_id, state, now), now)
             if self._writer.due(now):
                 self._writer.flush()
+
+    def _push_counts(self) -> None:
+        """Counts of every event go to Flink's counters at each flush: a counter's inc() is a Java call."""
+        counters = {"valid": self._valid, "late": self._late, **self._examples}
+        for name, n in self._counts.items():
+            if n:
+                counters[name].inc(n)
+        self._counts = dict.fromkeys(counters, 0)
 
     def _arm_flush(self, ctx: Any, now: int) -> None:
         """The first write or example of a batch arms a processing-time timer, so the batch goes out even if

@@ -39,6 +39,8 @@ def make_environment(flink: FlinkSettings, deployment: Deployment) -> tuple[Stre
         conf.set_string("execution.checkpointing.dir", flink.checkpoint_dir)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(flink.parallelism)
+    # A record waits at most this long in a network buffer between operators: part of every event's freshness.
+    env.set_buffer_timeout(flink.buffer_timeout_ms)
     if flink.checkpoint_interval_ms > 0:
         env.enable_checkpointing(flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     if deployment == "local":

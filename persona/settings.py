@@ -78,6 +78,7 @@ class FlinkSettings(_Strict):
     restart_attempts: int = Field(ge=0)
     state_ttl_s: int = Field(gt=0)
     state_cache_users: int = Field(ge=0)
+    buffer_timeout_ms: int = Field(ge=0)
     connector_jars_dir: str = Field(min_length=1)
 
     def connector_jars(self) -> list[Path]:
