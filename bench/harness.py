@@ -127,8 +127,9 @@ def _fast_producer(bootstrap: str) -> Producer:
                      "queue.buffering.max.messages": 1_000_000})
 
 
-def _preload(bootstrap: str, topic: str, n: int, users: int) -> tuple[dict[str, int], list[bytes], list[str]]:
-    """Generated events (valid only) -> topic: each user's final profile version, the records, the last users."""
+def _preload(bootstrap: str, topic: str | list[str], n: int, users: int) -> tuple[dict[str, int], list[bytes], list[str]]:
+    """Generated events (valid only) -> each topic: each user's final profile version, the records, the last users."""
+    topics = [topic] if isinstance(topic, str) else topic
     gen = load_generator_settings({"users": users, "seed": 7, "malformed_fraction": 0.0, "late_fraction": 0.0,
                                    "out_of_order_fraction": 0.0, "span_hours": 72})
     producer = _fast_producer(bootstrap)
@@ -139,7 +140,8 @@ def _preload(bootstrap: str, topic: str, n: int, users: int) -> tuple[dict[str, 
         ev = rec.event
         assert ev is not None
         final[ev["user_id"]] = 0 if ev["event_type"] == "erasure_request" else final.get(ev["user_id"], 0) + 1
-        producer.produce(topic, key=rec.key, value=rec.value, timestamp=rec.event_time_ms)
+        for t in topics:
+            producer.produce(t, key=rec.key, value=rec.value, timestamp=rec.event_time_ms)
         producer.poll(0)
         values.append(rec.value)
         last = [*last[-199:], ev["user_id"]]
@@ -270,7 +272,7 @@ def _state_sizes(client: redis.Redis, keys: RedisKeys, users: list[str], checkpo
 
 
 def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int, final: dict[str, int],
-             tail: list[str], rate: float, seconds: float, out: Path, extra: dict[str, str]) -> dict[str, Any]:
+             tail: list[str], plan: LivePlan, out: Path, extra: dict[str, str]) -> dict[str, Any]:
     ckpt = out / "bench-checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
@@ -288,8 +290,8 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
         _say(f"job: draining {events:,} pre-loaded events")
         drain = _drain(client, keys, final, tail, events, t_start)
         _say(f"job: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
-        live = _measure_live(bootstrap, topics, client, keys, rate, seconds, prefix + "live-",
-                             rss=lambda: _rss_mb(_group_pids(proc.pid)))
+        live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
+                             rss=lambda: _rss_mb(_group_pids(proc.pid)), name="job")
         if proc.poll() is not None:
             raise StackError(f"bench: the job exited with {proc.returncode}; see {out / 'bench-job.log'}")
         wait_until(lambda: any(ckpt.glob("*/chk-*")), 30, "a completed checkpoint")
@@ -319,26 +321,77 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _measure_live(bootstrap: str, topics: dict[str, str], client: redis.Redis, keys: RedisKeys, rate: float,
-                  seconds: float, live_prefix: str, rss: Callable[[], float]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LivePlan:
+    """The live phases every system goes through after its drain (README "Performance")."""
+
+    rate: float                  # the freshness run, with trigger delays and RSS
+    seconds: float
+    high_rate: float             # freshness at a high rate (5,000 events/s by default)
+    high_seconds: float
+    ladder: tuple[float, ...]    # rates tried in turn for the sustained rate; the first unbounded one ends it
+    step_seconds: float
+
+
+def _bounded(lat: list[float]) -> bool:
+    """Lag stays bounded: the last quarter's median is under a second and not far above the first quarter's."""
+    if not lat:
+        return False
+    q = max(len(lat) // 4, 1)
+    last = statistics.median(lat[-q:])
+    return last < 1000 and last < max(4 * statistics.median(lat[:q]), 250)
+
+
+def _freshness(bootstrap: str, topic: str, client: redis.Redis, keys: RedisKeys, rate: float, seconds: float,
+               prefix: str, settle_s: float = 0.0) -> dict[str, Any]:
+    """Live traffic at ``rate`` for ``seconds``; freshness of every 10th event. ``settle_s``: wait after sending."""
     probe = Probe(client, keys)
-    clock = TriggerClock(bootstrap, topics["triggers"], f"bench-clock-{time.time_ns()}", live_prefix)
     poller = threading.Thread(target=probe.run, daemon=True)
     poller.start()
-    _say(f"live traffic at {rate:,.0f} events/s for {seconds:.0f} s")
-    sent = _live(bootstrap, topics["events"], rate, seconds, live_prefix, probe)
-    memory = rss()
-    time.sleep(12)   # the last adds' abandonment deadlines (10 s) pass while the probe catches up
+    sent = _live(bootstrap, topic, rate, seconds, prefix, probe)
+    if settle_s:
+        time.sleep(settle_s)
     probe.stop.set()
     poller.join(70)
-    delays = clock.close()
     lat = probe.latencies
-    # Bounded lag: the last quarter's median is not far above the first quarter's.
-    q = max(len(lat) // 4, 1)
-    bounded = bool(lat) and statistics.median(lat[-q:]) < max(4 * statistics.median(lat[:q]), 1000)
-    return {"live": {"rate": rate, "seconds": seconds, "sent": sent, "freshness_ms": _percentiles(lat),
-                     "lost_samples": sent // SAMPLE_EVERY - len(lat), "lag_bounded": bounded},
-            "trigger_delay_ms": _percentiles(delays), "trigger_samples": clock.samples, "rss_mb": memory, "live_users": min(LIVE_USERS, sent)}
+    return {"rate": rate, "seconds": seconds, "sent": sent, "freshness_ms": _percentiles(lat),
+            "lost_samples": sent // SAMPLE_EVERY - len(lat), "lag_bounded": _bounded(lat)}
+
+
+def _measure_live(bootstrap: str, topics: dict[str, str], client: redis.Redis, keys: RedisKeys, plan: LivePlan,
+                  live_prefix: str, rss: Callable[[], float], name: str) -> dict[str, Any]:
+    clock = TriggerClock(bootstrap, topics["triggers"], f"bench-clock-{time.time_ns()}", live_prefix)
+    _say(f"{name}: live traffic at {plan.rate:,.0f} events/s for {plan.seconds:.0f} s")
+    # The last adds' abandonment deadlines (10 s) pass while the probe catches up.
+    live = _freshness(bootstrap, topics["events"], client, keys, plan.rate, plan.seconds, live_prefix, settle_s=12.0)
+    memory = rss()
+    delays = clock.close()
+    out: dict[str, Any] = {"live": live, "trigger_delay_ms": _percentiles(delays), "trigger_samples": clock.samples,
+                           "rss_mb": memory}
+    if plan.high_seconds:
+        _say(f"{name}: live traffic at {plan.high_rate:,.0f} events/s for {plan.high_seconds:.0f} s")
+        high = _freshness(bootstrap, topics["events"], client, keys, plan.high_rate, plan.high_seconds,
+                          live_prefix.replace("live-", "high-"))
+        out["live_high"] = high
+        out["rss_mb_high"] = rss()
+        _say(f"{name}: at {plan.high_rate:,.0f}/s freshness p99 {high['freshness_ms']['p99']} ms, "
+             f"lag bounded: {high['lag_bounded']}")
+    steps: list[dict[str, Any]] = []
+    for rate in plan.ladder:
+        step = _freshness(bootstrap, topics["events"], client, keys, rate, plan.step_seconds,
+                          live_prefix.replace("live-", f"lad{int(rate)}-"))
+        steps.append({k: step[k] for k in ("rate", "sent", "freshness_ms", "lag_bounded")})
+        _say(f"{name}: sustained-rate ladder {rate:,.0f}/s: p50 {step['freshness_ms']['p50']} ms, "
+             f"bounded: {step['lag_bounded']}")
+        if not step["lag_bounded"]:
+            break
+    bounded_rates = [s["rate"] for s in steps if s["lag_bounded"]]
+    out["sustained"] = {"events_per_s": max(bounded_rates) if bounded_rates else 0, "steps": steps,
+                        "ladder_exhausted": bool(steps) and all(s["lag_bounded"] for s in steps)}
+    # Each phase has users of its own (a prefix per phase): all of them are in the system's state.
+    phases = [live, out.get("live_high", {}), *steps]
+    out["live_users"] = sum(min(LIVE_USERS, phase.get("sent", 0)) for phase in phases)
+    return out
 
 
 class Baseline:
@@ -359,7 +412,6 @@ class Baseline:
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
         self.stop: Any = threading.Event()
-        self.last_record: Any = None   # a shared value set by the process that runs it
         self.max_out_of_orderness = settings.source.max_out_of_orderness_ms
 
     def _write(self, user: str, step: Step) -> None:
@@ -374,8 +426,6 @@ class Baseline:
         while not self.stop.is_set():
             batches = self.consumer.poll(timeout_ms=50)
             self.now = int(time.time() * 1000)
-            if batches:
-                self.last_record.value = time.time()
             for records in batches.values():
                 for rec in records:
                     self.replay.process(rec.value)
@@ -390,24 +440,22 @@ class Baseline:
 
 
 def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
-                  final: dict[str, int], tail: list[str], rate: float, seconds: float) -> dict[str, Any]:
+                  final: dict[str, int], tail: list[str], plan: LivePlan) -> dict[str, Any]:
     # Its own process, like the job: in the harness's process it would share a GIL with the probes.
     ctx = multiprocessing.get_context("spawn")
-    stop, last_record_at = ctx.Event(), ctx.Value("d", time.time())
-    proc = ctx.Process(target=_baseline_main, args=(bootstrap, redis_url, topics, prefix, stop, last_record_at),
+    stop = ctx.Event()
+    proc = ctx.Process(target=_baseline_main, args=(bootstrap, redis_url, topics, prefix, stop),
                        daemon=True)
     client = redis.Redis.from_url(redis_url)
     keys = RedisKeys(prefix)
     t_start = time.time()
     proc.start()
     try:
-        _say(f"baseline: draining {events:,} pre-loaded events (and the job's live events after them)")
+        _say(f"baseline: draining {events:,} pre-loaded events")
         drain = _drain(client, keys, final, tail, events, t_start)
         _say(f"baseline: drained at {drain['events_per_s']:,} events/s")
-        # Let it finish the job's live events still in the topic before measuring its own.
-        wait_until(lambda: time.time() - last_record_at.value > 1.0, 300, "the baseline catching up")
-        live = _measure_live(bootstrap, topics, client, keys, rate, seconds, prefix + "live-",
-                             rss=lambda: _rss_mb([proc.pid or 0]))
+        live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
+                             rss=lambda: _rss_mb([proc.pid or 0]), name="baseline")
         live.pop("live_users")
         return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
     finally:
@@ -418,11 +466,41 @@ def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix
         client.close()
 
 
-def _baseline_main(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, stop: Any,
-                   last_record_at: Any) -> None:
+def _run_peer(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
+               final: dict[str, int], tail: list[str], plan: LivePlan, out: Path) -> dict[str, Any]:
+    """The peer engine (Bytewax, bench/peer_bytewax.py) in its own process, measured like the others."""
+    try:
+        import bytewax  # noqa: F401 - only to say how to get it
+    except ImportError:
+        raise StackError("bench: the peer engine needs the bench extra: pip install -e '.[bench]' "
+                         "(./dev installs it)") from None
+    cmd = [sys.executable, "-m", "bench.peer_bytewax", "--bootstrap", bootstrap, "--redis-url", redis_url,
+           "--events-topic", topics["events"], "--triggers-topic", topics["triggers"], "--prefix", prefix,
+           "--heartbeat", str(out / "bench-peer.heartbeat")]
+    log = open(out / "bench-peer.log", "wb")
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(prefix)
+    t_start = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _say(f"peer (Bytewax): draining {events:,} pre-loaded events")
+        drain = _drain(client, keys, final, tail, events, t_start)
+        _say(f"peer (Bytewax): start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
+        live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
+                             rss=lambda: _rss_mb(_group_pids(proc.pid)), name="peer")
+        if proc.poll() is not None:
+            raise StackError(f"bench: the peer exited with {proc.returncode}; see {out / 'bench-peer.log'}")
+        live.pop("live_users")
+        return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
+    finally:
+        _stop_group(proc)
+        log.close()
+        client.close()
+
+
+def _baseline_main(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, stop: Any) -> None:
     base = Baseline(bootstrap, redis_url, topics, prefix)
     base.stop = stop
-    base.last_record = last_record_at
     base.run()
 
 
@@ -442,7 +520,11 @@ def _machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "ram_gib": round(mem_kb / 1024 / 1024, 1)}
 
 
-def run_bench(events: int, rate: float, seconds: float, out: Path, job_overrides: dict[str, str] | None = None) -> int:
+SYSTEMS = ("job", "peer", "baseline")
+NAMES = {"job": "Flink job", "peer": "peer: Bytewax", "baseline": "plain-Python baseline"}
+
+
+def run_bench(events: int, plan: LivePlan, out: Path, job_overrides: dict[str, str] | None = None) -> int:
     job_overrides = job_overrides or {}
     load_job_settings(job_overrides)   # a bad override fails here, before anything starts
     check_all()
@@ -455,33 +537,40 @@ def run_bench(events: int, rate: float, seconds: float, out: Path, job_overrides
         _say(line)
     bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
     run_id = time.strftime("%Y%m%d%H%M%S")
-    topics = {"events": f"bench-{run_id}.events", "dead_letter": f"bench-{run_id}.dlq",
-              "triggers": f"bench-{run_id}.triggers", "models": f"bench-{run_id}.models"}
-    ensure_topics(bootstrap, [topics["events"], topics["dead_letter"], topics["triggers"]], 2)
-    ensure_topics(bootstrap, [topics["models"]], 1)
+    # Each system reads its own copy of the events and gets its own live traffic: none waits for another's.
+    topics = {name: {"events": f"bench-{run_id}.{name}.events", "triggers": f"bench-{run_id}.{name}.triggers"}
+              for name in SYSTEMS}
+    topics["job"] |= {"dead_letter": f"bench-{run_id}.job.dlq", "models": f"bench-{run_id}.job.models"}
+    every = [t for name in SYSTEMS for k, t in topics[name].items() if k != "models"]
+    ensure_topics(bootstrap, every, 2)
+    ensure_topics(bootstrap, [topics["job"]["models"]], 1)
     try:
-        _say(f"pre-loading {events:,} generated events")
-        final, values, tail = _preload(bootstrap, topics["events"], events, users=max(events // 30, 100))
+        _say(f"pre-loading {events:,} generated events (one copy per system)")
+        final, values, tail = _preload(bootstrap, [topics[n]["events"] for n in SYSTEMS], events,
+                                       users=max(events // 30, 100))
         count = len(values)
-        _say("logic only: the per-event functions over the same events in this process")
+        _say("logic only: the per-event core over the same events in this process")
         logic = _logic_only(values)
         _say(f"logic only: {logic['events_per_s']:,} events/s ({logic['us_per_event']} µs per event)")
-        job = _run_job(bootstrap, redis_url, topics, f"bench:{run_id}:job:", count, final, tail, rate, seconds, out,
+        job = _run_job(bootstrap, redis_url, topics["job"], f"bench:{run_id}:job:", count, final, tail, plan, out,
                        job_overrides)
-        base_topics = {**topics, "triggers": f"bench-{run_id}.baseline-triggers"}
-        ensure_topics(bootstrap, [base_topics["triggers"]], 2)
-        baseline = _run_baseline(bootstrap, redis_url, base_topics, f"bench:{run_id}:base:", count, final, tail, rate,
-                                 seconds)
+        peer = _run_peer(bootstrap, redis_url, topics["peer"], f"bench:{run_id}:peer:", count, final, tail, plan, out)
+        baseline = _run_baseline(bootstrap, redis_url, topics["baseline"], f"bench:{run_id}:base:", count, final, tail,
+                                 plan)
+        command = (f"persona bench --events {events} --rate {plan.rate:g} --seconds {plan.seconds:g} "
+                   f"--rate-high {plan.high_rate:g} --seconds-high {plan.high_seconds:g} "
+                   f"--ladder {','.join(f'{r:g}' for r in plan.ladder)} --step-seconds {plan.step_seconds:g}"
+                   + "".join(f" --set {k}={v}" for k, v in job_overrides.items()))
         result = {"run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": _machine(),
-                  "versions": _versions(redis_url), "command": f"persona bench --events {events} --rate {rate:g} "
-                  f"--seconds {seconds:g}" + "".join(f" --set {k}={v}" for k, v in job_overrides.items()),
-                  "job_settings": job_overrides, "job": job, "baseline": baseline, "logic_only": logic,
+                  "versions": _versions(redis_url), "command": command, "job_settings": job_overrides,
+                  "job": job, "peer": peer, "baseline": baseline, "logic_only": logic,
                   "ratio_job_to_baseline_drain": round(job["drain"]["events_per_s"] / baseline["drain"]["events_per_s"], 3),
+                  "ratio_job_to_peer_drain": round(job["drain"]["events_per_s"] / peer["drain"]["events_per_s"], 3),
                   "wall_s": round(time.time() - t0, 1)}
         js = load_job_settings(job_overrides)
         result["job_mode"] = f"{js.flink.execution_mode} mode, parallelism {js.flink.parallelism}"
     finally:
-        _cleanup(services, started, bootstrap, list(topics.values()) + [f"bench-{run_id}.baseline-triggers"])
+        _cleanup(services, started, bootstrap, [t for name in SYSTEMS for t in topics[name].values()])
     write_report(out, "bench", result, markdown_table(result), plot)
     return 0
 
@@ -512,35 +601,58 @@ def _cleanup(services: LocalServices, started: tuple[bool, bool], bootstrap: str
 
 
 def markdown_table(r: dict[str, Any]) -> str:
-    j, b = r["job"], r["baseline"]
+    """The README's Performance table: one column per system, the JSON field of each row in the last column."""
+    systems = [n for n in SYSTEMS if n in r]
 
-    def row(name: str, get: Callable[[dict[str, Any]], Any], unit: str = "") -> str:
-        return f"| {name} | {get(j)}{unit} | {get(b)}{unit} |"
-    fj, fb = j["live"]["freshness_ms"], b["live"]["freshness_ms"]
+    def row(name: str, get: Callable[[dict[str, Any]], Any], field_name: str, unit: str = "") -> str:
+        cells = []
+        for n in systems:
+            try:
+                cells.append(f"{get(r[n])}{unit}")
+            except (KeyError, TypeError):
+                cells.append("n/a")
+        return f"| {name} | " + " | ".join(cells) + f" | `{field_name}` |"
+
+    def pcts(d: dict[str, Any]) -> str:
+        return " / ".join(str(d[p]) for p in ("p50", "p95", "p99"))
+
+    j = r["job"]
+    high = j.get("live_high", {}).get("rate", 0)
     lines = [
         f"Machine: {r['machine']['cores']} cores, {r['machine']['ram_gib']} GiB RAM. Versions: "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + f". Run {r['run_at']}, `{r['command']}`.",
         "",
-        f"| metric | Flink job ({r['job_mode']}, with models) | plain-Python baseline |",
-        "|---|---|---|",
-        row("drain: events/s", lambda x: f"{x['drain']['events_per_s']:,}"),
-        row("drain: events, seconds", lambda x: f"{x['drain']['events']:,} in {x['drain']['seconds']} s"),
-        row("start-up to first profile", lambda x: x["drain"]["startup_s"], " s"),
+        f"| metric | {NAMES['job']} ({r['job_mode']}, with models) | "
+        + " | ".join(NAMES[n] for n in systems[1:]) + " | JSON field (per system) |",
+        "|---|" + "---|" * len(systems) + "---|",
+        row("drain: events/s", lambda x: f"{x['drain']['events_per_s']:,}", "drain.events_per_s"),
+        row("drain: events, seconds", lambda x: f"{x['drain']['events']:,} in {x['drain']['seconds']} s", "drain.seconds"),
+        row("start-up to first profile", lambda x: x["drain"]["startup_s"], "drain.startup_s", " s"),
+        row("sustained rate (lag bounded)", lambda x: f"{x['sustained']['events_per_s']:,.0f}"
+            + ("+" if x["sustained"]["ladder_exhausted"] else ""), "sustained.events_per_s", " events/s"),
         row(f"freshness at {j['live']['rate']:,.0f} events/s: p50 / p95 / p99",
-            lambda x: " / ".join(str(x["live"]["freshness_ms"][p]) for p in ("p50", "p95", "p99")), " ms"),
-        row("lag bounded at that rate", lambda x: "yes" if x["live"]["lag_bounded"] else "no"),
+            lambda x: pcts(x["live"]["freshness_ms"]), "live.freshness_ms", " ms"),
+        row(f"freshness at {high:,.0f} events/s: p50 / p95 / p99", lambda x: pcts(x["live_high"]["freshness_ms"]),
+            "live_high.freshness_ms", " ms"),
+        row(f"lag bounded at {high:,.0f} events/s", lambda x: "yes" if x["live_high"]["lag_bounded"] else "no",
+            "live_high.lag_bounded"),
         row("trigger delay after the deadline: p50 / p99",
-            lambda x: " / ".join(str(x["trigger_delay_ms"][p]) for p in ("p50", "p99")) + f" ms (n={x['trigger_delay_ms']['n']})"),
-        row("checkpoint bytes per user", lambda x: x["state"].get("checkpoint_bytes_per_user", "n/a (no checkpoints)")),
-        row("Redis MEMORY USAGE per profile (SAMPLES 0)", lambda x: x["state"]["redis_bytes_per_profile"], " B"),
-        row("RSS during the live run", lambda x: x["rss_mb"], " MB"),
+            lambda x: " / ".join(str(x["trigger_delay_ms"][p]) for p in ("p50", "p99")) + f" ms (n={x['trigger_delay_ms']['n']})",
+            "trigger_delay_ms"),
+        row("checkpoint bytes per user", lambda x: x["state"].get("checkpoint_bytes_per_user", "n/a (no checkpoints)"),
+            "state.checkpoint_bytes_per_user"),
+        row("Redis MEMORY USAGE per profile (SAMPLES 0)", lambda x: x["state"]["redis_bytes_per_profile"],
+            "state.redis_bytes_per_profile", " B"),
+        row(f"RSS at {j['live']['rate']:,.0f} / {high:,.0f} events/s", lambda x: f"{x['rss_mb']} / {x['rss_mb_high']}",
+            "rss_mb, rss_mb_high", " MB"),
         "",
-        f"Job / baseline drain throughput: {r['ratio_job_to_baseline_drain']:.2f}. "
-        f"Freshness samples: {fj['n']:,} (job), {fb['n']:,} (baseline).",
+        f"Job / peer drain throughput: {r['ratio_job_to_peer_drain']:.2f}; job / baseline: "
+        f"{r['ratio_job_to_baseline_drain']:.2f}. The job checkpoints every 5 s; the peer and the baseline keep "
+        "their state in memory only.",
         "",
-        f"The per-event work alone (`bench/replay.py` over the same events in one process: parse, profile, models "
-        f"with training, patterns; no Kafka, Redis or Flink): {r['logic_only']['events_per_s']:,} events/s, "
-        f"{r['logic_only']['us_per_event']} µs per event.",
+        f"The per-event core alone (`bench/replay.py` over the same events in one process: parse, profile, models "
+        f"with training, patterns; no Kafka, Redis or Flink; `logic_only`): {r['logic_only']['events_per_s']:,} "
+        f"events/s, {r['logic_only']['us_per_event']} µs per event.",
         "",
     ]
     return "\n".join(lines)
@@ -550,24 +662,30 @@ def plot(r: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    j, b = r["job"], r["baseline"]
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 4))
-    names = ("Flink job", "Python baseline")
-    a1.bar([*names, "logic only"], [j["drain"]["events_per_s"], b["drain"]["events_per_s"],
-                                    r["logic_only"]["events_per_s"]], color=("tab:blue", "tab:gray", "tab:olive"))
+    systems = [n for n in SYSTEMS if n in r]
+    colors = {"job": "tab:blue", "peer": "tab:orange", "baseline": "tab:gray"}
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    a1, a2, a3, a4 = axes
+    a1.bar([NAMES[n] for n in systems] + ["core alone"],
+           [r[n]["drain"]["events_per_s"] for n in systems] + [r["logic_only"]["events_per_s"]],
+           color=[colors[n] for n in systems] + ["tab:olive"])
     a1.set_title("drain throughput (events/s)")
+    a1.tick_params(axis="x", labelrotation=15)
+    a2.bar([NAMES[n] for n in systems], [r[n]["sustained"]["events_per_s"] for n in systems],
+           color=[colors[n] for n in systems])
+    a2.set_title("sustained rate, lag bounded (events/s)")
+    a2.tick_params(axis="x", labelrotation=15)
     ps = ("p50", "p95", "p99")
-    xs = range(len(ps))
-    a2.bar([x - 0.2 for x in xs], [j["live"]["freshness_ms"][p] or 0 for p in ps], 0.4, label=names[0])
-    a2.bar([x + 0.2 for x in xs], [b["live"]["freshness_ms"][p] or 0 for p in ps], 0.4, label=names[1], color="tab:gray")
-    a2.set_xticks(list(xs), ps)
-    a2.set_title(f"freshness at {j['live']['rate']:,.0f} events/s (ms)")
-    a2.legend()
-    a3.bar([x - 0.2 for x in (0, 1)], [j["trigger_delay_ms"][p] or 0 for p in ("p50", "p99")], 0.4, label=names[0])
-    a3.bar([x + 0.2 for x in (0, 1)], [b["trigger_delay_ms"][p] or 0 for p in ("p50", "p99")], 0.4, label=names[1],
-           color="tab:gray")
-    a3.set_xticks([0, 1], ["p50", "p99"])
-    a3.set_title("trigger delay after the deadline (ms)")
+    width = 0.8 / len(systems)
+    for ax, key, title in ((a3, "live", "freshness at {:,.0f} events/s (ms)"),
+                           (a4, "live_high", "freshness at {:,.0f} events/s (ms)")):
+        for i, n in enumerate(systems):
+            ax.bar([x + (i - (len(systems) - 1) / 2) * width for x in range(3)],
+                   [r[n][key]["freshness_ms"][p] or 0 for p in ps], width, label=NAMES[n], color=colors[n])
+        ax.set_xticks(range(3), ps)
+        ax.set_title(title.format(r["job"][key]["rate"]))
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
     fig.suptitle(f"persona bench, {r['machine']['cores']} cores, {r['run_at']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

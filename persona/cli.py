@@ -80,10 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=42)
     ev.add_argument("--out", type=Path, default=Path("reports"), help="folder for the PNG and JSON (default reports/)")
 
-    bench = sub.add_parser("bench", help="benchmark the job and the plain-Python baseline on the local stack")
+    bench = sub.add_parser("bench", help="benchmark the job, a peer engine and the plain-Python baseline on the local stack")
     bench.add_argument("--events", type=int, default=40_000, help="pre-loaded events to drain (default 40000)")
     bench.add_argument("--rate", type=float, default=300.0, help="fixed rate of the freshness run, events/s (default 300)")
     bench.add_argument("--seconds", type=float, default=30.0, help="length of the freshness run (default 30)")
+    bench.add_argument("--rate-high", type=float, default=5_000.0, help="rate of the high-rate freshness run (default 5000)")
+    bench.add_argument("--seconds-high", type=float, default=10.0, help="length of the high-rate run (default 10)")
+    bench.add_argument("--ladder", type=_rates, default=(1_000.0, 2_000.0, 3_000.0, 4_000.0, 5_000.0, 6_000.0, 8_000.0,
+                                                          10_000.0, 12_000.0),
+                       help="rates tried in turn for the sustained rate, comma-separated (default 1000,...,12000)")
+    bench.add_argument("--step-seconds", type=float, default=8.0, help="length of each ladder step (default 8)")
     bench.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="job setting for the job under test, e.g. flink.execution_mode=process")
@@ -99,6 +105,17 @@ def _parser() -> argparse.ArgumentParser:
 def _positive(parser: argparse.ArgumentParser, name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         parser.error(f"{name} must be positive")
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    """``1000,2000`` -> (1000.0, 2000.0): ascending positive rates."""
+    try:
+        rates = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of rates") from None
+    if not rates or any(r <= 0 for r in rates) or list(rates) != sorted(rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: rates must be positive and ascending")
+    return rates
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,8 +173,9 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         from bench.evaluate import run_evaluation
         return run_evaluation(args.records, args.users, args.seed, args.out)
     if args.command == "bench":
-        from bench.harness import run_bench
-        return run_bench(args.events, args.rate, args.seconds, args.out, parse_overrides(args.overrides))
+        from bench.harness import LivePlan, run_bench
+        plan = LivePlan(args.rate, args.seconds, args.rate_high, args.seconds_high, args.ladder, args.step_seconds)
+        return run_bench(args.events, plan, args.out, parse_overrides(args.overrides))
     if args.command == "bench-layouts":
         from bench.layouts import run_layouts
         return run_layouts(args.layouts, *args.layout_events, args.out)

@@ -13,20 +13,25 @@ pytestmark = pytest.mark.integration
 
 
 def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
-    assert main(["bench", "--events", "3000", "--rate", "200", "--seconds", "25", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--events", "3000", "--rate", "200", "--seconds", "20", "--rate-high", "800",
+                 "--seconds-high", "4", "--ladder", "300,600", "--step-seconds", "4", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "bench.json").read_text())
-    for side in ("job", "baseline"):
+    for side in ("job", "peer", "baseline"):
         m = r[side]
         assert m["drain"]["events"] == 3000 and m["drain"]["events_per_s"] > 0
-        assert m["live"]["sent"] >= 0.9 * 200 * 25 and m["live"]["freshness_ms"]["n"] > 100
-        assert m["state"]["redis_bytes_per_profile"] > 0 and m["rss_mb"] > 0
+        assert m["live"]["sent"] >= 0.9 * 200 * 20 and m["live"]["freshness_ms"]["n"] > 100
+        assert m["live_high"]["sent"] >= 0.9 * 800 * 4 and m["live_high"]["freshness_ms"]["n"] > 100
+        steps = m["sustained"]["steps"]
+        assert [s["rate"] for s in steps][:1] == [300] and m["sustained"]["events_per_s"] in (0, 300, 600)
+        assert m["state"]["redis_bytes_per_profile"] > 0 and m["rss_mb"] > 0 and m["rss_mb_high"] > 0
         # A trigger comes after its deadline: a negative delay would mean timers fired early.
         delays = m["trigger_delay_ms"]
         assert delays["n"] > 0 and delays["p50"] > 0, delays
     assert r["job"]["state"]["checkpoint_bytes_per_user"] > 0
     assert r["logic_only"]["events"] == 3000 and r["logic_only"]["events_per_s"] > 0
     table = (tmp_path / "bench.md").read_text()
-    assert "| drain: events/s |" in table and "freshness at 200 events/s" in table and "per-event work alone" in table
+    assert "| drain: events/s |" in table and "freshness at 200 events/s" in table and "per-event core alone" in table
+    assert "freshness at 800 events/s" in table and "peer: Bytewax" in table and "`sustained.events_per_s`" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
