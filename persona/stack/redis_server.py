@@ -11,7 +11,6 @@ from persona.settings import RedisServiceSettings
 from persona.stack.prereqs import redis_server_binary
 from persona.stack.procs import StackError, port_is_free, read_pid, spawn, stop_pid, tail, wait_until
 
-
 PROFILE_LISTPACK_VALUE = 512
 
 
