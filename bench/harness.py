@@ -16,6 +16,7 @@ through the same pipelined writer, without fault tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -281,19 +282,9 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
         "source.idleness_ms=2000", f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000",
         *(f"{k}={v}" for k, v in extra.items())]
     cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
-    log = open(out / "bench-job.log", "wb")
-    t_start = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    client = redis.Redis.from_url(redis_url)
-    keys = RedisKeys(prefix)
-    try:
-        _say(f"job: draining {events:,} pre-loaded events")
-        drain = _drain(client, keys, final, tail, events, t_start)
-        _say(f"job: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
-        live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
-                             rss=lambda: _rss_mb(_group_pids(proc.pid)), name="job")
-        if proc.poll() is not None:
-            raise StackError(f"bench: the job exited with {proc.returncode}; see {out / 'bench-job.log'}")
+    with _system_process("job", cmd, out / "bench-job.log", redis_url, prefix) as (proc, client, keys):
+        drain, live = _drain_and_live("job", proc, client, keys, bootstrap, topics, events, final, tail, plan,
+                                      out / "bench-job.log")
         wait_until(lambda: any(ckpt.glob("*/chk-*")), 30, "a completed checkpoint")
         time.sleep(6)   # one more checkpoint interval, so the last one holds the live users too
         sizes = _state_sizes(client, keys, list(final), ckpt)
@@ -301,10 +292,35 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
         if "checkpoint_bytes" in sizes:
             sizes["checkpoint_bytes_per_user"] = round(sizes["checkpoint_bytes"] / users)
         return {"drain": drain, **live, "state": sizes}
+
+
+@contextlib.contextmanager
+def _system_process(name: str, cmd: list[str], log_path: Path, redis_url: str, prefix: str
+                    ) -> Iterator[tuple[subprocess.Popen[bytes], redis.Redis, RedisKeys]]:
+    """A system under test in its own process group, stopped (with its children) however the block ends."""
+    log = open(log_path, "wb")
+    client = redis.Redis.from_url(redis_url)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc, client, RedisKeys(prefix)
     finally:
         _stop_group(proc)
         log.close()
         client.close()
+
+
+def _drain_and_live(name: str, proc: subprocess.Popen[bytes], client: redis.Redis, keys: RedisKeys, bootstrap: str,
+                    topics: dict[str, str], events: int, final: dict[str, int], tail: list[str], plan: LivePlan,
+                    log_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    t_start = time.time()
+    _say(f"{name}: draining {events:,} pre-loaded events")
+    drain = _drain(client, keys, final, tail, events, t_start)
+    _say(f"{name}: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
+    live = _measure_live(bootstrap, topics, client, keys, plan, keys.prefix + "live-",
+                         rss=lambda: _rss_mb(_group_pids(proc.pid)), name=name)
+    if proc.poll() is not None:
+        raise StackError(f"bench: the {name} exited with {proc.returncode}; see {log_path}")
+    return drain, live
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -477,25 +493,11 @@ def _run_peer(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: st
     cmd = [sys.executable, "-m", "bench.peer_bytewax", "--bootstrap", bootstrap, "--redis-url", redis_url,
            "--events-topic", topics["events"], "--triggers-topic", topics["triggers"], "--prefix", prefix,
            "--heartbeat", str(out / "bench-peer.heartbeat")]
-    log = open(out / "bench-peer.log", "wb")
-    client = redis.Redis.from_url(redis_url)
-    keys = RedisKeys(prefix)
-    t_start = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _say(f"peer (Bytewax): draining {events:,} pre-loaded events")
-        drain = _drain(client, keys, final, tail, events, t_start)
-        _say(f"peer (Bytewax): start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
-        live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
-                             rss=lambda: _rss_mb(_group_pids(proc.pid)), name="peer")
-        if proc.poll() is not None:
-            raise StackError(f"bench: the peer exited with {proc.returncode}; see {out / 'bench-peer.log'}")
+    with _system_process("peer", cmd, out / "bench-peer.log", redis_url, prefix) as (proc, client, keys):
+        drain, live = _drain_and_live("peer (Bytewax)", proc, client, keys, bootstrap, topics, events, final, tail,
+                                      plan, out / "bench-peer.log")
         live.pop("live_users")
         return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
-    finally:
-        _stop_group(proc)
-        log.close()
-        client.close()
 
 
 def _baseline_main(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, stop: Any) -> None:

@@ -6,6 +6,8 @@ bytes together with its topic, partition, offset and timestamp, which dead-lette
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pyflink.common import Types
 from pyflink.datastream import DataStream, KeyedStream
 from pyflink.java_gateway import get_gateway
@@ -14,6 +16,13 @@ from pyflink.table import StreamTableEnvironment
 from persona.settings import KafkaSettings, SourceSettings
 
 _STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "committed": "group-offsets"}
+
+
+def kafka_timestamp_ms(ts: str | None) -> int | None:
+    """The record timestamp as the source query gives it ('2026-11-23 00:11:21.123', UTC) -> epoch ms."""
+    if not ts:
+        return None
+    return int(datetime.fromisoformat(ts).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _quote(value: str) -> str:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, OutputTag, ProcessFunction
 
+from jobs.kafka_io import kafka_timestamp_ms
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, SourceRef
 from operators.validation import parse_event
 
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
-
-
-def _epoch_ms(ts: str | None) -> int | None:
-    """'2026-11-23 00:11:21.123' (UTC, from the source query) -> epoch ms."""
-    if not ts:
-        return None
-    return int(datetime.fromisoformat(ts).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 class ParseEvents(ProcessFunction):
@@ -40,7 +33,7 @@ class ParseEvents(ProcessFunction):
             yield out
             return
         self._rejected[out.reason].inc()
-        source = SourceRef(row[1], row[2], row[3], _epoch_ms(row[4]))
+        source = SourceRef(row[1], row[2], row[3], kafka_timestamp_ms(row[4]))
         yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, int(time.time() * 1000)))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -27,7 +26,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, Ou
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging
-from jobs.kafka_io import keyed_json_sink, keyed_raw_events
+from jobs.kafka_io import kafka_timestamp_ms, keyed_json_sink, keyed_raw_events
 from jobs.model_training import TrainModels, example_key
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
@@ -49,13 +48,6 @@ KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 END_OF_INPUT = 2**63 - 1   # the watermark at the end of a bounded input
-
-
-def _epoch_ms(ts: str | None) -> int | None:
-    """'2026-11-23 00:11:21.123' (UTC, from the source query) -> epoch ms."""
-    if not ts:
-        return None
-    return int(datetime.fromisoformat(ts).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 class Personalize(KeyedProcessFunction):
@@ -234,7 +226,7 @@ class Personalize(KeyedProcessFunction):
 
     @staticmethod
     def _dead_letter(raw: bytes, rejection: Rejection, record: Row) -> str:
-        source = SourceRef(record[1], record[2], record[3], _epoch_ms(record[4]))
+        source = SourceRef(record[1], record[2], record[3], kafka_timestamp_ms(record[4]))
         return dead_letter_record(raw, rejection, source, int(time.time() * 1000))
 
 
