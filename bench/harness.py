@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import redis
 from confluent_kafka import Consumer, Producer
 
 from bench.live_events import LiveTraffic
-from bench.replay import Replay
+from bench.replay import Replay, write_step
 from operators.personalize import Step
 from persona.generator.shoppers import generate
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
@@ -431,12 +430,7 @@ class Baseline:
         self.max_out_of_orderness = settings.source.max_out_of_orderness_ms
 
     def _write(self, user: str, step: Step) -> None:
-        """The same Redis writes as the job's: erasures, and profiles encoded at the flush."""
-        if step.erase:
-            self.writer.erase(user, self.now)
-        if step.write_profile and step.state is not None:
-            self.writer.put(user, step.state.version, partial(self.replay.core.profile, user, step.state, self.now),
-                            self.now)
+        write_step(self.writer, self.replay.core, user, step, self.now)
 
     def run(self) -> None:
         while not self.stop.is_set():

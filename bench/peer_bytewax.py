@@ -18,7 +18,6 @@ import argparse
 import bisect
 import time
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
+from bench.replay import InlineModels, write_step
 from operators.events import Event
-from operators.model_scoring import Example, ServedModels
-from operators.online_models import MODEL_NAMES, ModelTrainer
 from operators.personalize import Step
 from operators.validation import parse_event
 from persona.rules import personalizer
@@ -53,9 +51,8 @@ class _Runtime:
         settings = load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000})
         self.settings = settings
         self.core = personalizer(settings)
-        self.served = ServedModels()
-        m = settings.models
-        self.trainers = {n: ModelTrainer.new(n, m.seed, m.segments) for n in MODEL_NAMES}
+        self.models = InlineModels(settings)
+        self.served = self.models.served
         r = settings.redis
         self.writer = ProfileWriter.from_url(redis_url, RedisKeys(prefix), r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.core.memberships_known)
@@ -71,14 +68,10 @@ class _Runtime:
         return max(self.watermark, idle)
 
     def carry_out(self, user: str, step: Step, now: int) -> None:
-        if step.erase:
-            self.writer.erase(user, now)
         for trigger in step.triggers:
             self.producer.produce(self.triggers_topic, key=user.encode(), value=trigger.to_json().encode())
-        if step.examples:
-            self._learn(step.examples)
-        if step.write_profile and step.state is not None:
-            self.writer.put(user, step.state.version, partial(self.core.profile, user, step.state, now), now)
+        self.models.learn(step.examples)
+        write_step(self.writer, self.core, user, step, now)
 
     def after(self) -> None:
         """Flush the write batch when it is due; tell the harness this worker is alive and where it is."""
@@ -89,15 +82,6 @@ class _Runtime:
         if now - self._beat_at > 0.5:
             self._beat_at = now
             self.heartbeat.write_text(f"{now}\n")
-
-    def _learn(self, examples: Any) -> None:
-        every = self.settings.models.publish_every_examples
-        for ex in examples:
-            assert isinstance(ex, Example)
-            t = self.trainers[ex.model]
-            t.learn(ex.x, ex.label, ex.score, ex.previous)
-            if t.since_snapshot >= every:
-                self.served.apply(t.snapshot(0).to_record())
 
 
 RUNTIME: _Runtime | None = None

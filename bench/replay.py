@@ -10,18 +10,46 @@ trainer does.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from operators.events import Event
 from operators.model_scoring import Example, ServedModels
 from operators.online_models import MODEL_NAMES, ModelTrainer
 from operators.pattern_engine import Trigger
-from operators.personalize import Step
+from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
 from persona.rules import personalizer
 from persona.settings import JobSettings
+from state.profile_store import ProfileWriter
 from state.user_state import UserState
+
+
+class InlineModels:
+    """Trainers that learn each example as it comes and "publish" to the served models every
+    ``models.publish_every_examples`` examples, as the job's trainer does (in one process, no Flink)."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        m = settings.models
+        self.every = m.publish_every_examples
+        self.served = ServedModels()
+        self.trainers = {n: ModelTrainer.new(n, m.seed, m.segments) for n in MODEL_NAMES}
+
+    def learn(self, examples: Iterable[Example]) -> None:
+        for ex in examples:
+            t = self.trainers[ex.model]
+            t.learn(ex.x, ex.label, ex.score, ex.previous)
+            if t.since_snapshot >= self.every:
+                self.served.apply(t.snapshot(0).to_record())
+
+
+def write_step(writer: ProfileWriter, core: Personalizer, user: str, step: Step, now_ms: int) -> None:
+    """The job's Redis writes for one step: an erasure first, then the profile, encoded at the flush."""
+    if step.erase:
+        writer.erase(user, now_ms)
+    if step.write_profile and step.state is not None:
+        writer.put(user, step.state.version, partial(core.profile, user, step.state, now_ms), now_ms)
 
 
 @dataclass
@@ -35,9 +63,8 @@ class Replay:
 
     def __post_init__(self) -> None:
         self.core = personalizer(self.settings)
-        self.served = ServedModels()
-        m = self.settings.models
-        self.trainers = {n: ModelTrainer.new(n, m.seed, m.segments) for n in MODEL_NAMES}
+        self.models = InlineModels(self.settings)
+        self.served, self.trainers = self.models.served, self.models.trainers
         self._armed: set[tuple[int, str]] = set()   # Flink keeps one timer per (key, time); so does this loop
         self.watermark = 0
         self.triggers = 0
@@ -81,12 +108,8 @@ class Replay:
         if step.examples:
             self._learn(step.examples)
 
-    def _learn(self, examples: list[Example]) -> None:
-        every = self.settings.models.publish_every_examples
+    def _learn(self, examples: Sequence[Example]) -> None:
         for ex in examples:
             if self.on_example is not None:
                 self.on_example(ex)
-            t = self.trainers[ex.model]
-            t.learn(ex.x, ex.label, ex.score, ex.previous)
-            if t.since_snapshot >= every:
-                self.served.apply(t.snapshot(0).to_record())
+            self.models.learn((ex,))
