@@ -32,11 +32,12 @@ from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, Rejection, SourceRef
+from operators.input_limits import InputLimits
 from operators.model_scoring import Example, ExampleBatch, ServedModels
 from operators.pattern_spec import PatternBook
 from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
-from persona.rules import check_patterns, personalizer
+from persona.rules import check_patterns, input_limits, personalizer
 from persona.settings import ConfigError, JobSettings
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
@@ -61,7 +62,8 @@ class Personalize(KeyedProcessFunction):
 
     def __init__(self, core: Personalizer, redis_url: str, key_prefix: str, profile_ttl_s: int, flush_interval_ms: int,
                  max_batch: int, state_ttl_s: int, state_cache_users: int, models_refresh_ms: int,
-                 models_refresh_events: int, example_batch: int = 50) -> None:
+                 models_refresh_events: int, limits: InputLimits, example_batch: int = 50) -> None:
+        self._limits = limits
         self._example_batch = example_batch
         self._refresh_events = models_refresh_events
         self._core = core
@@ -102,6 +104,9 @@ class Personalize(KeyedProcessFunction):
         self._suppressed = {r: group.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap", "bot")}
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
+        self._duplicates = group.counter("duplicates")
+        self._timer_errors = group.counter("timer_errors")
+        self._dropped = {d: group.add_group("dropped").counter(d) for d in ("cart_item", "demographic_attribute")}
         self._counts: dict[str, int] = dict.fromkeys(["valid", "late", *self._examples], 0)
 
     def _load(self, user_id: str) -> UserState | None:
@@ -131,8 +136,19 @@ class Personalize(KeyedProcessFunction):
 
     def process_element(self, record: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         raw: bytes = record[0] if record[0] is not None else b""
-        event = parse_event(raw)
         user_id = ctx.get_current_key()
+        try:
+            yield from self._process(raw, record, user_id, ctx)
+        except Exception as e:   # noqa: BLE001 - a bug in the wiring must not stop the stream either
+            self._cache.drop(user_id)
+            log.exception("record %s/%s/%s failed; dead-lettered", record[1], record[2], record[3])
+            rejection = Rejection("processing_error", f"{type(e).__name__}: {e}"[:1000])
+            self._rejected[rejection.reason].inc()
+            yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, rejection, record))
+
+    def _process(self, raw: bytes, record: Row, user_id: str, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        now = int(time.time() * 1000)
+        event = parse_event(raw, self._limits, now)
         if isinstance(event, Event) and event.user_id != user_id:
             event = Rejection("key_mismatch", f"user_id {event.user_id!r} differs from the key read on the Java "
                               f"side ({user_id!r}); duplicate user_id fields?", "user_id")
@@ -142,12 +158,23 @@ class Personalize(KeyedProcessFunction):
             return
         self._counts["valid"] += 1
         self._refresh_models()
-        now = int(time.time() * 1000)
         step = self._core.on_event(self._load(user_id), event, self._served)
+        if step.failed:
+            self._cache.drop(user_id)
+            log.error("record %s/%s/%s: %s; dead-lettered", record[1], record[2], record[3],
+                      step.dead_letter.detail if step.dead_letter else "failed")
         if step.dead_letter is not None:
-            self._counts["late"] += 1
+            if step.dead_letter.reason == "late_event":
+                self._counts["late"] += 1
+            else:
+                self._rejected[step.dead_letter.reason].inc()
             yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, step.dead_letter, record))
             return
+        if step.duplicate:
+            self._duplicates.inc()
+            return
+        for what in step.dropped:
+            self._dropped[what].inc()
         yield from self._carry_out(user_id, step, ctx, now)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
@@ -159,6 +186,10 @@ class Personalize(KeyedProcessFunction):
             return
         user_id = ctx.get_current_key()
         step = self._core.on_timer(self._load(user_id), user_id, timestamp)
+        if step.failed:   # no record to dead-letter: counted and logged; the user's other timers still fire
+            self._cache.drop(user_id)
+            self._timer_errors.inc()
+            log.error("timer %d of user %r failed: %s", timestamp, user_id, step.dead_letter.detail if step.dead_letter else "")
         yield from self._carry_out(user_id, step, ctx, int(time.time() * 1000))
         if ctx.timer_service().current_watermark() >= END_OF_INPUT:   # the input ended: no flush timer fires now
             yield from self._send_examples()
@@ -224,10 +255,9 @@ class Personalize(KeyedProcessFunction):
         self._batches = {}
         self._waiting = 0
 
-    @staticmethod
-    def _dead_letter(raw: bytes, rejection: Rejection, record: Row) -> str:
+    def _dead_letter(self, raw: bytes, rejection: Rejection, record: Row) -> str:
         source = SourceRef(record[1], record[2], record[3], kafka_timestamp_ms(record[4]))
-        return dead_letter_record(raw, rejection, source, int(time.time() * 1000))
+        return dead_letter_record(raw, rejection, source, int(time.time() * 1000), self._limits.dead_letter_raw_bytes)
 
 
 def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple[DataStream, DataStream, DataStream]:
@@ -236,7 +266,8 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple
     personalized = (
         keyed.process(Personalize(personalizer(settings, book), r.url.get_secret_value(), r.key_prefix,
                                   r.profile_ttl_s, r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s,
-                                  settings.flink.state_cache_users, m.refresh_ms, m.refresh_every_events),
+                                  settings.flink.state_cache_users, m.refresh_ms, m.refresh_every_events,
+                                  input_limits(settings)),
                       output_type=KEYED_JSON)
         .name("personalize").uid("personalize")
     )

@@ -51,6 +51,7 @@ class AbsencePattern:
     anchor: Predicate
     cancel: Predicate
     within_ms: int
+    max_marks: int = 128   # blockers kept per user (limits.max_pattern_marks): the newest
 
     def on_event(self, state: AbsenceState | None, event: Event) -> tuple[AbsenceState, int | None]:
         """Account one event; returns the state and a deadline to be notified at (or None)."""
@@ -68,6 +69,9 @@ class AbsencePattern:
         # Bounded memory: only blockers that a not-yet-late anchor could still meet are kept.
         st.blockers = [b for b in st.blockers if b >= t - 2 * self.within_ms]
         st.blockers.append(t)
+        if len(st.blockers) > self.max_marks:   # a click storm: the oldest marks go first
+            st.blockers.sort()
+            del st.blockers[:len(st.blockers) - self.max_marks]
         if is_anchor and not blocked:
             st.armed.append(Armed(event_id, t, t + self.within_ms))
             if len(st.armed) > 1:

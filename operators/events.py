@@ -14,6 +14,8 @@ EVENT_TYPES = frozenset({
 REJECTION_REASONS = frozenset({
     "not_utf8", "bad_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
     "unknown_event_type", "unsupported_schema_version", "late_event", "key_mismatch",
+    # Limits (README "Limits") and containment: an exception while processing one record dead-letters it.
+    "record_too_large", "too_deep", "event_time_out_of_range", "processing_error",
 })
 
 

@@ -40,11 +40,12 @@ def _cart_snapshot(state: UserState) -> dict[str, Any]:
 
 
 class PatternEngine:
-    def __init__(self, book: PatternBook) -> None:
+    def __init__(self, book: PatternBook, max_marks: int = 128) -> None:
         self.book = book
         self.gate = TriggerGate(book.gate.frequency_cap, book.gate.frequency_window_ms,
                                 book.gate.quiet_start_hour, book.gate.quiet_end_hour)
-        self._absence = {p.name: AbsencePattern(p.name, lambda e: False, lambda e: False, p.within_ms)
+        self._absence = {p.name: AbsencePattern(p.name, lambda e: False, lambda e: False, p.within_ms,
+                                                   max_marks)
                          for p in book.patterns if p.kind == "absence"}
         self._escalation_of = {p.of: p for p in book.patterns if p.kind == "escalation"}
 
@@ -66,6 +67,9 @@ class PatternEngine:
                 ps.absence[spec.name], deadline = self._absence[spec.name].observe(
                     ps.absence.get(spec.name), event.event_id, event.event_time_ms, is_anchor, is_cancel)
                 if deadline is not None:
+                    # The new anchor closed the open window it fell in: that anchor's cart goes with it (600
+                    # slow add-to-carts once kept 600 cart copies until the timers fired).
+                    self._forget_anchors(ps)
                     ps.anchors[anchor_key(spec.name, event.event_id)] = _cart_rows(user)
                     timers.append(deadline)
             elif spec.kind == "threshold":

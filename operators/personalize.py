@@ -24,6 +24,7 @@ and pattern releases.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -54,24 +55,65 @@ class Step:
     timers: Sequence[int] = ()                       # event times to be woken at
     suppressed: Sequence[tuple[str, str]] = ()       # (pattern, reason)
     bot_flagged: bool = False                        # the user became a bot at this step
+    duplicate: bool = False                          # an event id (or order id) seen before: nothing changed
+    dropped: Sequence[str] = ()                      # what a limit kept out (README "Limits"), for counting
+    failed: bool = False                             # an exception: ``state`` is None and the caller's copy may be
+                                                     # half-updated, so it reloads the last stored state
+
+
+def id_hash(text: str) -> int:
+    """A stable 64-bit hash of an id (Python's ``hash`` changes with every process), for de-duplication."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _remember(seen: list[int], h: int, keep: int) -> None:
+    seen.append(h)
+    if len(seen) > keep:
+        del seen[:len(seen) - keep]
 
 
 class Personalizer:
     def __init__(self, profile_rules: ProfileRules, model_rules: ModelRules, book: PatternBook, segments: int) -> None:
         self.rules = profile_rules
         self.models = ModelStep(model_rules)
-        self.engine = PatternEngine(book)
+        self.engine = PatternEngine(book, profile_rules.max_pattern_marks)
         self.segment_names = tuple(f"seg{i}" for i in range(segments))
         self.memberships_known = STAGES + self.segment_names   # every Redis set a user can be in
 
     def on_event(self, state: UserState | None, event: Event, served: ServedModels) -> Step:
-        if is_late(state, event, self.rules):
+        """Never raises: an exception becomes a ``processing_error`` dead letter (a bug must not stop the stream)."""
+        try:
+            return self._on_event(state, event, served)
+        except Exception as e:   # noqa: BLE001 - containment is the point; the class and message travel on
+            return _failed(e)
+
+    def on_timer(self, state: UserState | None, user_id: str, timestamp_ms: int) -> Step:
+        """The watermark reached ``timestamp_ms``: label deadlines pass, absence matches and deferred triggers release.
+
+        Never raises: a failed timer returns ``failed`` with a ``processing_error`` rejection for the caller to count.
+        """
+        try:
+            return self._on_timer(state, user_id, timestamp_ms)
+        except Exception as e:   # noqa: BLE001 - as on_event
+            return _failed(e)
+
+    def _on_event(self, state: UserState | None, event: Event, served: ServedModels) -> Step:
+        rules = self.rules
+        event_hash = id_hash(event.event_id)
+        order_hash = id_hash(event.payload["order_id"]) if event.event_type == "purchase" else None
+        if state is not None and (event_hash in state.seen_events or order_hash in state.seen_orders):
+            return Step(state, duplicate=True)
+        if is_late(state, event, rules):
             assert state is not None
             return Step(state, dead_letter=Rejection(
                 "late_event", f"event_time {event.event_time_ms} is more than {self.rules.allowed_lateness_ms} ms "
                 f"older than the user's newest event ({state.newest_event_ms})", "event_time"))
-        state = apply_event(state, event, self.rules)
-        view = ProfileView(event.user_id, state, self.rules)
+        drops: list[str] = []
+        state = apply_event(state, event, rules, drops)
+        _remember(state.seen_events, event_hash, rules.dedup_event_ids)
+        if order_hash is not None:
+            _remember(state.seen_orders, order_hash, rules.dedup_order_ids)
+        view = ProfileView(event.user_id, state, rules)
         was_bot = state.models.bot
         examples, timers = self.models.on_event(state, event, view, served)
         outcome = self.engine.on_event(state, event, view)
@@ -79,10 +121,9 @@ class Personalizer:
             timers += outcome.timers
         return Step(state, store=True, write_profile=state.version > 0, erase=event.event_type == "erasure_request",
                     examples=examples, triggers=outcome.triggers, timers=timers, suppressed=outcome.suppressed,
-                    bot_flagged=state.models.bot and not was_bot)
+                    bot_flagged=state.models.bot and not was_bot, dropped=drops)
 
-    def on_timer(self, state: UserState | None, user_id: str, timestamp_ms: int) -> Step:
-        """The watermark reached ``timestamp_ms``: label deadlines pass, absence matches and deferred triggers release."""
+    def _on_timer(self, state: UserState | None, user_id: str, timestamp_ms: int) -> Step:
         if state is None:
             return Step(None)
         version = state.version
@@ -101,3 +142,8 @@ class Personalizer:
         segment = view["segment"]
         memberships = (str(view["stage"]), str(segment)) if segment else (str(view["stage"]),)
         return redis_fields(view, now_ms), memberships
+
+
+def _failed(e: Exception) -> Step:
+    detail = f"{type(e).__name__}: {e}"
+    return Step(None, failed=True, dead_letter=Rejection("processing_error", detail[:1000]))

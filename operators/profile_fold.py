@@ -60,14 +60,25 @@ class ProfileRules:
     loyal_min_purchases: int = 3
     allowed_lateness_ms: int = 60_000
     rfm: RfmThresholds = RfmThresholds()
+    # Limits (README "Limits"): past them the oldest cart line, or an attribute, is dropped and counted.
+    max_cart_items: int = 50
+    demographic_attributes: frozenset[str] = frozenset({"age_band", "gender", "newsletter"})
+    max_attribute_chars: int = 64
+    max_pattern_marks: int = 128          # anchor and cancel times kept per absence pattern and user
+    # De-duplication: the last N event ids (and purchase order ids) per user, as 64-bit hashes.
+    dedup_event_ids: int = 16
+    dedup_order_ids: int = 8
 
 
 def is_late(state: UserState | None, event: Event, rules: ProfileRules) -> bool:
     return state is not None and state.version > 0 and event.event_time_ms < state.newest_event_ms - rules.allowed_lateness_ms
 
 
-def apply_event(state: UserState | None, event: Event, rules: ProfileRules) -> UserState:
-    """Fold one (not late) event into the state; mutates and returns it. ``erasure_request`` forgets everything."""
+def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drops: list[str] | None = None) -> UserState:
+    """Fold one (not late) event into the state; mutates and returns it. ``erasure_request`` forgets everything.
+
+    What a limit kept out is appended to ``drops`` (``cart_item``, ``demographic_attribute``) for counting.
+    """
     kind = event.event_type
     if kind == "erasure_request":
         return UserState()
@@ -127,7 +138,13 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules) -> U
     s.timezone = ctx.get("timezone", s.timezone)
 
     if kind == "add_to_cart":
-        s.cart[p["product_id"]] = CartItem(p["category"], p["price_minor"], p["quantity"], p["currency"])
+        cart = s.cart
+        product = p["product_id"]
+        if product not in cart and len(cart) >= rules.max_cart_items:
+            del cart[next(iter(cart))]   # the line added longest ago (dicts keep insertion order)
+            if drops is not None:
+                drops.append("cart_item")
+        cart[product] = CartItem(p["category"], p["price_minor"], p["quantity"], p["currency"])
         s.last_add_ms = max(s.last_add_ms or t, t)
     elif kind == "remove_from_cart":
         s.cart.pop(p["product_id"], None)
@@ -140,7 +157,12 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules) -> U
             s.consent_log = sorted([*s.consent_log, (t, "marketing" in p["granted"])])[-10:]
             s.marketing_consent = consent_at(s, now)
     elif kind == "profile_update":
-        s.demographics.update(p["attributes"])
+        allowed, longest = rules.demographic_attributes, rules.max_attribute_chars
+        for key, value in p["attributes"].items():
+            if key in allowed and not (isinstance(value, str) and len(value) > longest):
+                s.demographics[key] = value
+            elif drops is not None:
+                drops.append("demographic_attribute")
     return s
 
 

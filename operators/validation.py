@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from operators.events import EVENT_TYPES, Event, Rejection
+from operators.input_limits import InputLimits, too_deep
 
 DEVICES = frozenset({"mobile", "desktop", "tablet"})
 PAGE_TYPES = frozenset({"home", "category", "product", "search_results", "cart", "checkout", "other"})
@@ -51,8 +52,18 @@ class _Invalid(Exception):
         self.rejection = Rejection(reason, detail, field)
 
 
-def parse_event(raw: bytes) -> Event | Rejection:
-    """Turn raw record bytes into an ``Event``, or a ``Rejection`` saying what is wrong and where."""
+DEFAULT_LIMITS = InputLimits()
+
+
+def parse_event(raw: bytes, limits: InputLimits = DEFAULT_LIMITS, now_ms: int | None = None) -> Event | Rejection:
+    """Turn raw record bytes into an ``Event``, or a ``Rejection`` saying what is wrong and where.
+
+    ``now_ms`` is the wall clock at ingestion: with it, an ``event_time`` outside
+    [now - max_event_age_ms, now + max_event_future_ms] is refused (``event_time_out_of_range``). Replays
+    of recorded streams pass None.
+    """
+    if len(raw) > limits.max_record_bytes:
+        return Rejection("record_too_large", f"{len(raw)} bytes; limits.max_record_bytes is {limits.max_record_bytes}")
     try:
         doc = orjson.loads(raw)   # the fast path: valid UTF-8 JSON in C
     except orjson.JSONDecodeError:
@@ -64,17 +75,27 @@ def parse_event(raw: bytes) -> Event | Rejection:
             return Rejection("not_utf8", f"byte {e.start} is not UTF-8")
         try:
             doc = json.loads(text)
+        except RecursionError:   # nesting past the interpreter's stack: not a ValueError
+            return Rejection("too_deep", f"nested deeper than limits.max_json_depth ({limits.max_json_depth})")
         except ValueError as e:
             return Rejection("bad_json", str(e).split(":")[0])
     if not isinstance(doc, dict):
         return Rejection("not_an_object", f"top level is {type(doc).__name__}, expected an object")
+    if too_deep(raw, doc, limits):
+        return Rejection("too_deep", f"nested deeper than limits.max_json_depth ({limits.max_json_depth})")
     try:
-        return _event(doc)
+        event = _event(doc, limits)
     except _Invalid as e:
         return e.rejection
+    if now_ms is not None and not (now_ms - limits.max_event_age_ms <= event.event_time_ms
+                                   <= now_ms + limits.max_event_future_ms):
+        return Rejection("event_time_out_of_range",
+                         f"event_time {event.event_time_ms} is outside [now - {limits.max_event_age_ms}, now + "
+                         f"{limits.max_event_future_ms}] ms at ingestion (now {now_ms})", "event_time")
+    return event
 
 
-def _event(doc: dict[str, Any]) -> Event:
+def _event(doc: dict[str, Any], limits: InputLimits) -> Event:
     version = _required(doc, "schema_version", "")
     if type(version) is not int or version != 1:
         raise _Invalid("unsupported_schema_version", "schema_version", f"schema_version {version!r} is not 1")
@@ -90,7 +111,7 @@ def _event(doc: dict[str, Any]) -> Event:
     payload_doc = _required(doc, "payload", "")
     if not isinstance(payload_doc, dict):
         raise _Invalid("wrong_type", "payload", "payload must be an object")
-    payload = _PAYLOADS[event_type](payload_doc)
+    payload = _purchase(payload_doc, limits.max_purchase_items) if event_type == "purchase" else _PAYLOADS[event_type](payload_doc)
     return Event(event_id, event_type, user_id, event_time_ms, session_id, context, payload)
 
 
@@ -214,13 +235,13 @@ def _cart_change(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _purchase(p: dict[str, Any]) -> dict[str, Any]:
+def _purchase(p: dict[str, Any], max_items: int = 500) -> dict[str, Any]:
     currency = _currency(p, "payload")
     items = _required(p, "items", "payload")
     if not isinstance(items, list):
         raise _Invalid("wrong_type", "payload.items", "payload.items must be an array")
-    if not 1 <= len(items) <= 500:
-        raise _Invalid("invalid_value", "payload.items", "payload.items must have 1..500 entries")
+    if not 1 <= len(items) <= max_items:
+        raise _Invalid("invalid_value", "payload.items", f"payload.items must have 1..{max_items} entries")
     norm = []
     for i, item in enumerate(items):
         prefix = f"payload.items.{i}"
@@ -267,5 +288,5 @@ def _erasure(p: dict[str, Any]) -> dict[str, Any]:
 
 _PAYLOADS = {
     "page_view": _page_view, "search": _search, "add_to_cart": _cart_change, "remove_from_cart": _cart_change,
-    "purchase": _purchase, "consent": _consent, "profile_update": _profile_update, "erasure_request": _erasure,
+    "consent": _consent, "profile_update": _profile_update, "erasure_request": _erasure,
 }

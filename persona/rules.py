@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from operators.config_files import ConfigError
+from operators.input_limits import InputLimits
 from operators.model_scoring import ModelRules
 from operators.pattern_spec import PatternBook, load_patterns
 from operators.personalize import Personalizer
@@ -19,10 +20,20 @@ def model_rules(settings: JobSettings) -> ModelRules:
 
 
 def profile_rules(settings: JobSettings) -> ProfileRules:
-    p = settings.profile
+    p, lim = settings.profile, settings.limits
     return ProfileRules(session_gap_ms=p.session_gap_ms, recent_sessions=p.recent_sessions,
                         affinity_half_life_ms=p.affinity_half_life_ms, affinity_keep=p.affinity_keep,
-                        loyal_min_purchases=p.loyal_min_purchases, allowed_lateness_ms=p.allowed_lateness_ms)
+                        loyal_min_purchases=p.loyal_min_purchases, allowed_lateness_ms=p.allowed_lateness_ms,
+                        max_cart_items=lim.max_cart_items, demographic_attributes=frozenset(lim.demographic_attributes),
+                        max_attribute_chars=lim.max_attribute_chars, max_pattern_marks=lim.max_pattern_marks, dedup_event_ids=settings.dedup.event_ids_per_user,
+                        dedup_order_ids=settings.dedup.order_ids_per_user)
+
+
+def input_limits(settings: JobSettings) -> InputLimits:
+    lim = settings.limits
+    return InputLimits(max_record_bytes=lim.max_record_bytes, max_json_depth=lim.max_json_depth,
+                       max_purchase_items=lim.max_purchase_items, max_event_age_ms=lim.max_event_age_ms,
+                       max_event_future_ms=lim.max_event_future_ms, dead_letter_raw_bytes=lim.dead_letter_raw_bytes)
 
 
 def check_patterns(settings: JobSettings) -> PatternBook:

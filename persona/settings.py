@@ -119,6 +119,24 @@ class ModelSettings(_Strict):
     seed: int = 42
 
 
+class LimitsSettings(_Strict):
+    max_record_bytes: int = Field(ge=1024, le=16 * 1024 * 1024)
+    max_json_depth: int = Field(ge=3, le=1000)
+    max_purchase_items: int = Field(ge=1, le=500)          # the event contract allows at most 500
+    max_event_age_ms: int = Field(gt=0)
+    max_event_future_ms: int = Field(ge=0)
+    dead_letter_raw_bytes: int = Field(ge=64, le=262_144)  # the entry must stay below the producer's max.request.size
+    max_cart_items: int = Field(ge=1, le=10_000)
+    demographic_attributes: list[str] = Field(default_factory=list)
+    max_attribute_chars: int = Field(ge=1, le=4096)
+    max_pattern_marks: int = Field(ge=8, le=100_000)
+
+
+class DedupSettings(_Strict):
+    event_ids_per_user: int = Field(ge=0, le=1000)
+    order_ids_per_user: int = Field(ge=0, le=1000)
+
+
 class JobSettings(_Strict):
     kafka: KafkaSettings
     source: SourceSettings
@@ -126,6 +144,8 @@ class JobSettings(_Strict):
     flink: FlinkSettings
     profile: ProfileSettings
     models: ModelSettings
+    limits: LimitsSettings
+    dedup: DedupSettings
     patterns_file: str = Field(min_length=1)
 
 

@@ -38,3 +38,7 @@ class StateCache(Generic[V]):
         self._items[key] = value
         if len(self._items) > self._max:
             del self._items[next(iter(self._items))]
+
+    def drop(self, key: str) -> None:
+        """Forget ``key``: its next read comes from Flink (after a failed step left the cached copy half-updated)."""
+        self._items.pop(key, None)

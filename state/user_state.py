@@ -43,7 +43,7 @@ class UserState(msgspec.Struct, omit_defaults=True,
                         "rfm": "r", "affinities": "a", "device_counts": "dc", "last_device": "ld", "country": "c",
                         "timezone": "tz", "demographics": "d", "marketing_consent": "mc", "consent_log": "cl",
                         "cart": "ct", "last_purchase_ms": "lp", "last_add_ms": "la", "last_abandon_ms": "lb",
-                        "patterns": "p", "models": "m"}):
+                        "patterns": "p", "models": "m", "seen_events": "e", "seen_orders": "o"}):
     version: int = 0
     newest_event_ms: int = 0
     totals: dict[str, int] = {}
@@ -70,6 +70,9 @@ class UserState(msgspec.Struct, omit_defaults=True,
     last_abandon_ms: int | None = None
     patterns: PatternState = msgspec.field(default_factory=PatternState)
     models: ModelOutputs = msgspec.field(default_factory=ModelOutputs)
+    # De-duplication (operators/personalize.py): 64-bit hashes of the last event ids and purchase order ids.
+    seen_events: list[int] = []
+    seen_orders: list[int] = []
 
 
 _HEADER = bytes([STATE_FORMAT])

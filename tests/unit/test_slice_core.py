@@ -38,7 +38,7 @@ def test_profile_fields_follow_the_profile_schema() -> None:
 def test_dead_letter_record_follows_schema_and_keeps_bytes() -> None:
     raw = b'{"a":\xff}'
     rec = json.loads(dead_letter_record(raw, Rejection("not_utf8", "byte 5"), SourceRef("events", 1, 42, 7), 1000))
-    jsonschema.validate(rec, _schema("dead_letter.v1.json"))
+    jsonschema.validate(rec, _schema("dead_letter.v2.json"))
     assert base64.b64decode(rec["raw"]) == raw
     assert rec["source"] == {"topic": "events", "partition": 1, "offset": 42, "timestamp_ms": 7}
 
