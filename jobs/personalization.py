@@ -105,6 +105,7 @@ class Personalize(KeyedProcessFunction):
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
         self._duplicates = group.counter("duplicates")
+        self._models_refused = group.counter("models_refused")
         self._timer_errors = group.counter("timer_errors")
         self._dropped = {d: group.add_group("dropped").counter(d) for d in ("cart_item", "demographic_attribute")}
         self._counts: dict[str, int] = dict.fromkeys(["valid", "late", *self._examples], 0)
@@ -129,10 +130,14 @@ class Personalize(KeyedProcessFunction):
         if now >= self._next_refresh or self._until_refresh <= 0:
             self._next_refresh = now + self._refresh_s
             self._until_refresh = self._refresh_events
+            refused = self._served.refused
             try:
                 self._served.refresh(self._model_client, self._model_keys)
             except redis.RedisError as e:   # keep serving what we have; the next refresh retries
                 log.warning("could not refresh the served models: %s", e)
+            if self._served.refused > refused:   # a malformed snapshot in Redis: refused, the last good one serves
+                self._models_refused.inc(self._served.refused - refused)
+                log.warning("refused a model snapshot (the last good one keeps serving): %s", self._served.last_refusal)
 
     def process_element(self, record: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         raw: bytes = record[0] if record[0] is not None else b""

@@ -4,13 +4,37 @@ River's pipeline (select, scale, KMeans) and HalfSpaceTrees walk dicts and tree 
 generators: ~70 µs and ~150 µs per prediction, at every few events of every session. These classes
 are built once per served snapshot and compute the same float operations in the same order, so the
 answers are equal (``tests/unit/test_compiled_scorers.py`` checks that on learnt models).
+
+They are also what a snapshot carries (``to_numbers``/``from_numbers``): JSON numbers, checked on the way
+in, so a blob read from Redis or the models topic can never run code (River's own format is pickle).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
+
+
+class _KMeansNumbers(msgspec.Struct, forbid_unknown_fields=True):
+    scaler: list[tuple[str, float, float]]
+    centers: list[list[tuple[str, float]]]
+    p: float
+
+
+class _TreesNumbers(msgspec.Struct, forbid_unknown_fields=True):
+    trees: list[list[tuple[str, float, float, int, int]]]
+    size_limit: float
+    max_score: float
+    first_window: bool
+
+
+def _finite(*values: float) -> None:
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("a model number is not finite")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +61,26 @@ class CompiledKMeans:
         return cls(tuple((k, float(scaler.means[k]), float(scaler.vars[k] ** 0.5)) for k in keys),
                    tuple(tuple((k, float(km.centers[c][k])) for k in order[c]) for c in km.centers), km.p)
 
+    def to_numbers(self) -> bytes:
+        return msgspec.json.encode(_KMeansNumbers(list(self.scaler), [list(c) for c in self.centers], self.p))
+
+    @classmethod
+    def from_numbers(cls, blob: bytes, features: tuple[str, ...]) -> CompiledKMeans:
+        """Raises ``ValueError`` (msgspec's ``ValidationError`` is one) unless ``blob`` is a well-formed model
+        over exactly ``features``."""
+        doc = msgspec.json.decode(blob, type=_KMeansNumbers)
+        names = [k for k, _, _ in doc.scaler]
+        if sorted(names) != sorted(features) or not doc.centers or doc.p <= 0:
+            raise ValueError("segment model: features or shape differ from this job's")
+        for _, mean, std in doc.scaler:
+            _finite(mean, std)
+        for center in doc.centers:
+            if {k for k, _ in center} - set(features):
+                raise ValueError("segment model: a center has an unknown feature")
+            _finite(*(c for _, c in center))
+        _finite(doc.p)
+        return cls(tuple(doc.scaler), tuple(tuple(c) for c in doc.centers), doc.p)
+
     def predict_one(self, x: dict[str, float]) -> int:
         z = {k: (x[k] - mean) / std if std else 0.0 for k, mean, std in self.scaler}
         best, best_d = 0, None
@@ -62,6 +106,27 @@ class CompiledHalfSpaceTrees:
     def of(cls, model: Any) -> CompiledHalfSpaceTrees:
         return cls(tuple(_flatten(root) for root in model.trees), model.size_limit, model._max_score,
                    model._first_window)
+
+    def to_numbers(self) -> bytes:
+        return msgspec.json.encode(_TreesNumbers([list(t) for t in self.trees], self.size_limit,
+                                                 self.max_score, self.first_window))
+
+    @classmethod
+    def from_numbers(cls, blob: bytes, features: tuple[str, ...]) -> CompiledHalfSpaceTrees:
+        """Raises ``ValueError`` unless ``blob`` is well formed: known features, finite numbers, and every
+        child after its parent (so a walk always ends)."""
+        doc = msgspec.json.decode(blob, type=_TreesNumbers)
+        known = set(features)
+        if not doc.first_window and not (doc.trees and doc.max_score > 0):
+            raise ValueError("bot model: no trees, or a maximum score that is not positive")
+        for nodes in doc.trees:
+            for i, (feature, threshold, mass, left, right) in enumerate(nodes):
+                _finite(threshold, mass)
+                leaf = left < 0
+                if not leaf and (feature not in known or not (i < left < len(nodes) and i < right < len(nodes))):
+                    raise ValueError(f"bot model: node {i} has an unknown feature or a child out of order")
+        _finite(doc.size_limit, doc.max_score)
+        return cls(tuple(tuple(t) for t in doc.trees), doc.size_limit, doc.max_score, doc.first_window)
 
     def score_one(self, x: dict[str, float]) -> float:
         if self.first_window:

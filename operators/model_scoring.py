@@ -15,12 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from operators.compiled_scorers import CompiledHalfSpaceTrees, CompiledKMeans
 from operators.events import Event
 from operators.label_join import LabelJoin, LabelledExample
 from operators.model_features import (
     BOT_LIMITS,
-    SEGMENT_FEATURES,
     propensity_features,
     segment_features,
     session_rate_features,
@@ -34,11 +32,8 @@ __all__ = ["Example", "ExampleBatch", "ModelOutputs", "ModelRules", "ModelStep",
 
 
 def compile_model(name: str, model: Any) -> Any:
-    if name == "propensity":
-        return CompiledLogistic.of(model)
-    if name == "segments":
-        return CompiledKMeans.of(model, dict.fromkeys(SEGMENT_FEATURES, 0.0))
-    return CompiledHalfSpaceTrees.of(model)
+    """A restored snapshot ready to serve (segments and bots snapshots are compiled already)."""
+    return CompiledLogistic.of(model) if name == "propensity" else model
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +105,10 @@ class ServedModels:
         self.latest: dict[str, ModelSnapshot] = {}
         self.pinned: dict[str, ModelSnapshot] = {}
         self._models: dict[str, tuple[int, Any]] = {}
+        self._ready: dict[tuple[str, int], Any] = {}   # (model, version) -> the checked, compiled model
+        self.refused = 0                               # records refused as malformed (the caller logs them)
+        self.last_refusal = ""
+        self._refused: set[tuple[str, int]] = set()   # not fetched again (nor logged again) at every refresh
 
     def refresh(self, client: Any, keys: Any) -> None:
         """Follow the registry in Redis (``state.model_registry``): the pinned version, else the newest.
@@ -121,6 +120,8 @@ class ServedModels:
             pipe.hmget(keys.model(name), "version", "pinned")
         for name, (version, pinned) in zip(MODEL_SCHEMA, pipe.execute(), strict=True):
             if pinned is not None:
+                if (name, int(pinned)) in self._refused:
+                    continue
                 if name not in self.pinned or self.pinned[name].version != int(pinned):
                     record = kept_record(client, keys, name, int(pinned))
                     if record is not None:
@@ -128,25 +129,46 @@ class ServedModels:
                 continue
             if name in self.pinned:
                 self.apply({"kind": "unpin", "model": name})
-            if version is not None and (name not in self.latest or self.latest[name].version < int(version)):
+            if version is not None and (name, int(version)) not in self._refused and (
+                    name not in self.latest or self.latest[name].version < int(version)):
                 record = kept_record(client, keys, name, int(version))
                 if record is not None:
                     self.apply(record)
 
-    def apply(self, record: dict[str, Any]) -> None:
-        """A models-topic record: ``snapshot``, ``pin`` (with the pinned snapshot) or ``unpin``."""
-        name, kind = record["model"], record["kind"]
-        if kind == "unpin":
-            self.pinned.pop(name, None)
-        else:
+    def apply(self, record: dict[str, Any]) -> bool:
+        """A models-topic record: ``snapshot``, ``pin`` (with the pinned snapshot) or ``unpin``.
+
+        The blob is JSON numbers, checked here (``online_models.restore``). A malformed record, or one of
+        another feature schema, is refused (False; ``refused`` counts the malformed ones) and whatever was
+        served goes on being served.
+        """
+        try:
+            name, kind = str(record["model"]), str(record["kind"])
+            if kind == "unpin":
+                self.pinned.pop(name, None)
+                self._models.pop(name, None)
+                return True
             snap = ModelSnapshot.from_record(record)
-            if snap.schema != MODEL_SCHEMA.get(name):
-                return   # made by another feature schema: cannot serve it
-            if kind == "pin":
-                self.pinned[name] = snap
-            elif name not in self.latest or snap.version > self.latest[name].version:
-                self.latest[name] = snap
+            if snap.schema != MODEL_SCHEMA.get(name) or kind not in ("snapshot", "pin"):
+                return False   # made by another feature schema: cannot serve it
+            model = compile_model(name, restore(name, snap.blob))
+        except (ValueError, KeyError, TypeError) as e:   # binascii.Error and msgspec's errors are ValueErrors
+            self.refused += 1
+            if isinstance(record.get("version"), (int, str)) and str(record.get("version")).isdigit():
+                self._refused.add((str(record.get("model")), int(record["version"])))
+            self.last_refusal = f"{record.get('model')!r} v{record.get('version')!r}: {type(e).__name__}: {e}"[:500]
+            return False
+        if kind == "pin":
+            self.pinned[name] = snap
+        elif name not in self.latest or snap.version > self.latest[name].version:
+            self.latest[name] = snap
+        else:
+            return True
+        self._ready = {k: v for k, v in self._ready.items() if k[0] != name or k[1] in
+                       {s.version for s in (self.pinned.get(name), self.latest.get(name)) if s is not None}}
+        self._ready[(name, snap.version)] = model
         self._models.pop(name, None)
+        return True
 
     def get(self, name: str) -> tuple[int, Any] | None:
         """(version, model) served for ``name``, or None before the first snapshot.
@@ -154,12 +176,13 @@ class ServedModels:
         Every model is served compiled to its numbers (``CompiledLogistic``, ``CompiledKMeans``,
         ``CompiledHalfSpaceTrees``): the same answers as the trained models, a few µs each.
         """
-        if name not in self._models:
+        served = self._models.get(name)
+        if served is None:
             snap = self.pinned.get(name) or self.latest.get(name)
             if snap is None:
                 return None
-            self._models[name] = (snap.version, compile_model(name, restore(name, snap.blob)))
-        return self._models[name]
+            served = self._models[name] = (snap.version, self._ready[(name, snap.version)])
+        return served
 
 
 class ModelStep:

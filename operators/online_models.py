@@ -11,8 +11,9 @@
 
 A snapshot is the model with its name, version and metrics. The propensity model is River's logistic
 regression computed over flat numbers (``operators.propensity_learner``, equal to River's pipeline) and
-its snapshot is JSON numbers; segments and bots are River models, pickled (River's own persistence
-format): the models topic and Redis keys are written by the job and the CLI only (see README "Models").
+its snapshot is JSON numbers. Segments and bots are River models in the trainer's Flink state; their
+snapshots are the compiled scorers' numbers (``operators.compiled_scorers``), also JSON. No snapshot is
+ever unpickled: a blob from Redis or the models topic is data, checked on the way in (README "Security").
 
 >>> def x(items): return (0.0,) * 13 + (items,) + (0.0,) * 3 + ("mobile", "h3", "add_to_cart")
 >>> t = ModelTrainer.new("propensity", seed=1)
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import math
-import pickle
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 from river import anomaly, cluster, compose, metrics, preprocessing
 
+from operators.compiled_scorers import CompiledHalfSpaceTrees, CompiledKMeans
 from operators.model_features import BOT_LIMITS, PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC, SEGMENT_FEATURES
 from operators.propensity_learner import PropensityLearner, sigmoid
 from operators.score_auc import HistogramAUC
@@ -44,7 +45,8 @@ from operators.score_auc import HistogramAUC
 MODEL_NAMES = ("propensity", "segments", "bots")
 # Bumped when a model's features or structure change: snapshots of another schema are not loaded.
 # propensity 2: features as one packed tuple, snapshot as JSON numbers (1 was a pickled River pipeline).
-MODEL_SCHEMA = {"propensity": 2, "segments": 1, "bots": 1}
+# segments 2, bots 2: the compiled scorer's JSON numbers (1 was a pickled River model).
+MODEL_SCHEMA = {"propensity": 2, "segments": 2, "bots": 2}
 N_NUMERIC = len(PROPENSITY_NUMERIC)
 
 
@@ -83,16 +85,34 @@ class ModelSnapshot:
 
 
 def restore(name: str, blob: bytes) -> Any:
-    """The model of a snapshot blob: numbers for propensity, a River model (pickle) for the others."""
+    """The served model of a snapshot blob (JSON numbers, never code): a ``PropensityLearner``, a
+    ``CompiledKMeans`` or a ``CompiledHalfSpaceTrees``. Raises ``ValueError`` on a malformed blob."""
     if name == "propensity":
-        return PropensityLearner.from_numbers(orjson.loads(blob))
-    return pickle.loads(blob)
+        try:
+            learner = PropensityLearner.from_numbers(orjson.loads(blob))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"propensity model: {type(e).__name__}: {e}") from None
+        if (len(learner.means) != N_NUMERIC or len(learner.variances) != N_NUMERIC or len(learner.weights) != N_NUMERIC
+                or learner.names != PROPENSITY_CATEGORICAL):
+            raise ValueError("propensity model: features differ from this job's")
+        if not all(math.isfinite(v) for v in (*learner.means, *learner.variances, *learner.weights, learner.intercept,
+                                               *learner.categories.values())):
+            raise ValueError("propensity model: a number is not finite")
+        return learner
+    if name == "segments":
+        return CompiledKMeans.from_numbers(blob, SEGMENT_FEATURES)
+    if name == "bots":
+        return CompiledHalfSpaceTrees.from_numbers(blob, tuple(BOT_LIMITS))
+    raise ValueError(f"unknown model {name!r}")
 
 
 def model_blob(name: str, model: Any) -> bytes:
+    """A snapshot's blob: JSON numbers for every model (see ``restore``)."""
     if name == "propensity":
         return orjson.dumps(model.to_numbers())
-    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    if name == "segments":
+        return CompiledKMeans.of(model, dict.fromkeys(SEGMENT_FEATURES, 0.0)).to_numbers()
+    return CompiledHalfSpaceTrees.of(model).to_numbers()
 
 
 @dataclass(slots=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 import pickle
 import random
 
+import pytest
 import yaml
 
 from operators.events import Event
@@ -223,3 +226,56 @@ def test_a_user_flagged_as_a_bot_leaves_its_segment() -> None:
     assert segments[0] is not None and segments[18] is not None   # scored as a human first
     out = ModelStep.outputs(s)
     assert out.bot and out.segment is None and segments[19:] == [None] * 6
+
+
+def _refused(served: ServedModels, record: dict) -> bool:
+    before = served.refused
+    return served.apply(record) is False and served.refused == before + 1
+
+
+def test_a_snapshot_blob_is_data_never_code() -> None:
+    """A pickle in ``model:*`` once ran code in every scorer: now every blob is JSON numbers, checked on the way in."""
+    import base64
+    import os
+
+    class Exploit:
+        def __reduce__(self) -> tuple:
+            return (os.system, ("touch /tmp/persona-pwned",))
+    served = ServedModels()
+    good = {}
+    for name in MODEL_NAMES:
+        t = ModelTrainer.new(name, seed=1)
+        r = random.Random(name)
+        for _ in range(300):
+            t.learn(_x(r, name), label=r.random() < 0.3, score=r.random(), previous=None)
+        good[name] = t.snapshot(1).to_record()
+        assert served.apply(good[name])
+        json.loads(base64.b64decode(good[name]["blob"]))   # every blob is JSON
+    for name, record in good.items():
+        evil = {**record, "version": 2, "blob": base64.b64encode(pickle.dumps(Exploit())).decode()}
+        assert _refused(served, evil)
+        assert served.get(name)[0] == 1   # the last good model keeps serving
+    assert not os.path.exists("/tmp/persona-pwned")
+
+
+@pytest.mark.parametrize("name, mutate", [
+    ("propensity", lambda d: {**d, "weights": d["weights"][:-1]}),
+    ("propensity", lambda d: {**d, "intercept": "nan"}),
+    ("segments", lambda d: {**d, "scaler": [["evil", 0.0, 1.0], *d["scaler"][1:]]}),
+    ("segments", lambda d: {**d, "p": -1}),
+    ("bots", lambda d: {**d, "trees": [[["events_per_min", 1.0, 5.0, 0, 0]]]}),   # a node that is its own child
+    ("bots", lambda d: {**d, "extra": 1}),
+])
+def test_a_malformed_blob_is_refused_and_counted(name: str, mutate: Callable[[dict], dict]) -> None:
+    import base64
+    t = ModelTrainer.new(name, seed=1)
+    r = random.Random(name)
+    for _ in range(300):
+        t.learn(_x(r, name), label=r.random() < 0.3, score=r.random(), previous=None)
+    record = t.snapshot(1).to_record()
+    doc = json.loads(base64.b64decode(record["blob"]))
+    bad = {**record, "blob": base64.b64encode(json.dumps(mutate(doc)).encode()).decode()}
+    served = ServedModels()
+    assert _refused(served, bad) and served.get(name) is None
+    assert _refused(served, {**record, "blob": "not base64!"})
+    assert served.apply(record) and served.get(name)[0] == 1
