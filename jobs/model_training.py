@@ -28,6 +28,7 @@ from state.model_registry import record_snapshot
 
 MODEL_STATE = "model_trainer_v1"
 LOG_STATE = "model_log_v2"   # v2: batches of examples (v1 held single examples)
+_RATIOS = ("roc_auc", "log_loss", "silhouette", "churn")
 
 
 class TrainModels(KeyedProcessFunction):
@@ -44,17 +45,25 @@ class TrainModels(KeyedProcessFunction):
         self._client = redis.Redis.from_url(self._redis_url)
         self._keys = RedisKeys(self._prefix)
         group = runtime_context.get_metrics_group().add_group("models")
-        for name in MODEL_NAMES:
-            g = group.add_group(name)
-            # PyFlink gauges are integers: ratios are exported in thousandths.
-            g.gauge("examples", lambda n=name: self._trainers[n].examples if n in self._trainers else 0)
-            g.gauge("version", lambda n=name: self._trainers[n].version if n in self._trainers else 0)
-            for metric in ("roc_auc", "log_loss", "silhouette", "churn"):
-                g.gauge(f"{metric}_milli", lambda n=name, m=metric: self._metric_milli(n, m))
+        # Values the operator pushes at each publish, as counters moved by the difference. Not gauges: Flink
+        # calls a Python gauge from its metric-reporter thread, outside the operator's, and that crashed the
+        # TaskManager while the web UI polled the metrics (README "Metrics"). Ratios are in thousandths.
+        self._metrics = {(name, m): group.add_group(name).counter(m)
+                         for name in MODEL_NAMES for m in ("examples", "version", *(f"{x}_milli" for x in _RATIOS))}
+        self._pushed: dict[tuple[str, str], int] = dict.fromkeys(self._metrics, 0)
 
-    def _metric_milli(self, name: str, metric: str) -> int:
-        t = self._trainers.get(name)
-        return int(t.metric_values().get(metric, 0.0) * 1000) if t is not None else 0
+    def _push_metrics(self, t: ModelTrainer) -> None:
+        values = {"examples": t.examples, "version": t.version}
+        ratios = t.metric_values()
+        values |= {f"{x}_milli": int(ratios.get(x, 0.0) * 1000) for x in _RATIOS}
+        for metric, value in values.items():
+            key = (t.name, metric)
+            delta = value - self._pushed[key]
+            if delta > 0:
+                self._metrics[key].inc(delta)
+            elif delta < 0:
+                self._metrics[key].dec(-delta)
+            self._pushed[key] = value
 
     def _trainer(self, name: str) -> ModelTrainer:
         t = self._trainers.get(name)
@@ -87,6 +96,7 @@ class TrainModels(KeyedProcessFunction):
         self._model.update(t)
         self._log.clear()
         record_snapshot(self._client, self._keys, record, self._keep)
+        self._push_metrics(t)
         return Row(t.name, json.dumps(record))
 
     def close(self) -> None:

@@ -46,13 +46,23 @@ class FlinkCluster:
         return self.run_dir / "log"
 
     @property
+    def pid_dir(self) -> Path:
+        """Where Flink's scripts keep their pid files: this checkout's own (the default /tmp is shared, and
+        stop-cluster.sh stops whatever its pid files name, another checkout's cluster included)."""
+        return self.run_dir / "pid"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.run_dir / "tmp"
+
+    @property
     def rest_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.rest_port}"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(FLINK_CONF_DIR=str(self.conf_dir), FLINK_LOG_DIR=str(self.log_dir), FLINK_HOME=str(FLINK_HOME),
-                   FLINK_LIB_DIR=str(self.lib_dir))
+                   FLINK_LIB_DIR=str(self.lib_dir), FLINK_PID_DIR=str(self.pid_dir))
         # TaskManagers start Python workers with `python` from PATH: make it this venv's interpreter.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         return env
@@ -60,7 +70,8 @@ class FlinkCluster:
     def _write_conf(self) -> None:
         shutil.rmtree(self.conf_dir, ignore_errors=True)
         shutil.copytree(FLINK_HOME / "conf", self.conf_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.log_dir, self.pid_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         self._write_lib()
         conf = yaml.safe_load((self.conf_dir / "config.yaml").read_text())
         s = self.settings
@@ -73,6 +84,8 @@ class FlinkCluster:
         # Python job on a TaskManager fails with NoSuchFieldException: loadedLibraryNames.
         conf["classloader"] = {"parent-first-patterns": {"additional": "pemja."}}
         conf["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
+        conf["env"] = {**conf.get("env", {}), "pid": {"dir": str(self.pid_dir)}}
+        conf["io"] = {"tmp": {"dirs": str(self.tmp_dir)}}
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
         (self.conf_dir / "masters").write_text(f"127.0.0.1:{s.rest_port}\n")
         (self.conf_dir / "workers").write_text("127.0.0.1\n" * s.taskmanagers)   # start-cluster.sh starts one per line

@@ -30,6 +30,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
     c = FlinkCluster(tmp_path_factory.mktemp("flink"), settings)
     c.up()
     try:
+        # Flink's scripts keep their pid files in this cluster's own run folder, not the shared /tmp, so
+        # `down` can stop only this cluster (issue: another checkout's cluster was stopped).
+        pids = sorted(p.name for p in c.pid_dir.glob("*.pid"))
+        assert any("standalonesession" in p for p in pids) and any("taskexecutor" in p for p in pids), pids
         yield c
     finally:
         c.down()
