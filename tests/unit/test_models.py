@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 import pickle
 import random
+from collections.abc import Callable
 
 import pytest
 import yaml
