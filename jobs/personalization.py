@@ -12,6 +12,7 @@ Run on the embedded mini-cluster: ``python -m jobs.personalization [--bounded] [
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -109,6 +110,8 @@ class Personalize(KeyedProcessFunction):
         self._timer_errors = group.counter("timer_errors")
         self._dropped = {d: group.add_group("dropped").counter(d) for d in ("cart_item", "demographic_attribute")}
         self._counts: dict[str, int] = dict.fromkeys(["valid", "late", *self._examples], 0)
+        # Every record of this subtask, accounted once: applied, duplicate, or dead-lettered (by reason).
+        self._ledger: dict[str, int] = {}
 
     def _load(self, user_id: str) -> UserState | None:
         state = self._cache.get(user_id)
@@ -149,7 +152,11 @@ class Personalize(KeyedProcessFunction):
             log.exception("record %s/%s/%s failed; dead-lettered", record[1], record[2], record[3])
             rejection = Rejection("processing_error", f"{type(e).__name__}: {e}"[:1000])
             self._rejected[rejection.reason].inc()
+            self._account(f"dead_letter.{rejection.reason}")
             yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, rejection, record))
+
+    def _account(self, outcome: str) -> None:
+        self._ledger[outcome] = self._ledger.get(outcome, 0) + 1
 
     def _process(self, raw: bytes, record: Row, user_id: str, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         now = int(time.time() * 1000)
@@ -159,6 +166,7 @@ class Personalize(KeyedProcessFunction):
                               f"side ({user_id!r}); duplicate user_id fields?", "user_id")
         if not isinstance(event, Event):
             self._rejected[event.reason].inc()
+            self._account(f"dead_letter.{event.reason}")
             yield DEAD_LETTERS, Row(None, self._dead_letter(raw, event, record))
             return
         self._counts["valid"] += 1
@@ -173,11 +181,14 @@ class Personalize(KeyedProcessFunction):
                 self._counts["late"] += 1
             else:
                 self._rejected[step.dead_letter.reason].inc()
+            self._account(f"dead_letter.{step.dead_letter.reason}")
             yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, step.dead_letter, record))
             return
         if step.duplicate:
             self._duplicates.inc()
+            self._account("duplicate")
             return
+        self._account("applied")
         for what in step.dropped:
             self._dropped[what].inc()
         yield from self._carry_out(user_id, step, ctx, now)
@@ -200,6 +211,9 @@ class Personalize(KeyedProcessFunction):
             yield from self._send_examples()
 
     def close(self) -> None:
+        # One line per subtask that reconciles its input (stdout reaches the job's log on the mini-cluster and
+        # the TaskManager's .out file on a cluster): applied + duplicates + dead letters = records read.
+        print("persona-ledger " + json.dumps(self._ledger, sort_keys=True), flush=True)
         self._push_counts()
         self._writer.close()
         self._model_client.close()

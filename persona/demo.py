@@ -22,7 +22,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from persona.generator.shoppers import generate
+from persona.generator.shoppers import generate, replay_age_override
 from persona.generator.sink import send_to_kafka
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
 from persona.stack.prereqs import check_all
@@ -65,7 +65,9 @@ def run_demo(opts: DemoOptions) -> int:
     ensure_topics(bootstrap, topics.values(), job.kafka.partitions)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
-        f"kafka.group_id=demo-{run_id}"]
+        f"kafka.group_id=demo-{run_id}",
+        # The demo replays generated history from conf/generator.yaml's start: admit its age at ingestion.
+        replay_age_override(load_generator_settings({}), int(time.time() * 1000))]
     cmd = [sys.executable, "-m", "jobs.personalization"] + [a for o in overrides for a in ("--set", o)]
     log_path = stack.run_path / f"demo-job-{run_id}.log"
     log = open(log_path, "wb")

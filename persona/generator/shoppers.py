@@ -237,6 +237,16 @@ def parse_start(text: str, now_ms: int | None = None) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def replay_age_override(settings: GeneratorSettings, now_ms: int, default_ms: int = 366 * 86_400_000) -> str:
+    """The job override that admits a generated stream as recorded history (``limits.max_event_age_ms``).
+
+    The generator's default start is a fixed date, so its events age with the calendar; a replay of them
+    must not become ``event_time_out_of_range`` a year later. Returns the default when it already suffices.
+    """
+    age = now_ms - parse_start(settings.start_time, now_ms) + 86_400_000   # a day of slack: the replay takes time
+    return f"limits.max_event_age_ms={max(age, default_ms)}"
+
+
 def _time_ordered(settings: GeneratorSettings, start_ms: int) -> Iterator[dict[str, Any]]:
     end_ms = start_ms + int(settings.span_hours * 3_600_000)
     walks = (_SessionWalk(_new_user(i, settings.seed, settings.bot_fraction), start_ms, end_ms).events()

@@ -14,7 +14,7 @@ from persona.stack.flink_cluster import FlinkCluster
 from persona.stack.procs import free_port, wait_until
 from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
-from tests.fixtures.jobs import run_bounded_job
+from tests.fixtures.jobs import history_override, run_bounded_job
 from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.oracle import expected_counts
 from tests.fixtures.services import TopicNames
@@ -83,7 +83,7 @@ def test_personalization_on_the_cluster_gives_the_minicluster_triggers(
                      f"redis.key_prefix={redis_prefix}{where}:", f"kafka.group_id=same-{where}",
                      # The bot model flags users as its published versions arrive, a timing the two runs
                      # do not share; the (deterministic) bot rule stays on.
-                     "models.bot_min_session_events=1000000"]
+                     "models.bot_min_session_events=1000000", history_override()]
         if where == "mini":
             run_bounded_job("jobs.personalization", overrides, tmp_path)
         else:

@@ -17,6 +17,7 @@ from persona.stack.procs import wait_until
 from state.keys import RedisKeys
 from state.model_registry import model_info
 from state.profile_store import read_profile
+from tests.fixtures.jobs import history_override
 from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.services import TopicNames
 
@@ -37,7 +38,7 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
 
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
                  f"redis.key_prefix={redis_prefix}", "kafka.group_id=models", "models.publish_every_examples=100",
-                 "models.publish_interval_ms=1000"]
+                 "models.publish_interval_ms=1000", history_override()]
     cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
     with open(tmp_path / "job.log", "wb") as log:
         job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

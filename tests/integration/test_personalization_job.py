@@ -20,7 +20,7 @@ from persona.settings import ROOT, load_generator_settings
 from persona.stack.procs import wait_until
 from state.keys import RedisKeys
 from state.profile_store import read_profile
-from tests.fixtures.jobs import run_bounded_job
+from tests.fixtures.jobs import history_override, run_bounded_job
 from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
 from tests.fixtures.personalization_oracle import expected
 from tests.fixtures.services import TopicNames
@@ -33,7 +33,7 @@ def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: st
             f"redis.key_prefix={prefix}", f"kafka.group_id={group}",
             # The oracle knows the bot rule's verdicts (none for these humans), not the bot model's, whose
             # published versions arrive with processing-time timing.
-            "models.bot_min_session_events=1000000"]
+            "models.bot_min_session_events=1000000", history_override()]
 
 
 def triggers_by_pattern(rows: list[dict[str, Any]], exclude_users: set[str]) -> dict[str, set[str]]:
