@@ -29,13 +29,37 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# The event's own time, read on the Java side to the second (README "Event time": watermark safety): the
+# `event_time` string, its date and time to the second, and its UTC offset ('Z' read as +00:00). Flink's
+# REGEXP_REPLACE has no back-references and TO_TIMESTAMP_LTZ ignores the offset, hence the string surgery.
+# Unreadable -> Long.MIN_VALUE (UNIX_TIMESTAMP's failure value), which fails every bound below.
+_EVENT_TIME_TEXT = "REGEXP_EXTRACT(CAST(`value` AS STRING), '\"event_time\"\\s*:\\s*\"([0-9Tt:.+Zz-]{20,40})\"', 1)"
+_EVENT_TIME_S = (
+    f"UNIX_TIMESTAMP(CONCAT(UPPER(SUBSTRING({_EVENT_TIME_TEXT} FROM 1 FOR 19)), "
+    f"CASE WHEN UPPER(SUBSTRING({_EVENT_TIME_TEXT} FROM CHAR_LENGTH({_EVENT_TIME_TEXT}))) = 'Z' THEN '+00:00' "
+    f"ELSE SUBSTRING({_EVENT_TIME_TEXT} FROM CHAR_LENGTH({_EVENT_TIME_TEXT}) - 5) END), 'yyyy-MM-dd''T''HH:mm:ssXXX')")
+
+
+def _trusted_timestamp(source: SourceSettings, max_future_ms: int) -> str:
+    """SQL: TRUE when the record's Kafka timestamp may move the watermark: within ``max_timestamp_skew_ms`` of
+    the event's own time, and not more than ``max_future_ms`` ahead of the wall clock."""
+    skew_s = max(source.max_timestamp_skew_ms // 1000, 1)
+    return (f"(ABS({_EVENT_TIME_S} - UNIX_TIMESTAMP(CAST(`ts` AS STRING))) <= {skew_s} "
+            f"AND `ts` <= TIMESTAMPADD(SECOND, {max_future_ms // 1000}, CURRENT_TIMESTAMP))")
+
+
 def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings,
-                     bounded: bool, select: bool = True) -> DataStream:
+                     bounded: bool, select: bool = True, max_future_ms: int = 3_600_000) -> DataStream:
     """Rows of (value: bytes, topic, partition, offset, timestamp text in UTC) from the events topic.
 
     Event-time watermarks are generated in the source, per partition, from the Kafka record timestamp:
     producers set it to the event's time (the contract in README "Event time"). A watermark made after
     the source would see the partitions interleaved and could outrun the slower one.
+
+    Only a trusted timestamp moves the watermark (``_trusted_timestamp``): one bad producer (timestamps
+    of the produce time on a replayed history, or from the far future) would otherwise fire every other
+    user's timers early. An untrusted record counts at the epoch (it cannot move the watermark), and
+    keeps its own timestamp for its dead letter.
     ``bounded`` stops at the offsets that are latest when the job starts (tests and replays).
     """
     opts = {
@@ -46,6 +70,7 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
         "scan.startup.mode": _STARTUP[kafka.starting_offsets],
         "properties.auto.offset.reset": "earliest",
         "format": "raw",
+        **kafka.connector_properties(),
     }
     if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
@@ -56,7 +81,8 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
           `partition` INT METADATA VIRTUAL,
           `offset` BIGINT METADATA VIRTUAL,
           `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-          WATERMARK FOR `ts` AS `ts` - INTERVAL '{source.max_out_of_orderness_ms / 1000:.3f}' SECOND
+          `wm_ts` AS CASE WHEN {_trusted_timestamp(source, max_future_ms)} THEN `ts` ELSE TO_TIMESTAMP_LTZ(0, 3) END,
+          WATERMARK FOR `wm_ts` AS `wm_ts` - INTERVAL '{source.max_out_of_orderness_ms / 1000:.3f}' SECOND
         ) WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
     """)
     # The timestamp crosses into Python as text (UTC): a TIMESTAMP_LTZ arrives as an opaque Java object in thread mode.
@@ -65,27 +91,28 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
     t_env.get_config().set("table.exec.source.idle-timeout", f"{source.idleness_ms} ms")
     if not select:
         return None  # type: ignore[return-value]   # the caller queries raw_events itself
-    # `ts` stays selected (last) so the rows keep it as their event-time timestamp.
-    table = t_env.sql_query("SELECT `value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING), `ts` FROM raw_events")
+    # The rowtime `wm_ts` stays selected (last) so the rows keep it as their event-time timestamp.
+    table = t_env.sql_query("SELECT `value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING), `wm_ts` FROM raw_events")
     return t_env.to_data_stream(table)
 
 
 def keyed_raw_events(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings,
-                     bounded: bool) -> KeyedStream:
+                     bounded: bool, max_future_ms: int = 3_600_000) -> KeyedStream:
     """The events topic keyed by user, with no Python operator before the keyed function.
 
     The user id is read on the Java side (``JSON_VALUE``) and the stream is keyed on it there, so a record
     crosses into Python once, in the keyed function, which parses it. A record whose user id cannot be
     read is keyed by ``""``; the keyed function then rejects it with its reason. The function receives
-    ``Row(value, topic, partition, offset, timestamp text)``, and must check that the parsed user id
-    equals its key (a JSON document with duplicate keys could be read differently by the two parsers).
+    ``Row(value, topic, partition, offset, timestamp text, timestamp trusted)``, and must check that the
+    parsed user id equals its key (a JSON document with duplicate keys could be read differently by the two
+    parsers). ``timestamp trusted`` is False when the record's Kafka timestamp did not move the watermark.
     """
-    raw_event_stream(t_env, kafka, source, bounded, select=False)
+    raw_event_stream(t_env, kafka, source, bounded, select=False, max_future_ms=max_future_ms)
     table = t_env.sql_query(
         "SELECT COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '') AS `user_key`, "
-        "ROW(`value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING)) AS `record` FROM raw_events")
+        "ROW(`value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING), `wm_ts` = `ts`) AS `record` FROM raw_events")
     record_type = Types.ROW([Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(),
-                             Types.STRING()])
+                             Types.STRING(), Types.BOOLEAN()])
     # A plain RowTypeInfo (to_data_stream gives an ExternalTypeInfo, which the keyed Python operator refuses).
     stream = t_env.to_append_stream(table, Types.ROW([Types.STRING(), record_type]))
     # What PyFlink's own key_by builds after its Python key-selector map: the key is field 0 of the row.
@@ -106,6 +133,7 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
         "sink.delivery-guarantee": "at-least-once",
+        **kafka.connector_properties(),
     }
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE {name} (`k` STRING, `v` STRING)

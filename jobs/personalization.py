@@ -63,8 +63,10 @@ class Personalize(KeyedProcessFunction):
 
     def __init__(self, core: Personalizer, redis_url: str, key_prefix: str, profile_ttl_s: int, flush_interval_ms: int,
                  max_batch: int, state_ttl_s: int, state_cache_users: int, models_refresh_ms: int,
-                 models_refresh_events: int, limits: InputLimits, example_batch: int = 50) -> None:
+                 models_refresh_events: int, limits: InputLimits, max_timestamp_skew_ms: int = 300_000,
+                 example_batch: int = 50) -> None:
         self._limits = limits
+        self._skew_ms = max_timestamp_skew_ms
         self._example_batch = example_batch
         self._refresh_events = models_refresh_events
         self._core = core
@@ -98,6 +100,9 @@ class Personalize(KeyedProcessFunction):
         metrics = runtime_context.get_metrics_group()
         ingest = metrics.add_group("ingest")
         self._valid = ingest.counter("valid")
+        self._untrusted = ingest.counter("timestamp_untrusted")
+        self._untrusted_since_warning = 0
+        self._next_untrusted_warning = 0.0
         self._rejected = {r: ingest.add_group("rejected").counter(r) for r in sorted(REJECTION_REASONS)}
         group = metrics.add_group("personalize")
         self._late = group.counter("late_events")
@@ -155,6 +160,21 @@ class Personalize(KeyedProcessFunction):
             self._account(f"dead_letter.{rejection.reason}")
             yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, rejection, record))
 
+    def _untrusted_timestamp(self, event: Event, record: Row) -> None:
+        """A valid event whose Kafka timestamp did not move the watermark: counted, and warned about at most
+        once a minute (one bad producer can send millions)."""
+        self._untrusted.inc()
+        self._untrusted_since_warning += 1
+        now = time.monotonic()
+        if now >= self._next_untrusted_warning:
+            self._next_untrusted_warning = now + 60
+            log.warning("%d event(s) since the last warning had a Kafka timestamp more than %d ms from their "
+                        "event_time, or ahead of the wall clock (e.g. %s/%s/%s: timestamp %s, event_time %d ms); they "
+                        "do not move the watermark. Likely cause: the producer does not set the record timestamp to "
+                        "the event time.", self._untrusted_since_warning, self._skew_ms, record[1], record[2],
+                        record[3], record[4], event.event_time_ms)
+            self._untrusted_since_warning = 0
+
     def _account(self, outcome: str) -> None:
         self._ledger[outcome] = self._ledger.get(outcome, 0) + 1
 
@@ -170,6 +190,8 @@ class Personalize(KeyedProcessFunction):
             yield DEAD_LETTERS, Row(None, self._dead_letter(raw, event, record))
             return
         self._counts["valid"] += 1
+        if not record[5]:
+            self._untrusted_timestamp(event, record)
         self._refresh_models()
         step = self._core.on_event(self._load(user_id), event, self._served)
         if step.failed:
@@ -283,10 +305,10 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple
     """(trigger rows, dead-letter rows, model-update rows), all (k, v) string rows. The caller attaches sources and sinks."""
     r, m = settings.redis, settings.models
     personalized = (
-        keyed.process(Personalize(personalizer(settings, book), r.url.get_secret_value(), r.key_prefix,
+        keyed.process(Personalize(personalizer(settings, book), r.connection_url(), r.key_prefix,
                                   r.profile_ttl_s, r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s,
                                   settings.flink.state_cache_users, m.refresh_ms, m.refresh_every_events,
-                                  input_limits(settings)),
+                                  input_limits(settings), settings.source.max_timestamp_skew_ms),
                       output_type=KEYED_JSON)
         .name("personalize").uid("personalize")
     )
@@ -294,7 +316,7 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple
         personalized.get_side_output(EXAMPLES)
         .key_by(example_key, key_type=Types.STRING())
         .process(TrainModels(m.seed, m.segments, m.publish_every_examples, m.publish_interval_ms, m.keep_versions,
-                             r.url.get_secret_value(), r.key_prefix), output_type=KEYED_JSON)
+                             r.connection_url(), r.key_prefix), output_type=KEYED_JSON)
         .name("train-models").uid("train-models")
     )
     return personalized, personalized.get_side_output(DEAD_LETTERS), published
@@ -303,7 +325,7 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple
 def check_topics(settings: JobSettings) -> None:
     t = settings.kafka.topics
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, request_timeout_ms=15_000)
+        admin = KafkaAdminClient(**settings.kafka.client_config(), request_timeout_ms=15_000)
         existing = set(admin.list_topics())
         admin.close()
     except KafkaError as e:
@@ -323,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         fail("personalization", str(e))
     env, t_env = make_environment(settings.flink, args.deployment)
-    keyed = keyed_raw_events(t_env, settings.kafka, settings.source, bounded=args.bounded)
+    keyed = keyed_raw_events(t_env, settings.kafka, settings.source, bounded=args.bounded,
+                             max_future_ms=settings.limits.max_event_future_ms)
     triggers, dead_letters, published = build(keyed, settings, book)
     statements = t_env.create_statement_set()
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers),

@@ -192,7 +192,7 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         job = load_job_settings()
         kinds = send_to_kafka(records, job.kafka.bootstrap_servers, args.topic or job.kafka.topics.events,
-                              rate=args.rate, total=args.records)
+                              rate=args.rate, total=args.records, client_config=job.kafka.client_config())
     print(json.dumps(dict(kinds), sort_keys=True))
     return 0
 
@@ -226,7 +226,7 @@ def _profile(user_id: str) -> int:
     from state.keys import RedisKeys
     from state.profile_store import read_profile
     job = load_job_settings()
-    client = redis.Redis.from_url(job.redis.url.get_secret_value())
+    client = redis.Redis.from_url(job.redis.connection_url())
     try:
         profile = read_profile(client, RedisKeys(job.redis.key_prefix), user_id)
     except redis.exceptions.ConnectionError:
@@ -249,7 +249,7 @@ def _models(args: argparse.Namespace) -> int:
     from state.keys import RedisKeys
     from state.model_registry import kept_record, model_info, set_pinned
     settings = load_job_settings(parse_overrides(args.overrides))
-    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    client = redis.Redis.from_url(settings.redis.connection_url())
     keys = RedisKeys(settings.redis.key_prefix)
     try:
         if args.action == "list":
@@ -269,7 +269,7 @@ def _models(args: argparse.Namespace) -> int:
         # Scorers follow Redis within models.refresh_ms; the models topic keeps the record for its readers.
         set_pinned(client, keys, args.model, args.version if args.action == "pin" else None)
         try:
-            producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+            producer = KafkaProducer(**settings.kafka.client_config(), acks="all")
             producer.send(settings.kafka.topics.models, key=f"{args.model}:pin".encode(),
                           value=json.dumps(record).encode())
             producer.flush(timeout=30)

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -38,17 +39,72 @@ class Topics(_Strict):
     models: str = Field(min_length=1)
 
 
+SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
+
+
+class KafkaSecurity(_Strict):
+    """How every Kafka client of the project connects (README "Security"). Secrets come from the environment."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    ssl_cafile: str = ""          # PEM bundle that verifies the brokers ("": the system's)
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL")
+
+    def model_post_init(self, _: Any) -> None:
+        if self.sasl and not (self.username and self.password.get_secret_value()):
+            raise ValueError(f"protocol {self.protocol} needs username and password "
+                             "(env KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD)")
+
+
 class KafkaSettings(_Strict):
     bootstrap_servers: str = Field(min_length=1)
     group_id: str = Field(min_length=1)
     starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
     topics: Topics
     partitions: int = Field(ge=1, le=1024)
+    security: KafkaSecurity = KafkaSecurity()
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's producer, consumer and admin client."""
+        s = self.security
+        out: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": s.protocol}
+        if s.sasl:
+            out |= {"sasl_mechanism": s.sasl_mechanism, "sasl_plain_username": s.username,
+                    "sasl_plain_password": s.password.get_secret_value()}
+        if s.ssl_cafile:
+            out["ssl_cafile"] = str(resolve_path(s.ssl_cafile))
+        return out
+
+    def connector_properties(self) -> dict[str, str]:
+        """The same for Flink's Kafka connector (its table options). Kafka's Java client logs a JAAS config as
+        [hidden]; the options are not part of Flink's configuration dump."""
+        s = self.security
+        out = {"properties.security.protocol": s.protocol}
+        if s.sasl:
+            # flink-sql-connector-kafka shades the Kafka client: its login modules live under the shaded package.
+            module = (f"{SHADED_KAFKA}.common.security.plain.PlainLoginModule" if s.sasl_mechanism == "PLAIN"
+                      else f"{SHADED_KAFKA}.common.security.scram.ScramLoginModule")
+
+            def quoted(v: str) -> str:
+                return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            out |= {"properties.sasl.mechanism": s.sasl_mechanism,
+                    "properties.sasl.jaas.config": f"{module} required username={quoted(s.username)} "
+                                                   f"password={quoted(s.password.get_secret_value())};"}
+        if s.ssl_cafile:
+            out |= {"properties.ssl.truststore.type": "PEM", "properties.ssl.truststore.location":
+                    str(resolve_path(s.ssl_cafile))}
+        return out
 
 
 class SourceSettings(_Strict):
     max_out_of_orderness_ms: int = Field(ge=0)
     idleness_ms: int = Field(gt=0)
+    max_timestamp_skew_ms: int = Field(ge=1000)
 
 
 class RedisSettings(_Strict):
@@ -57,6 +113,28 @@ class RedisSettings(_Strict):
     flush_interval_ms: int = Field(gt=0)
     flush_max_batch: int = Field(gt=0)
     profile_ttl_s: int = Field(gt=0)
+    username: str = ""            # ACL user (env REDIS_USERNAME); "" with a password: the default user
+    password: SecretStr = SecretStr("")   # env REDIS_PASSWORD: keeps the secret off the command line
+    tls: bool = False             # rediss://
+    tls_ca_file: str = ""         # PEM bundle that verifies the server ("": the system's)
+
+    def connection_url(self) -> str:
+        """``url`` with the credentials and TLS settings merged in (the password stays out of settings files and
+        command lines; this string is built in memory, and logs show ``masked_url``)."""
+        url = self.url.get_secret_value()
+        scheme, sep, rest = url.partition("://")
+        if scheme == "unix" or not sep:
+            return url
+        if self.tls:
+            scheme = "rediss"
+        password = self.password.get_secret_value()
+        if password or self.username:
+            rest = rest.rpartition("@")[2]
+            creds = f"{quote(self.username, safe='')}:{quote(password, safe='')}@"
+            rest = creds + rest
+        if self.tls_ca_file:
+            rest += ("&" if "?" in rest else "?") + "ssl_ca_certs=" + quote(str(resolve_path(self.tls_ca_file)))
+        return f"{scheme}://{rest}"
 
     @field_validator("url")
     @classmethod
@@ -146,6 +224,15 @@ class JobSettings(_Strict):
     models: ModelSettings
     limits: LimitsSettings
     dedup: DedupSettings
+
+    def model_post_init(self, _: Any) -> None:
+        # Process mode's Python workers dump their whole environment into the log at job end (STACK-FACTS):
+        # with a secret in the environment or the settings, that would print it.
+        secret = (self.kafka.security.password.get_secret_value() or self.redis.password.get_secret_value()
+                  or "@" in self.redis.url.get_secret_value())
+        if self.flink.execution_mode == "process" and secret:
+            raise ValueError("flink.execution_mode: process is refused while a Kafka or Redis secret is set "
+                             "(its workers log their environment); use thread")
     patterns_file: str = Field(min_length=1)
 
 
@@ -155,6 +242,7 @@ class KafkaServiceSettings(_Strict):
     controller_port: int = Field(ge=1, le=65535)
     heap_mb: int = Field(ge=128)
     start_timeout_s: float = Field(gt=0)
+    sasl_port: int = Field(default=0, ge=0, le=65535)   # 0: no SASL_PLAINTEXT listener (tests of secure clients)
 
 
 class RedisServiceSettings(_Strict):
@@ -210,7 +298,10 @@ class GeneratorSettings(_Strict):
 
 # --------------------------------------------------------------------------- loading
 ENV_OVERRIDES: dict[str, dict[str, str]] = {
-    "job.yaml": {"KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers", "REDIS_URL": "redis.url"},
+    "job.yaml": {"KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers", "REDIS_URL": "redis.url",
+                 "KAFKA_SECURITY_PROTOCOL": "kafka.security.protocol",
+                 "KAFKA_SASL_USERNAME": "kafka.security.username", "KAFKA_SASL_PASSWORD": "kafka.security.password",
+                 "REDIS_USERNAME": "redis.username", "REDIS_PASSWORD": "redis.password"},
     "stack.yaml": {
         "PERSONA_KAFKA_PORT": "kafka.port",
         "PERSONA_KAFKA_CONTROLLER_PORT": "kafka.controller_port",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from kafka import KafkaProducer
 
@@ -44,9 +44,14 @@ class Progress:
 
 
 def send_to_kafka(records: Iterable[GeneratedRecord], bootstrap: str, topic: str, rate: float | None = None,
-                  total: int | None = None, progress: bool = True) -> Counter[str]:
-    """Produce records in order; ``rate`` records/s (None: as fast as possible). Returns counts by kind."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024,
+                  total: int | None = None, progress: bool = True,
+                  client_config: Mapping[str, Any] | None = None) -> Counter[str]:
+    """Produce records in order; ``rate`` records/s (None: as fast as possible). Returns counts by kind.
+
+    ``client_config``: kafka-python settings (``KafkaSettings.client_config()``: SASL/SSL), else plaintext.
+    """
+    config = {"bootstrap_servers": bootstrap, **(client_config or {})}
+    producer = KafkaProducer(**config, acks="all", linger_ms=5, batch_size=256 * 1024,
                              max_in_flight_requests_per_connection=1, retries=5)
     bar = Progress(total, f"→ {topic}") if progress else None
     kinds: Counter[str] = Counter()

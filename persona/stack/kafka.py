@@ -21,6 +21,11 @@ class KafkaBroker:
     run_dir: Path        # this broker's folder: config, data, log, pid
     jars_dir: Path       # the resolved kafka jars
     settings: KafkaServiceSettings
+    sasl_user: tuple[str, str] | None = None   # (username, password) accepted on settings.sasl_port (PLAIN)
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.settings.sasl_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -41,7 +46,10 @@ class KafkaBroker:
         if (pid := self.running()) is not None:
             return f"kafka already running (pid {pid}) on {self.bootstrap}"
         check_java()
-        for name, port in (("kafka.port", self.settings.port), ("kafka.controller_port", self.settings.controller_port)):
+        ports = [("kafka.port", self.settings.port), ("kafka.controller_port", self.settings.controller_port)]
+        if self.settings.sasl_port:
+            ports.append(("kafka.sasl_port", self.settings.sasl_port))
+        for name, port in ports:
             if not port_is_free(port):
                 raise StackError(f"port {port} is busy ({name} in conf/stack.yaml); free it or choose another port")
         props = self._render()
@@ -62,9 +70,23 @@ class KafkaBroker:
     def _render(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         props = self.run_dir / "server.properties"
-        props.write_text(Template(TEMPLATE.read_text()).substitute(
+        text = Template(TEMPLATE.read_text()).substitute(
             port=self.settings.port, controller_port=self.settings.controller_port,
-            data_dir=self.run_dir / "data"))
+            data_dir=self.run_dir / "data")
+        s = self.settings
+        if s.sasl_port and self.sasl_user:
+            # A SASL_PLAINTEXT listener beside the plaintext one (inter-broker and controller traffic stay plaintext);
+            # later keys override earlier ones in a properties file. The file is the broker's own (mode 0600).
+            user, password = self.sasl_user
+            listeners = (f"PLAINTEXT://127.0.0.1:{s.port},CONTROLLER://127.0.0.1:{s.controller_port},"
+                         f"SASL_PLAINTEXT://127.0.0.1:{s.sasl_port}")
+            text += (f"\nlisteners={listeners}\nadvertised.listeners={listeners}\n"
+                     "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT\n"
+                     "sasl.enabled.mechanisms=PLAIN\n"
+                     "listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain."
+                     f'PlainLoginModule required username="{user}" password="{password}" user_{user}="{password}";\n')
+        props.touch(mode=0o600)
+        props.write_text(text)
         return props
 
     def _format_storage(self, props: Path) -> None:

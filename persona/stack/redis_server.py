@@ -18,6 +18,7 @@ PROFILE_LISTPACK_VALUE = 512
 class RedisServer:
     run_dir: Path
     settings: RedisServiceSettings
+    password: str | None = None   # requirepass, written to a config file (never on the command line, where `ps` shows it)
 
     @property
     def url(self) -> str:
@@ -42,7 +43,10 @@ class RedisServer:
         if not port_is_free(port):
             raise StackError(f"port {port} is busy (redis.port in conf/stack.yaml); free it or choose another port")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        conf = self.run_dir / "redis.conf"
+        conf.touch(mode=0o600)
+        conf.write_text(f"requirepass {self.password}\n" if self.password else "")
+        cmd = [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", str(self.run_dir), "--daemonize", "no",
                # A profile hash has ~30 fields, two of them (windows, rfm) over Redis's default 64-byte limit
                # of the compact listpack encoding: with 512 a profile takes ~1.2 KB instead of ~2.9 KB.
@@ -58,6 +62,6 @@ class RedisServer:
 
     def _pings(self) -> bool:
         try:
-            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5, password=self.password).ping())
         except redis.exceptions.ConnectionError:
             return False

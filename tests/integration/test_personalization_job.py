@@ -130,3 +130,59 @@ def test_absence_timer_fires_for_a_silent_user(kafka_bootstrap: str, redis_url: 
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=30)
+
+
+def _shop_event(user: str, n: int, t: int, event_type: str, payload: dict[str, Any]) -> bytes:
+    return json.dumps({"event_id": f"{user}-{n}", "event_type": event_type, "user_id": user, "schema_version": 1,
+                       "event_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t / 1000)) + f".{t % 1000:03d}Z",
+                       "context": {"device": "desktop", "timezone": "UTC"}, "payload": payload}).encode()
+
+
+def test_a_bad_producers_timestamps_do_not_fire_other_users_timers(kafka_bootstrap: str, redis_url: str,
+                                                                   topics: TopicNames, redis_prefix: str,
+                                                                   tmp_path: Path) -> None:
+    """Records stamped with the produce time (a replay without timestamps) or from the far future once moved
+    the watermark past every deadline; now only timestamps that agree with event_time move it."""
+    t0 = 1_793_620_800_000   # 2026-11-02 12:00 UTC
+    home = {"page_type": "home"}
+    cmd = [sys.executable, "-m", "jobs.personalization",
+           *(a for o in job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "bad-ts") for a in ("--set", o))]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(redis_prefix)
+
+    def seen(user: str, t: int) -> bool:
+        return client.hget(keys.profile(user), "last_event_time") == str(t)
+
+    def silent_triggers() -> list[dict[str, Any]]:
+        return [r for r in read_all_json(kafka_bootstrap, topics.triggers) if r["user_id"] == "silent"]
+
+    # The Python operators log through the mini-cluster's log4j, to a file in FLINK_LOG_DIR.
+    env = {**os.environ, "FLINK_LOG_DIR": str(tmp_path)}
+    with open(tmp_path / "job.log", "wb") as log:
+        job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        produce_raw(kafka_bootstrap, topics.events, [(b"silent", _shop_event("silent", 1, t0, "add_to_cart", {
+            "product_id": "p1", "category": "shoes", "price": 10.0, "currency": "EUR", "quantity": 1}), t0)])
+        # Eight users (both partitions) from bad producers: the produce time on old events, and the future (the
+        # broker itself refuses timestamps more than log.message.timestamp.after.max.ms, 1 h, ahead).
+        now = int(time.time() * 1000)
+        bad = [(f"bad{i}".encode(), _shop_event(f"bad{i}", 1, t0 + 60_000, "page_view", home),
+                now if i % 2 else now + 30 * 60_000) for i in range(8)]
+        # Good traffic up to a minute before the deadline, on both partitions.
+        good = [(f"busy{i % 8}".encode(), _shop_event(f"busy{i % 8}", i, t0 + i * 60_000, "page_view", home),
+                 t0 + i * 60_000) for i in range(1, 30)]
+        produce_raw(kafka_bootstrap, topics.events, bad + good)
+        wait_until(lambda: job.poll() is None and seen("busy5", t0 + 29 * 60_000) and all(
+            seen(f"bad{i}", t0 + 60_000) for i in range(8)), 180, "every record processed", interval_s=0.5)
+        # The watermark stands just before the deadline: the silent user's cart has not been abandoned yet.
+        assert silent_triggers() == []
+        log_text = "".join(p.read_text(errors="replace") for p in tmp_path.glob("flink-*-python-*.log"))
+        assert log_text.count("does not set the record timestamp to the event time") == 1   # rate-limited
+        # Good traffic past the deadline releases it, at its deadline.
+        produce_raw(kafka_bootstrap, topics.events, [(f"busy{i}".encode(), _shop_event(f"busy{i}", 40 + i, t0 + 31 * 60_000,
+                                                      "page_view", home), t0 + 31 * 60_000) for i in range(8)])
+        wait_until(lambda: job.poll() is None and bool(silent_triggers()), 120, "the silent user's trigger", interval_s=0.5)
+        assert [(r["pattern"], r["event_time"]) for r in silent_triggers()] == [("cart_abandonment", t0 + 30 * 60_000)]
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=30)

@@ -67,3 +67,25 @@ def test_override_syntax() -> None:
 def test_mask_url() -> None:
     assert mask_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
     assert mask_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_security_settings_build_client_configs_and_keep_secrets_out_of_process_mode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "app")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", 'pa"ss')
+    monkeypatch.setenv("REDIS_PASSWORD", "r@dis pw")
+    s = load_job_settings({"kafka.security.sasl_mechanism": "SCRAM-SHA-512", "redis.tls": True})
+    props = s.kafka.connector_properties()
+    assert props["properties.security.protocol"] == "SASL_SSL"
+    assert props["properties.sasl.jaas.config"] == (
+        'org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule required '
+        'username="app" password="pa\\"ss";')
+    assert s.kafka.client_config()["sasl_plain_password"] == 'pa"ss'
+    assert s.redis.connection_url() == "rediss://:r%40dis%20pw@127.0.0.1:6379/0"
+    assert "pa" not in repr(s.kafka.security.password) and "r@dis" not in str(s.redis)
+    with pytest.raises(ConfigError, match="flink.execution_mode: process is refused"):
+        load_job_settings({"flink.execution_mode": "process"})
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD")
+    with pytest.raises(ConfigError, match="kafka.security: .*needs username and password"):
+        load_job_settings({})
