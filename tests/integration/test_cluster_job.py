@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,58 @@ def test_personalization_on_the_cluster_gives_the_minicluster_triggers(
             assert cluster.job_status(job_id) == "FINISHED"
         runs[where] = sorted((t["pattern"], t["trigger_id"]) for t in read_all_json(kafka_bootstrap, out.triggers))
     assert runs["mini"] and runs["cluster"] == runs["mini"]
+
+
+def _poll_the_web_ui(cluster: FlinkCluster, job_id: str) -> dict[str, int]:
+    """One round of what the web UI asks for: overview, job, vertices and their metric values, checkpoints,
+    exceptions, TaskManagers and their metrics. Reading metric values makes Flink evaluate every metric,
+    which is what once ran Python gauges on a reporter thread and killed the TaskManager."""
+    overview = cluster.rest("/overview")
+    job = cluster.rest(f"/jobs/{job_id}")
+    for vertex in job["vertices"]:
+        base = f"/jobs/{job_id}/vertices/{vertex['id']}"
+        cluster.rest(base)
+        names = [m["id"] for m in cluster.rest(f"{base}/metrics")]
+        for i in range(0, len(names), 40):
+            cluster.rest(f"{base}/metrics?get=" + ",".join(names[i:i + 40]))
+        cluster.rest(f"{base}/subtasks/metrics")
+        cluster.rest(f"{base}/watermarks")
+        cluster.rest(f"{base}/backpressure")
+    cluster.rest(f"/jobs/{job_id}/checkpoints")
+    cluster.rest(f"/jobs/{job_id}/exceptions")
+    cluster.rest("/jobs/overview")
+    for tm in cluster.rest("/taskmanagers")["taskmanagers"]:
+        cluster.rest(f"/taskmanagers/{tm['id']}")
+        names = [m["id"] for m in cluster.rest(f"/taskmanagers/{tm['id']}/metrics")]
+        cluster.rest(f"/taskmanagers/{tm['id']}/metrics?get=" + ",".join(names[:40]))
+    restarts = cluster.rest(f"/jobs/{job_id}/metrics?get=numRestarts")
+    return {"taskmanagers": int(overview["taskmanagers"]), "restarts": int(restarts[0]["value"]) if restarts else 0,
+            "running": int(job["state"] == "RUNNING")}
+
+
+def test_web_ui_polling_for_a_minute_never_kills_a_taskmanager(
+        cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
+        connector_jars: list[Path]) -> None:
+    overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+                 f"redis.key_prefix={redis_prefix}ui:", "kafka.group_id=ui-poll", "flink.parallelism=2",
+                 "models.publish_every_examples=50", "models.publish_interval_ms=1000", history_override()]
+    job_id = cluster.submit("jobs.personalization", [a for o in overrides for a in ("--set", o)], connector_jars)
+    wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
+    records = list(generate(load_generator_settings({"users": 200, "seed": 8}), max_records=9_000))
+    feeder = threading.Thread(target=produce, args=(kafka_bootstrap, topics.events, records), kwargs={"rate": 150.0},
+                              daemon=True)
+    feeder.start()
+    rounds: list[dict[str, int]] = []
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < 62:   # the whole run, one round about every 200 ms
+            rounds.append(_poll_the_web_ui(cluster, job_id))
+            time.sleep(0.2)   # the UI's own polling cadence, not a wait for a condition
+        feeder.join(timeout=60)
+    finally:
+        status = cluster.job_status(job_id)
+        cluster.cancel(job_id)
+    assert len(rounds) >= 60 and status == "RUNNING"
+    assert {r["taskmanagers"] for r in rounds} == {2}
+    assert max(r["restarts"] for r in rounds) == 0 and min(r["running"] for r in rounds) == 1
+    wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
