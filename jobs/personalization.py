@@ -266,11 +266,14 @@ class Personalize(KeyedProcessFunction):
             yield Row(trigger.user_id, trigger.to_json())
         if state is None:
             return
+        if state.epoch_ms == 0 and step.store:   # a state this job created (first event, or after an erasure)
+            state.epoch_ms = now
         if step.store:
             self._store(user_id, state)
         if step.write_profile:
             self._arm_flush(ctx, now)
-            self._writer.put(user_id, state.version, partial(self._core.profile, user_id, state, now), now)
+            self._writer.put(user_id, state.version, partial(self._core.profile, user_id, state, now), now,
+                             epoch=state.epoch_ms)
             if self._writer.due(now):
                 self._writer.flush()
 

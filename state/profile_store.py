@@ -1,8 +1,11 @@
 """Write profiles to Redis in pipelined batches, coalesced per user, never letting an old version win.
 
 The writer holds at most one pending profile per user; ``flush`` sends them all in one pipeline through a
-small Lua script that replaces the hash only if the stored ``profile_version`` is older. Replays after a
-restart therefore cannot move a profile backwards, and the batch bound keeps freshness predictable.
+small Lua script that replaces the hash only if the stored ``(profile_epoch, profile_version)`` is older.
+Replays after a restart therefore cannot move a profile backwards, and the batch bound keeps freshness
+predictable. The epoch is the wall-clock time at which the job created the user's state: a state lost
+and started afresh (version 1 again) has a newer epoch, so its writes win instead of being refused until
+the stored profile expires.
 Time is passed in (``now_ms``) so batching is testable without a clock.
 """
 
@@ -18,12 +21,16 @@ from state.keys import RedisKeys
 
 # KEYS[1] profile hash, KEYS[2..] segment sets; ARGV[1] new profile_version, ARGV[2] ttl seconds,
 # ARGV[3] user id, ARGV[4] ",i,j," indices of the segments the user belongs to (1-based over KEYS[2..]),
-# ARGV[5..] field, value, ... The segment update happens only with the profile it belongs to.
+# ARGV[5] profile_epoch, ARGV[6..] field, value, ... The segment update happens only with the profile it
+# belongs to. A stored profile without an epoch (written before epochs) counts as epoch 0.
 _REPLACE_IF_NEWER = """
-local cur = redis.call('HGET', KEYS[1], 'profile_version')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+local cur = redis.call('HMGET', KEYS[1], 'profile_epoch', 'profile_version')
+if cur[2] then
+  local stored_epoch, epoch = tonumber(cur[1]) or 0, tonumber(ARGV[5])
+  if stored_epoch > epoch or (stored_epoch == epoch and tonumber(cur[2]) >= tonumber(ARGV[1])) then return 0 end
+end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], 'profile_epoch', ARGV[5], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local member = ARGV[4]
 for i = 2, #KEYS do
@@ -52,7 +59,7 @@ class ProfileWriter:
         self._segments = segments
         self._segment_keys = [keys.segment(name) for name in segments]
         self._index = {name: i + 1 for i, name in enumerate(segments)}   # 1-based, as the script counts
-        self._pending: dict[str, tuple[int, Fields, tuple[str, ...]]] = {}
+        self._pending: dict[str, tuple[int, int, Fields, tuple[str, ...]]] = {}
         self._erase: set[str] = set()
         self._oldest_ms: int | None = None
         self.written = 0
@@ -68,8 +75,10 @@ class ProfileWriter:
         return len(self._pending) + len(self._erase)
 
     def put(self, user_id: str, version: int, fields: Fields, now_ms: int, segment: str | None = None,
-            segments: tuple[str, ...] = ()) -> None:
+            segments: tuple[str, ...] = (), epoch: int = 0) -> None:
         """Queue a profile; a newer version for the same user replaces the queued one.
+
+        ``(epoch, version)`` orders the writes of a user: see the module docstring.
 
         ``fields`` may be a function: it is called once, at the flush, if this version is still the pending one.
         It may return ``(fields, segments)``, the sets then being decided at the flush too.
@@ -78,7 +87,7 @@ class ProfileWriter:
         """
         if self._oldest_ms is None:
             self._oldest_ms = now_ms
-        self._pending[user_id] = (version, fields, (segment,) if segment is not None else segments)
+        self._pending[user_id] = (version, epoch, fields, (segment,) if segment is not None else segments)
 
     def erase(self, user_id: str, now_ms: int) -> None:
         """Delete the user's profile and segment memberships (erasure request), before any later put."""
@@ -104,12 +113,12 @@ class ProfileWriter:
             for key in self._segment_keys:
                 pipe.srem(key, user_id)
         erase_replies = len(self._erase) * (1 + len(self._segment_keys))
-        for user_id, (version, fields, member_of) in self._pending.items():
+        for user_id, (version, epoch, fields, member_of) in self._pending.items():
             values = fields() if callable(fields) else fields
             if isinstance(values, tuple):
                 values, member_of = values
             indices = "," + "".join(f"{self._index[s]}," for s in member_of if s in self._index)
-            args: list[Any] = [version, self._ttl_s, user_id, indices]
+            args: list[Any] = [version, self._ttl_s, user_id, indices, epoch]
             for k, v in values.items():
                 args += (k, v)
             self._script(keys=[self._keys.profile(user_id), *self._segment_keys], args=args, client=pipe)
@@ -130,7 +139,7 @@ class ProfileWriter:
 
 
 # Fields stored as decimal text and as JSON text (schemas/profile.v1.json); the rest are plain strings.
-_INT_FIELDS = frozenset({"profile_version", "propensity_version", "updated_at", "last_event_time", "events_total", "session_count",
+_INT_FIELDS = frozenset({"profile_version", "profile_epoch", "propensity_version", "updated_at", "last_event_time", "events_total", "session_count",
                          "current_session_length_ms", "current_session_product_dwell_ms", "sessions_7d",
                          "purchases_7d", "local_hour", "cart_items", "cart_value_minor"})
 _JSON_FIELDS = frozenset({"counts_by_type", "windows", "recent_sessions", "rfm", "affinities", "device_mix",

@@ -43,7 +43,7 @@ class UserState(msgspec.Struct, omit_defaults=True,
                         "rfm": "r", "affinities": "a", "device_counts": "dc", "last_device": "ld", "country": "c",
                         "timezone": "tz", "demographics": "d", "marketing_consent": "mc", "consent_log": "cl",
                         "cart": "ct", "last_purchase_ms": "lp", "last_add_ms": "la", "last_abandon_ms": "lb",
-                        "patterns": "p", "models": "m", "seen_events": "e", "seen_orders": "o"}):
+                        "patterns": "p", "models": "m", "seen_events": "e", "seen_orders": "o", "epoch_ms": "ep"}):
     version: int = 0
     newest_event_ms: int = 0
     totals: dict[str, int] = {}
@@ -73,6 +73,9 @@ class UserState(msgspec.Struct, omit_defaults=True,
     # De-duplication (operators/personalize.py): 64-bit hashes of the last event ids and purchase order ids.
     seen_events: list[int] = []
     seen_orders: list[int] = []
+    # Wall-clock ms at which the job created this state (set by the caller, not the core, which reads no clock).
+    # With ``version`` it orders Redis writes: a state started afresh after a loss has a newer epoch.
+    epoch_ms: int = 0
 
 
 _HEADER = bytes([STATE_FORMAT])

@@ -18,6 +18,7 @@ import redis
 from persona.generator.shoppers import generate
 from persona.settings import ROOT, load_generator_settings
 from persona.stack.procs import wait_until
+from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
 from state.profile_store import read_profile
 from tests.fixtures.jobs import history_override, run_bounded_job
@@ -186,3 +187,30 @@ def test_a_bad_producers_timestamps_do_not_fire_other_users_timers(kafka_bootstr
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=30)
+
+
+def test_profiles_keep_updating_after_the_state_is_lost(kafka_bootstrap: str, redis_url: str, topics: TopicNames,
+                                                        redis_prefix: str, tmp_path: Path) -> None:
+    """A job that starts with no state (a wipe, a lost checkpoint) counts versions from 1 again: its newer epoch
+    lets its profiles replace the old ones, which once refused them for 30 days."""
+    t0 = 1_793_620_800_000
+    users = [f"w{i}" for i in range(6)]
+    home = {"page_type": "home"}
+
+    def events(first: int, last: int) -> list[tuple[bytes | None, bytes, int]]:
+        return [(u.encode(), _shop_event(u, n, t0 + n * 1000, "page_view", home), t0 + n * 1000)
+                for n in range(first, last + 1) for u in users]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(redis_prefix)
+    produce_raw(kafka_bootstrap, topics.events, events(1, 20))
+    run_bounded_job("jobs.personalization", job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "wipe-1"),
+                    tmp_path)
+    assert {u: client.hget(keys.profile(u), "events_total") for u in users} == dict.fromkeys(users, "20")
+
+    later = f"{topics.events}.after-wipe"
+    ensure_topics(kafka_bootstrap, [later], 2)
+    produce_raw(kafka_bootstrap, later, events(21, 25))
+    run_bounded_job("jobs.personalization", [*job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "wipe-2"),
+                                             f"kafka.topics.events={later}"], tmp_path)
+    after = {u: client.hmget(keys.profile(u), "events_total", "last_event_time") for u in users}
+    assert after == dict.fromkeys(users, ["5", str(t0 + 25_000)])

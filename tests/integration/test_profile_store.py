@@ -39,8 +39,28 @@ def test_erasure_then_new_profile_in_one_batch(redis_url: str, redis_prefix: str
     w.put("u2", 1, {"profile_version": "1"}, now_ms=2, segment="browsing")   # state restarted at version 1
     w.flush()
     stored = read_profile(client, keys, "u2")
-    assert stored == {"profile_version": 1}
+    assert stored == {"profile_version": 1, "profile_epoch": 0}
     assert client.smembers(keys.segment("loyal")) == set()
     w.erase("u2", now_ms=3)
     w.close()
     assert read_profile(client, keys, "u2") is None
+
+
+def test_a_state_started_afresh_is_not_frozen_out_by_its_old_versions(redis_url: str, redis_prefix: str) -> None:
+    """A lost state restarts at version 1: with a newer epoch its writes win; an old epoch's replays still lose."""
+    keys = RedisKeys(redis_prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    w = ProfileWriter.from_url(redis_url, keys, ttl_s=60, flush_interval_ms=100, max_batch=10)
+    w.put("u3", 500, {"profile_version": "500", "events_total": "500"}, now_ms=0, epoch=1_000)
+    assert w.flush() == 1
+    w.put("u3", 1, {"profile_version": "1", "events_total": "1"}, now_ms=1, epoch=2_000)   # the state was wiped
+    assert w.flush() == 1
+    assert client.hmget(keys.profile("u3"), "profile_epoch", "events_total") == ["2000", "1"]
+    w.put("u3", 499, {"profile_version": "499", "events_total": "499"}, now_ms=2, epoch=1_000)   # a stale writer
+    assert w.flush() == 0
+    w.put("u3", 2, {"profile_version": "2", "events_total": "2"}, now_ms=3, epoch=2_000)
+    assert w.flush() == 1 and client.hget(keys.profile("u3"), "events_total") == "2"
+    client.hset(keys.profile("u4"), mapping={"profile_version": "7"})   # written before epochs existed
+    w.put("u4", 1, {"profile_version": "1"}, now_ms=4, epoch=3_000)
+    assert w.flush() == 1
+    w.close()
