@@ -154,10 +154,20 @@ class FlinkSettings(_Strict):
     checkpoint_interval_ms: int = Field(ge=0)
     checkpoint_dir: str = ""
     restart_attempts: int = Field(ge=0)
+    restart_max_backoff_ms: int = Field(default=30_000, ge=100)
     state_ttl_s: int = Field(gt=0)
     state_cache_users: int = Field(ge=0)
     buffer_timeout_ms: int = Field(ge=0)
     connector_jars_dir: str = Field(min_length=1)
+
+    def checkpoint_uri(self) -> str | None:
+        """Where checkpoints go: a Flink URI as given (``file:///…``, ``s3://…``), a path (relative to the project)
+        as a ``file://`` URI, or None for the JobManager's memory (``""``: lost with the process)."""
+        if not self.checkpoint_dir:
+            return None
+        if "://" in self.checkpoint_dir:
+            return self.checkpoint_dir
+        return resolve_path(self.checkpoint_dir).as_uri()
 
     def connector_jars(self) -> list[Path]:
         """The connector jars, or a ConfigError that says how to get them."""

@@ -89,3 +89,11 @@ def test_security_settings_build_client_configs_and_keep_secrets_out_of_process_
     monkeypatch.delenv("KAFKA_SASL_PASSWORD")
     with pytest.raises(ConfigError, match="kafka.security: .*needs username and password"):
         load_job_settings({})
+
+
+def test_checkpoints_go_to_the_filesystem_by_default() -> None:
+    s = load_job_settings({})
+    uri = s.flink.checkpoint_uri()
+    assert uri is not None and uri.startswith("file:///") and uri.endswith("/.run/checkpoints")
+    assert load_job_settings({"flink.checkpoint_dir": "s3://bucket/ckpt"}).flink.checkpoint_uri() == "s3://bucket/ckpt"
+    assert load_job_settings({"flink.checkpoint_dir": ""}).flink.checkpoint_uri() is None
