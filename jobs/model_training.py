@@ -24,7 +24,7 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from operators.model_scoring import ExampleBatch
 from operators.online_models import MODEL_NAMES, ModelTrainer
 from state.keys import RedisKeys
-from state.model_registry import record_snapshot
+from state.model_registry import newest_version, record_snapshot
 
 MODEL_STATE = "model_trainer_v1"
 LOG_STATE = "model_log_v2"   # v2: batches of examples (v1 held single examples)
@@ -68,7 +68,11 @@ class TrainModels(KeyedProcessFunction):
     def _trainer(self, name: str) -> ModelTrainer:
         t = self._trainers.get(name)
         if t is None:
-            t = self._model.value() or ModelTrainer.new(name, self._seed, self._segments)
+            t = self._model.value()
+            if t is None:
+                t = ModelTrainer.new(name, self._seed, self._segments)
+                # No state (a first start, or state lost): continue the registry's numbering.
+                t.version = newest_version(self._client, self._keys, name)
             for batch in self._log.get() or ():   # examples learnt after the last written model
                 for ex in batch.examples:
                     t.learn(ex.x, ex.label, ex.score, ex.previous)

@@ -24,7 +24,7 @@ from operators.model_features import (
     session_rate_features,
 )
 from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
-from state.model_registry import kept_record
+from state.model_registry import kept_record, kept_versions
 from state.model_state import ModelOutputs
 from state.user_state import UserState
 
@@ -132,8 +132,13 @@ class ServedModels:
             if version is not None and (name, int(version)) not in self._refused and (
                     name not in self.latest or self.latest[name].version < int(version)):
                 record = kept_record(client, keys, name, int(version))
-                if record is not None:
-                    self.apply(record)
+                if (record is None or not self.apply(record)) and name not in self.latest:
+                    # Nothing served yet (a restarted scorer) and the newest is gone or refused: the newest
+                    # valid kept version.
+                    for older in kept_versions(client, keys, name):
+                        kept = kept_record(client, keys, name, older) if older < int(version) else None
+                        if kept is not None and self.apply(kept):
+                            break
 
     def apply(self, record: dict[str, Any]) -> bool:
         """A models-topic record: ``snapshot``, ``pin`` (with the pinned snapshot) or ``unpin``.

@@ -27,6 +27,9 @@ def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any]
     pipe.execute()
     # redis-py types every reply as "awaitable or value" (one API for sync and async clients): these are sync.
     old = cast(list[bytes], client.zrange(keys.model_versions(name), 0, -keep - 1))
+    pinned = cast(bytes | None, client.hget(keys.model(name), "pinned"))
+    # A pinned version is never evicted: scorers that restart must still find it (the newest is never old).
+    old = [v for v in old if pinned is None or int(v) != int(pinned)]
     if old:
         pipe = client.pipeline(transaction=True)
         for v in old:
@@ -46,6 +49,19 @@ def model_info(client: redis.Redis, keys: RedisKeys, name: str) -> dict[str, Any
     out["pinned"] = int(raw["pinned"]) if raw.get("pinned") else None
     out["versions"] = [int(v) for v in cast(list[bytes], client.zrange(keys.model_versions(name), 0, -1))]
     return out
+
+
+def newest_version(client: redis.Redis, keys: RedisKeys, name: str) -> int:
+    """The highest version the registry knows for ``name`` (0 if none): a trainer that lost its state continues
+    from it, so its snapshots are newer than what scorers serve instead of being evicted at once."""
+    newest = cast(list[tuple[bytes, float]], client.zrange(keys.model_versions(name), -1, -1, withscores=True))
+    stored = cast(bytes | None, client.hget(keys.model(name), "version"))
+    return max([int(score) for _, score in newest] + ([int(stored)] if stored else []) + [0])
+
+
+def kept_versions(client: redis.Redis, keys: RedisKeys, name: str) -> list[int]:
+    """The kept versions of ``name``, newest first."""
+    return [int(v) for v in cast(list[bytes], client.zrevrange(keys.model_versions(name), 0, -1))]
 
 
 def kept_record(client: redis.Redis, keys: RedisKeys, name: str, version: int) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from operators.model_scoring import ServedModels
 from operators.online_models import ModelTrainer
 from persona.cli import main
 from state.keys import RedisKeys
-from state.model_registry import model_info, record_snapshot, set_pinned
+from state.model_registry import model_info, newest_version, record_snapshot, set_pinned
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +47,44 @@ def test_pinning_a_version_that_is_not_kept_is_a_one_line_error(redis_url: str, 
     assert main(["models", "--set", f"redis.key_prefix={redis_prefix}", "pin", "propensity", "7"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("persona models: error:") and "version 7 is not kept" in err and "\n" not in err
+
+
+def test_a_pin_outlives_eviction_and_a_fresh_trainer_continues_the_numbering(redis_url: str,
+                                                                             redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(redis_prefix)
+    trainer = ModelTrainer.new("bots")
+    for _ in range(3):
+        record_snapshot(client, keys, trainer.snapshot(created_at_ms=0).to_record(), keep=2)
+    set_pinned(client, keys, "bots", 2)
+    for _ in range(30):   # minutes of publications once evicted the pin
+        record_snapshot(client, keys, trainer.snapshot(created_at_ms=0).to_record(), keep=2)
+    info = model_info(client, keys, "bots")
+    assert info is not None and info["versions"] == [2, 32, 33]
+    restarted = ServedModels()   # a scorer that restarts while the pin holds
+    restarted.refresh(client, keys)
+    assert restarted.get("bots")[0] == 2
+
+    # A trainer that lost its state continues from the registry: its first snapshot is the newest.
+    assert newest_version(client, keys, "bots") == 33
+    fresh = ModelTrainer.new("bots")
+    fresh.version = newest_version(client, keys, "bots")
+    record_snapshot(client, keys, fresh.snapshot(created_at_ms=0).to_record(), keep=2)
+    set_pinned(client, keys, "bots", None)
+    restarted.refresh(client, keys)
+    assert restarted.get("bots")[0] == 34
+    client.close()
+
+
+def test_a_restarted_scorer_serves_the_newest_valid_version(redis_url: str, redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(redis_prefix)
+    trainer = ModelTrainer.new("segments")
+    for _ in range(2):
+        record_snapshot(client, keys, trainer.snapshot(created_at_ms=0).to_record(), keep=5)
+    bad = {**trainer.snapshot(created_at_ms=0).to_record(), "blob": "bm90IGpzb24="}   # "not json": refused
+    record_snapshot(client, keys, bad, keep=5)
+    served = ServedModels()
+    served.refresh(client, keys)
+    assert served.get("segments")[0] == 2 and served.refused == 1
+    client.close()
