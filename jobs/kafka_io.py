@@ -122,8 +122,13 @@ def keyed_raw_events(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
     return KeyedStream(j_keyed, record_type, stream)
 
 
-def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: str, topic: str) -> str:
-    """Declare a sink table (k STRING key, v STRING value) writing to ``topic``; returns the table name."""
+def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: str, topic: str,
+                    exactly_once: bool = False) -> str:
+    """Declare a sink table (k STRING key, v STRING value) writing to ``topic``; returns the table name.
+
+    ``exactly_once``: Kafka transactions committed at each checkpoint (read_committed consumers see each
+    record once, a checkpoint interval after it was made); else at-least-once (records visible at once,
+    duplicated after a failover: consumers de-duplicate on their stable ids)."""
     opts = {
         "connector": "kafka",
         "topic": topic,
@@ -132,9 +137,12 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
         "key.fields": "k",
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
-        "sink.delivery-guarantee": "at-least-once",
+        "sink.delivery-guarantee": "exactly-once" if exactly_once else "at-least-once",
         **kafka.connector_properties(),
     }
+    if exactly_once:
+        opts |= {"sink.transactional-id-prefix": f"{kafka.group_id}.{name}",
+                 "properties.transaction.timeout.ms": str(kafka.transaction_timeout_ms)}
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE {name} (`k` STRING, `v` STRING)
         WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})

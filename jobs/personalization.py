@@ -352,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              max_future_ms=settings.limits.max_event_future_ms)
     triggers, dead_letters, published = build(keyed, settings, book)
     statements = t_env.create_statement_set()
-    statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers),
+    statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers,
+                                          exactly_once=settings.kafka.triggers_delivery == "exactly-once"),
                           t_env.from_data_stream(triggers))
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "dead_letter_sink", settings.kafka.topics.dead_letter),
                           t_env.from_data_stream(dead_letters))

@@ -68,6 +68,8 @@ class KafkaSettings(_Strict):
     topics: Topics
     partitions: int = Field(ge=1, le=1024)
     security: KafkaSecurity = KafkaSecurity()
+    triggers_delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    transaction_timeout_ms: int = Field(default=600_000, ge=60_000, le=900_000)   # below the broker's 15 min maximum
 
     def client_config(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python's producer, consumer and admin client."""
@@ -240,6 +242,9 @@ class JobSettings(_Strict):
         # with a secret in the environment or the settings, that would print it.
         secret = (self.kafka.security.password.get_secret_value() or self.redis.password.get_secret_value()
                   or "@" in self.redis.url.get_secret_value())
+        if self.kafka.triggers_delivery == "exactly-once" and self.flink.checkpoint_interval_ms <= 0:
+            raise ValueError("kafka.triggers_delivery: exactly-once commits at checkpoints; "
+                             "flink.checkpoint_interval_ms must be > 0")
         if self.flink.execution_mode == "process" and secret:
             raise ValueError("flink.execution_mode: process is refused while a Kafka or Redis secret is set "
                              "(its workers log their environment); use thread")

@@ -214,3 +214,18 @@ def test_profiles_keep_updating_after_the_state_is_lost(kafka_bootstrap: str, re
                                              f"kafka.topics.events={later}"], tmp_path)
     after = {u: client.hmget(keys.profile(u), "events_total", "last_event_time") for u in users}
     assert after == dict.fromkeys(users, ["5", str(t0 + 25_000)])
+
+
+def test_exactly_once_triggers_equal_the_oracle_for_a_read_committed_consumer(
+        kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str, tmp_path: Path) -> None:
+    records = list(generate(load_generator_settings({"users": 150, "seed": 9, "bot_fraction": 0.0}), max_records=6_000))
+    produce(kafka_bootstrap, topics.events, records)
+    run_bounded_job("jobs.personalization", [*job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "eos"),
+                                             "kafka.triggers_delivery=exactly-once", "flink.checkpoint_interval_ms=2000"],
+                    tmp_path, timeout_s=600)
+    want = expected(records)
+    rows = read_all_json(kafka_bootstrap, topics.triggers, isolation_level="read_committed")
+    ids = [r["trigger_id"] for r in rows]
+    assert len(ids) == len(set(ids))   # each trigger once
+    got = triggers_by_pattern(rows, want.erased_users)
+    assert got == want.triggers
