@@ -57,8 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     submit = cl_sub.add_parser("submit", help="submit a job with `flink run`")
     submit.add_argument("--job", choices=("jobs.personalization", "jobs.event_counter"), default="jobs.personalization")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    cancel = cl_sub.add_parser("cancel")
+    submit.add_argument("--from-savepoint", metavar="PATH", help="restore state and offsets from a savepoint")
+    submit.add_argument("--allow-non-restored-state", action="store_true",
+                        help="with --from-savepoint: drop state of operators the new job does not have")
+    cancel = cl_sub.add_parser("cancel", help="cancel a job (its last checkpoint is kept)")
     cancel.add_argument("job_id")
+    stop = cl_sub.add_parser("stop", help="stop a job with a savepoint (for upgrades)")
+    stop.add_argument("job_id")
+    stop.add_argument("--savepoint", required=True, metavar="DIR", help="savepoint directory (path or Flink URI)")
 
     prof = sub.add_parser("profile", help="print a user's profile from Redis")
     prof.add_argument("user_id")
@@ -214,8 +220,13 @@ def _cluster(args: argparse.Namespace) -> int:
         from persona.settings import parse_overrides
         job = load_job_settings(parse_overrides(args.overrides))
         job_args = [a for o in args.overrides for a in ("--set", o)]
-        job_id = cluster.submit(args.job, job_args, job.flink.connector_jars())
+        if args.allow_non_restored_state and not args.from_savepoint:
+            raise ConfigError("--allow-non-restored-state needs --from-savepoint")
+        job_id = cluster.submit(args.job, job_args, job.flink.connector_jars(), from_savepoint=args.from_savepoint,
+                                allow_non_restored_state=args.allow_non_restored_state)
         print(f"submitted job {job_id}; web UI {cluster.rest_url}/#/job/running/{job_id}/overview")
+    elif args.action == "stop":
+        print(f"stopped {args.job_id}; savepoint {cluster.stop_with_savepoint(args.job_id, args.savepoint)}")
     elif args.action == "cancel":
         cluster.cancel(args.job_id)
         print(f"cancelled {args.job_id}")

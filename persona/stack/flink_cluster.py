@@ -97,8 +97,10 @@ class FlinkCluster:
         for jar in [*(FLINK_HOME / "lib").glob("*.jar"), *(FLINK_HOME / "opt").glob("flink-python-*.jar")]:
             (self.lib_dir / jar.name).symlink_to(jar)
 
-    def rest(self, path: str, method: str = "GET") -> Any:
-        req = urllib.request.Request(self.rest_url + path, method=method)
+    def rest(self, path: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.rest_url + path, method=method, data=data,
+                                     headers={"Content-Type": "application/json"} if data else {})
         with urllib.request.urlopen(req, timeout=5) as resp:
             body = resp.read()
         return json.loads(body) if body else None
@@ -136,14 +138,21 @@ class FlinkCluster:
         wait_until(lambda: not self.running(), 30, "stopping the flink cluster", interval_s=0.5)
         return "flink cluster stopped"
 
-    def submit(self, module: str, job_args: list[str], jars: list[Path], detach: bool = True) -> str:
-        """``flink run -d -py`` the job module; returns the job id. ``detach=False`` returns when the job has ended."""
+    def submit(self, module: str, job_args: list[str], jars: list[Path], detach: bool = True,
+               from_savepoint: str | None = None, allow_non_restored_state: bool = False) -> str:
+        """``flink run -d -py`` the job module; returns the job id. ``detach=False`` returns when the job has ended.
+
+        ``from_savepoint`` restores the job's state and Kafka offsets from a savepoint (or retained checkpoint);
+        ``allow_non_restored_state`` lets it drop state of operators the new job no longer has (explicitly).
+        """
         if not self.running():
             raise StackError(f"no flink cluster at {self.rest_url}; start it with `persona cluster up`")
         script = ROOT / Path(*module.split(".")).with_suffix(".py")
         cmd = [str(FLINK_HOME / "bin" / "flink"), "run", *(["-d"] if detach else []),
                "-m", f"127.0.0.1:{self.settings.rest_port}",
                "-py", str(script), "-pyexec", sys.executable, "-pyclientexec", sys.executable]
+        if from_savepoint:
+            cmd += ["-s", from_savepoint, *(["--allowNonRestoredState"] if allow_non_restored_state else [])]
         for jar in jars:
             cmd += ["--jarfile", str(jar)]
         cmd += ["--deployment", "cluster", *job_args]
@@ -158,3 +167,21 @@ class FlinkCluster:
 
     def cancel(self, job_id: str) -> None:
         self.rest(f"/jobs/{job_id}?mode=cancel", method="PATCH")
+
+    def stop_with_savepoint(self, job_id: str, directory: str, timeout_s: float = 300) -> str:
+        """Stop the job with a savepoint in ``directory`` (a path or Flink URI); returns the savepoint's location.
+
+        Sources stop first and the sinks flush, so nothing the job emitted is emitted again after a restore.
+        """
+        target = directory if "://" in directory else Path(directory).resolve().as_uri()
+        trigger = self.rest(f"/jobs/{job_id}/stop", method="POST", body={"targetDirectory": target, "drain": False})
+        status: dict[str, Any] = {}
+
+        def done() -> bool:
+            status.update(self.rest(f"/jobs/{job_id}/savepoints/{trigger['request-id']}"))
+            return bool(status.get("status", {}).get("id") == "COMPLETED")
+        wait_until(done, timeout_s, f"savepoint of job {job_id}", interval_s=0.5)
+        op = status.get("operation") or {}
+        if "location" not in op:
+            raise StackError(f"savepoint of job {job_id} failed: {str(op.get('failure-cause', op))[:600]}")
+        return str(op["location"])

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,6 +20,7 @@ from state.keys import RedisKeys
 from tests.fixtures.jobs import history_override, run_bounded_job
 from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.oracle import expected_counts
+from tests.fixtures.personalization_oracle import expected
 from tests.fixtures.services import TopicNames
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -151,3 +153,44 @@ def test_web_ui_polling_for_a_minute_never_kills_a_taskmanager(
     assert {r["taskmanagers"] for r in rounds} == {2}
     assert max(r["restarts"] for r in rounds) == 0 and min(r["running"] for r in rounds) == 1
     wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
+
+
+def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
+        cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
+        connector_jars: list[Path], tmp_path: Path) -> None:
+    records = list(generate(load_generator_settings({"users": 120, "seed": 12, "bot_fraction": 0.0}), max_records=6_000))
+    first, second = records[:3_000], records[3_000:]
+    base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+            f"redis.key_prefix={redis_prefix}sp:", "kafka.group_id=savepoint", "flink.parallelism=2",
+            "models.bot_min_session_events=1000000", history_override()]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(f"{redis_prefix}sp:")
+
+    def stored(users: dict[str, dict[str, Any]]) -> dict[str, int]:
+        return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in users}
+
+    job_id = cluster.submit("jobs.personalization", [a for o in base for a in ("--set", o)], connector_jars)
+    wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
+    produce(kafka_bootstrap, topics.events, first)
+    want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
+    wait_until(lambda: stored(want_first) == want_first, 180, "the first half in Redis", interval_s=0.5)
+    savepoint = cluster.stop_with_savepoint(job_id, str(tmp_path / "savepoints"))
+    assert cluster.job_status(job_id) == "FINISHED"
+    triggers_before = read_all_json(kafka_bootstrap, topics.triggers)
+
+    # The upgrade: a changed setting, the same state and offsets.
+    produce(kafka_bootstrap, topics.events, second)
+    upgraded = [*base, "redis.flush_interval_ms=200"]
+    job_id = cluster.submit("jobs.personalization", [a for o in upgraded for a in ("--set", o)], connector_jars,
+                            from_savepoint=savepoint)
+    try:
+        want = expected(records)
+        want_all = {u: f["events_total"] for u, f in want.profiles.items()}
+        wait_until(lambda: stored(want_all) == want_all, 240, "both halves in Redis", interval_s=0.5)
+    finally:
+        cluster.cancel(job_id)
+    wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
+    after = read_all_json(kafka_bootstrap, topics.triggers)
+    ids = [t["trigger_id"] for t in after]
+    assert len(ids) == len(set(ids)), "a trigger was sent again after the restore"
+    assert {t["trigger_id"] for t in triggers_before} <= set(ids)
