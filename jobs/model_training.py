@@ -12,6 +12,7 @@ last written model and reaches the same model exactly (learning is deterministic
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,9 @@ from state.model_registry import newest_version, record_snapshot
 MODEL_STATE = "model_trainer_v1"
 LOG_STATE = "model_log_v2"   # v2: batches of examples (v1 held single examples)
 _RATIOS = ("roc_auc", "log_loss", "silhouette", "churn")
+
+
+log = logging.getLogger(__name__)
 
 
 class TrainModels(KeyedProcessFunction):
@@ -72,7 +76,10 @@ class TrainModels(KeyedProcessFunction):
             if t is None:
                 t = ModelTrainer.new(name, self._seed, self._segments)
                 # No state (a first start, or state lost): continue the registry's numbering.
-                t.version = newest_version(self._client, self._keys, name)
+                try:
+                    t.version = newest_version(self._client, self._keys, name)
+                except redis.RedisError as e:
+                    log.warning("could not read the %s registry (%s); numbering from 0", name, e)
             for batch in self._log.get() or ():   # examples learnt after the last written model
                 for ex in batch.examples:
                     t.learn(ex.x, ex.label, ex.score, ex.previous)
@@ -99,7 +106,10 @@ class TrainModels(KeyedProcessFunction):
         record = t.snapshot(int(time.time() * 1000)).to_record()
         self._model.update(t)
         self._log.clear()
-        record_snapshot(self._client, self._keys, record, self._keep)
+        try:
+            record_snapshot(self._client, self._keys, record, self._keep)
+        except redis.RedisError as e:   # scorers keep the version they serve; the next publication retries
+            log.warning("could not record %s version %d in Redis (%s); the models topic has it", t.name, t.version, e)
         self._push_metrics(t)
         return Row(t.name, json.dumps(record))
 

@@ -39,7 +39,7 @@ from operators.pattern_spec import PatternBook
 from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
 from persona.rules import check_patterns, input_limits, personalizer
-from persona.settings import ConfigError, JobSettings
+from persona.settings import ConfigError, JobSettings, mask_url
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 from state.state_cache import StateCache
@@ -84,6 +84,9 @@ class Personalize(KeyedProcessFunction):
         self._cache: StateCache[UserState] = StateCache(self._cache_size)
         url, prefix, ttl_s, interval, max_batch = self._redis
         self._interval = interval
+        self._redis_backoff_ms = 0
+        self._redis_retry_at = 0
+        self._masked_redis = mask_url(url)
         self._writer = ProfileWriter.from_url(url, RedisKeys(prefix), ttl_s, interval, max_batch,
                                               segments=self._core.memberships_known)
         self._served = ServedModels()
@@ -111,6 +114,7 @@ class Personalize(KeyedProcessFunction):
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
         self._duplicates = group.counter("duplicates")
+        self._redis_errors = group.counter("redis_errors")
         self._models_refused = group.counter("models_refused")
         self._timer_errors = group.counter("timer_errors")
         self._dropped = {d: group.add_group("dropped").counter(d) for d in ("cart_item", "demographic_attribute")}
@@ -218,7 +222,7 @@ class Personalize(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self._flush_armed = False
-            self._writer.flush()
+            self._flush(ctx, int(time.time() * 1000))
             self._push_counts()
             yield from self._send_examples()
             return
@@ -237,7 +241,12 @@ class Personalize(KeyedProcessFunction):
         # the TaskManager's .out file on a cluster): applied + duplicates + dead letters = records read.
         print("persona-ledger " + json.dumps(self._ledger, sort_keys=True), flush=True)
         self._push_counts()
-        self._writer.close()
+        pending = self._writer.pending
+        try:
+            self._writer.close()
+        except redis.RedisError as e:   # stopping while Redis is away: say what is not written
+            log.error("redis at %s: %s; %d profile(s) not written at close (each is written again with the "
+                      "user's next event)", self._masked_redis, e, pending)
         self._model_client.close()
 
     def _carry_out(self, user_id: str, step: Step, ctx: Any, now: int) -> Iterator[Any]:
@@ -275,7 +284,7 @@ class Personalize(KeyedProcessFunction):
             self._writer.put(user_id, state.version, partial(self._core.profile, user_id, state, now), now,
                              epoch=state.epoch_ms)
             if self._writer.due(now):
-                self._writer.flush()
+                self._flush(ctx, now)
 
     def _push_counts(self) -> None:
         """Counts of every event go to Flink's counters at each flush: a counter's inc() is a Java call."""
@@ -284,6 +293,27 @@ class Personalize(KeyedProcessFunction):
             if n:
                 counters[name].inc(n)
         self._counts = dict.fromkeys(counters, 0)
+
+    def _flush(self, ctx: Any, now: int) -> None:
+        """Send the pending profiles. While Redis is unreachable they wait, coalesced per user, and a timer retries
+        with backoff (0.5 s doubling to 10 s): an outage delays profiles; it never dead-letters a record nor fails
+        the job."""
+        if now < self._redis_retry_at:
+            return
+        try:
+            self._writer.flush()
+        except redis.RedisError as e:
+            self._redis_errors.inc()
+            self._redis_backoff_ms = min(max(self._redis_backoff_ms * 2, 500), 10_000)
+            self._redis_retry_at = now + self._redis_backoff_ms
+            log.warning("redis at %s: %s; %d profile(s) wait, next try in %d ms", self._masked_redis, e,
+                        self._writer.pending, self._redis_backoff_ms)
+            self._flush_armed = True
+            ctx.timer_service().register_processing_time_timer(self._redis_retry_at)
+            return
+        if self._redis_backoff_ms:
+            log.warning("redis at %s answers again; the waiting profiles are written", self._masked_redis)
+            self._redis_backoff_ms = 0
 
     def _arm_flush(self, ctx: Any, now: int) -> None:
         """The first write or example of a batch arms a processing-time timer, so the batch goes out even if

@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from persona.generator.shoppers import generate
-from persona.settings import ROOT, load_generator_settings
-from persona.stack.procs import wait_until
+from persona.settings import ROOT, RedisServiceSettings, load_generator_settings
+from persona.stack.procs import free_port, wait_until
+from persona.stack.redis_server import RedisServer
 from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
 from state.profile_store import read_profile
@@ -229,3 +230,53 @@ def test_exactly_once_triggers_equal_the_oracle_for_a_read_committed_consumer(
     assert len(ids) == len(set(ids))   # each trigger once
     got = triggers_by_pattern(rows, want.erased_users)
     assert got == want.triggers
+
+
+def test_a_redis_outage_delays_profiles_and_loses_nothing(kafka_bootstrap: str, topics: TopicNames, redis_prefix: str,
+                                                          tmp_path: Path) -> None:
+    """Redis stops for 30 s in the middle of a stream (its data kept on disk, as a restarted server keeps it):
+    the job waits and retries; afterwards the profiles equal the oracle and nothing was dead-lettered for it."""
+    server = RedisServer(tmp_path / "redis", RedisServiceSettings(port=free_port(), start_timeout_s=15))
+    server.up()
+    records = list(generate(load_generator_settings({"users": 120, "seed": 17, "bot_fraction": 0.0}), max_records=4_000))
+    first, second = records[:2_000], records[2_000:]
+    cmd = [sys.executable, "-m", "jobs.personalization",
+           *(a for o in job_overrides(topics, kafka_bootstrap, server.url, redis_prefix, "outage") for a in ("--set", o))]
+    env = {**os.environ, "FLINK_LOG_DIR": str(tmp_path)}
+    with open(tmp_path / "job.log", "wb") as log:
+        job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    keys = RedisKeys(redis_prefix)
+
+    def stored(users: dict[str, Any]) -> dict[str, int]:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in users}
+        finally:
+            client.close()
+
+    def job_log() -> str:
+        return "".join(p.read_text(errors="replace") for p in tmp_path.glob("flink-*-python-*.log"))
+    try:
+        produce(kafka_bootstrap, topics.events, first)
+        want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
+        wait_until(lambda: job.poll() is None and stored(want_first) == want_first, 180, "the first half in Redis",
+                   interval_s=0.5)
+        redis.Redis.from_url(server.url).shutdown(save=True)   # the outage begins; the data stays on disk
+        down_at = time.monotonic()
+        produce(kafka_bootstrap, topics.events, second)
+        wait_until(lambda: "profile(s) wait" in job_log(), 60, "the job noticing the outage", interval_s=0.5)
+        while time.monotonic() - down_at < 30:   # the outage lasts 30 s: its length, not a wait for a condition
+            assert job.poll() is None, "the job stopped during the outage"
+            time.sleep(1)
+        server.up()
+        want = expected(records)
+        want_all = {u: f["events_total"] for u, f in want.profiles.items()}
+        wait_until(lambda: job.poll() is None and stored(want_all) == want_all, 120, "every profile after the outage",
+                   interval_s=0.5)
+        dead = read_all_json(kafka_bootstrap, topics.dead_letter)
+        assert Counter(d["reason"] for d in dead) == want.dead_letter_reasons
+        assert "answers again" in job_log()
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=30)
+        server.down()
