@@ -41,3 +41,15 @@ def test_generate_to_file(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--records", "300", "--users", "20", "--out", str(out)]) == 0
     assert len(out.read_bytes().splitlines()) == 300
     assert '"valid"' in capsys.readouterr().out
+
+
+def test_allow_non_restored_state_needs_a_savepoint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cluster", "submit", "--allow-non-restored-state"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--allow-non-restored-state needs --from-savepoint" in err and "\n" not in err
+
+
+def test_cluster_stop_without_a_savepoint_dir_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", "stop", "0123"])
+    assert exit_info.value.code == 2 and "--savepoint" in capsys.readouterr().err
