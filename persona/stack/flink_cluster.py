@@ -131,6 +131,22 @@ class FlinkCluster:
                    f"flink cluster at {self.rest_url} with {n} TaskManager(s)", interval_s=0.5)
         return f"flink cluster started ({n} TaskManager(s) x {self.settings.taskmanager_slots} slot(s)); web UI {self.rest_url}"
 
+    def taskmanager_pids(self) -> list[int]:
+        """Live TaskManager processes of this cluster (from its own pid files)."""
+        pids = []
+        for pid_file in self.pid_dir.glob("*taskexecutor*.pid"):
+            for line in pid_file.read_text().split():
+                if line.isdigit() and Path(f"/proc/{line}").exists():
+                    pids.append(int(line))
+        return pids
+
+    def add_taskmanager(self) -> None:
+        """Start one more TaskManager (what a supervisor does after losing one)."""
+        proc = subprocess.run([str(FLINK_HOME / "bin" / "taskmanager.sh"), "start"], env=self._env(),
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise StackError(f"taskmanager.sh start failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+
     def down(self) -> str:
         if not self.conf_dir.exists():
             return "flink cluster was not running"

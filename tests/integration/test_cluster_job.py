@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -194,3 +196,60 @@ def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
     ids = [t["trigger_id"] for t in after]
     assert len(ids) == len(set(ids)), "a trigger was sent again after the restore"
     assert {t["trigger_id"] for t in triggers_before} <= set(ids)
+
+
+def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
+        cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
+        connector_jars: list[Path]) -> None:
+    """SIGKILL a TaskManager twice during a stream of 50,000 events; a supervisor (here, the test) starts a
+    replacement each time. The restart strategy outlasts each loss, and the job's results equal the oracle."""
+    records = list(generate(load_generator_settings({"users": 400, "seed": 23, "bot_fraction": 0.0}),
+                            max_records=50_000))
+    overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+                 f"redis.key_prefix={redis_prefix}kill:", "kafka.group_id=kill", "flink.parallelism=2",
+                 "flink.checkpoint_interval_ms=2000", "models.bot_min_session_events=1000000", history_override()]
+    job_id = cluster.submit("jobs.personalization", [a for o in overrides for a in ("--set", o)], connector_jars)
+    wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
+    feeder = threading.Thread(target=produce, args=(kafka_bootstrap, topics.events, records), kwargs={"rate": 1_200.0},
+                              daemon=True)
+    feeder.start()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(f"{redis_prefix}kill:")
+
+    def profiles() -> int:
+        return sum(1 for _ in client.scan_iter(match=keys.profile("*"), count=1000))
+
+    def restarts() -> int:
+        values = cluster.rest(f"/jobs/{job_id}/metrics?get=numRestarts")
+        return int(values[0]["value"]) if values else 0
+
+    def running_again(n: int) -> bool:
+        job = cluster.rest(f"/jobs/{job_id}")
+        return restarts() >= n and job["state"] == "RUNNING" and all(
+            v["status"] == "RUNNING" for v in job["vertices"])
+    try:
+        for kill in (1, 2):
+            wait_until(lambda kill=kill: profiles() >= 100 * kill, 120, "the stream flowing", interval_s=0.5)
+            pid = cluster.taskmanager_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            cluster.add_taskmanager()
+            wait_until(lambda kill=kill: running_again(kill), 180, f"recovery from kill {kill}", interval_s=1.0)
+        feeder.join(timeout=120)
+        want = expected(records)
+        want_totals = {u: f["events_total"] for u, f in want.profiles.items()}
+
+        def stored() -> dict[str, int]:
+            return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in want_totals}
+        wait_until(lambda: stored() == want_totals, 240, "every profile equal to the oracle", interval_s=1.0)
+        rows = read_all_json(kafka_bootstrap, topics.triggers)
+        got = {}
+        for r in rows:
+            if r["user_id"] not in want.erased_users:
+                got.setdefault(r["pattern"], set()).add(r["trigger_id"])
+        assert got == want.triggers
+        duplicates = len(rows) - len({r["trigger_id"] for r in rows})
+        print(f"restarts {restarts()}, duplicate trigger records {duplicates} (at-least-once)")
+        assert cluster.job_status(job_id) == "RUNNING" and restarts() >= 2
+    finally:
+        cluster.cancel(job_id)
+    wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
