@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from persona.stack.procs import free_port, wait_until
 from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
 from tests.fixtures.jobs import history_override, run_bounded_job
-from tests.fixtures.kafka_io import produce, read_all_json
+from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
 from tests.fixtures.oracle import expected_counts
 from tests.fixtures.personalization_oracle import expected
 from tests.fixtures.services import TopicNames
@@ -235,18 +236,27 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
             cluster.add_taskmanager()
             wait_until(lambda kill=kill: running_again(kill), 180, f"recovery from kill {kill}", interval_s=1.0)
         feeder.join(timeout=120)
+        # An unbounded job fires a timer when the watermark passes it: two days of event time later, on both
+        # partitions, every deadline and quiet-hour release has passed, as at the end of a bounded input.
+        end = max(r.event_time_ms for r in records) + 2 * 86_400_000
+        produce_raw(kafka_bootstrap, topics.events, [(f"zz-end{i}".encode(), json.dumps({
+            "event_id": f"zz-end{i}", "event_type": "page_view", "user_id": f"zz-end{i}", "schema_version": 1,
+            "event_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end / 1000)),
+            "payload": {"page_type": "home"}}).encode(), end) for i in range(8)])
         want = expected(records)
         want_totals = {u: f["events_total"] for u, f in want.profiles.items()}
 
         def stored() -> dict[str, int]:
             return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in want_totals}
         wait_until(lambda: stored() == want_totals, 240, "every profile equal to the oracle", interval_s=1.0)
+        def triggers() -> dict[str, set[str]]:
+            got: dict[str, set[str]] = {}
+            for r in read_all_json(kafka_bootstrap, topics.triggers):
+                if r["user_id"] not in want.erased_users:
+                    got.setdefault(r["pattern"], set()).add(r["trigger_id"])
+            return got
+        wait_until(lambda: triggers() == want.triggers, 120, "the oracle's triggers", interval_s=1.0)
         rows = read_all_json(kafka_bootstrap, topics.triggers)
-        got = {}
-        for r in rows:
-            if r["user_id"] not in want.erased_users:
-                got.setdefault(r["pattern"], set()).add(r["trigger_id"])
-        assert got == want.triggers
         duplicates = len(rows) - len({r["trigger_id"] for r in rows})
         print(f"restarts {restarts()}, duplicate trigger records {duplicates} (at-least-once)")
         assert cluster.job_status(job_id) == "RUNNING" and restarts() >= 2
