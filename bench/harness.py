@@ -277,7 +277,7 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
     ckpt.mkdir(parents=True, exist_ok=True)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
-        f"kafka.group_id={prefix}job", "patterns_file=bench/patterns.yaml", "profile.allowed_lateness_ms=5000",
+        "kafka.starting_offsets=earliest", f"kafka.group_id={prefix}job", "patterns_file=bench/patterns.yaml", "profile.allowed_lateness_ms=5000",
         "source.idleness_ms=2000", f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000",
         # The drained events are generated history from conf/generator.yaml's start (the live phases are now).
         replay_age_override(load_generator_settings({}), int(time.time() * 1000)),

@@ -46,7 +46,7 @@ def _drain_seconds(cluster: Any, bootstrap: str, redis_url: str, events: int, pa
         _preload(bootstrap, topics["events"], events, users=max(events // 30, 100))
         overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
             f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={tag}:",
-            f"kafka.group_id={tag}", f"flink.parallelism={parallelism}",
+            "kafka.starting_offsets=earliest", f"kafka.group_id={tag}", f"flink.parallelism={parallelism}",
             replay_age_override(load_generator_settings({}), int(time.time() * 1000))]
         jars = load_job_settings({}).flink.connector_jars()
         start = time.time()

@@ -68,7 +68,9 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
         "properties.bootstrap.servers": kafka.bootstrap_servers,
         "properties.group.id": kafka.group_id,
         "scan.startup.mode": _STARTUP[kafka.starting_offsets],
-        "properties.auto.offset.reset": "earliest",
+        # `committed` resumes where the group's last checkpoint left off; a new group starts at the end, so a
+        # redeploy without a savepoint neither replays the topic nor re-sends its triggers. Replays ask for earliest.
+        "properties.auto.offset.reset": "latest" if kafka.starting_offsets == "committed" else "earliest",
         "format": "raw",
         **kafka.connector_properties(),
     }

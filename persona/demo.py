@@ -65,7 +65,7 @@ def run_demo(opts: DemoOptions) -> int:
     ensure_topics(bootstrap, topics.values(), job.kafka.partitions)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
-        f"kafka.group_id=demo-{run_id}",
+        "kafka.starting_offsets=earliest", f"kafka.group_id=demo-{run_id}",
         # The demo replays generated history from conf/generator.yaml's start: admit its age at ingestion.
         replay_age_override(load_generator_settings({}), int(time.time() * 1000))]
     cmd = [sys.executable, "-m", "jobs.personalization"] + [a for o in overrides for a in ("--set", o)]

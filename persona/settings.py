@@ -64,7 +64,7 @@ class KafkaSecurity(_Strict):
 class KafkaSettings(_Strict):
     bootstrap_servers: str = Field(min_length=1)
     group_id: str = Field(min_length=1)
-    starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
+    starting_offsets: Literal["earliest", "latest", "committed"] = "committed"
     topics: Topics
     partitions: int = Field(ge=1, le=1024)
     security: KafkaSecurity = KafkaSecurity()

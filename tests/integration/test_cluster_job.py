@@ -50,7 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
 def test_flink_run_on_standalone_cluster(cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str,
                                          topics: TopicNames, redis_prefix: str, connector_jars: list[Path]) -> None:
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=cluster-test",
+                 f"redis.key_prefix={redis_prefix}", "kafka.starting_offsets=earliest", "kafka.group_id=cluster-test",
                  # Both TaskManagers run a Python job, so the next test's job is a second one on its TaskManager.
                  "flink.parallelism=2"]
     job_id = cluster.submit("jobs.event_counter", [a for o in overrides for a in ("--set", o)], connector_jars)
@@ -87,7 +87,7 @@ def test_personalization_on_the_cluster_gives_the_minicluster_triggers(
         ensure_topics(kafka_bootstrap, [out.dead_letter, out.triggers], partitions=2)
         ensure_topics(kafka_bootstrap, [out.models], partitions=1)
         overrides = [*out.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                     f"redis.key_prefix={redis_prefix}{where}:", f"kafka.group_id=same-{where}",
+                     f"redis.key_prefix={redis_prefix}{where}:", "kafka.starting_offsets=earliest", f"kafka.group_id=same-{where}",
                      # The bot model flags users as its published versions arrive, a timing the two runs
                      # do not share; the (deterministic) bot rule stays on.
                      "models.bot_min_session_events=1000000", history_override()]
@@ -134,7 +134,7 @@ def test_web_ui_polling_for_a_minute_never_kills_a_taskmanager(
         cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
         connector_jars: list[Path]) -> None:
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                 f"redis.key_prefix={redis_prefix}ui:", "kafka.group_id=ui-poll", "flink.parallelism=2",
+                 f"redis.key_prefix={redis_prefix}ui:", "kafka.starting_offsets=earliest", "kafka.group_id=ui-poll", "flink.parallelism=2",
                  "models.publish_every_examples=50", "models.publish_interval_ms=1000", history_override()]
     job_id = cluster.submit("jobs.personalization", [a for o in overrides for a in ("--set", o)], connector_jars)
     wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
@@ -164,7 +164,7 @@ def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
     records = list(generate(load_generator_settings({"users": 120, "seed": 12, "bot_fraction": 0.0}), max_records=6_000))
     first, second = records[:3_000], records[3_000:]
     base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-            f"redis.key_prefix={redis_prefix}sp:", "kafka.group_id=savepoint", "flink.parallelism=2",
+            f"redis.key_prefix={redis_prefix}sp:", "kafka.starting_offsets=earliest", "kafka.group_id=savepoint", "flink.parallelism=2",
             "models.bot_min_session_events=1000000", history_override()]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = RedisKeys(f"{redis_prefix}sp:")
@@ -207,7 +207,7 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
     records = list(generate(load_generator_settings({"users": 400, "seed": 23, "bot_fraction": 0.0}),
                             max_records=50_000))
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                 f"redis.key_prefix={redis_prefix}kill:", "kafka.group_id=kill", "flink.parallelism=2",
+                 f"redis.key_prefix={redis_prefix}kill:", "kafka.starting_offsets=earliest", "kafka.group_id=kill", "flink.parallelism=2",
                  "flink.checkpoint_interval_ms=2000", "models.bot_min_session_events=1000000", history_override()]
     job_id = cluster.submit("jobs.personalization", [a for o in overrides for a in ("--set", o)], connector_jars)
     wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)

@@ -65,7 +65,7 @@ def test_fuzzed_stream_loses_nothing_and_never_restarts(kafka_bootstrap: str, re
     produce_raw(kafka_bootstrap, topics.events, stream)
 
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=fuzz", "models.bot_min_session_events=1000000",
+                 f"redis.key_prefix={redis_prefix}", "kafka.starting_offsets=earliest", "kafka.group_id=fuzz", "models.bot_min_session_events=1000000",
                  history_override(),
                  # Any failure fails the run: no restart may hide a crash (and restarts re-send dead letters).
                  "flink.restart_attempts=0"]

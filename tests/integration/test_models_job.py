@@ -37,7 +37,7 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
     assert len(seen_bots) >= 5, "the seeded stream must contain bots for this test to mean anything"
 
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
-                 f"redis.key_prefix={redis_prefix}", "kafka.group_id=models", "models.publish_every_examples=100",
+                 f"redis.key_prefix={redis_prefix}", "kafka.starting_offsets=earliest", "kafka.group_id=models", "models.publish_every_examples=100",
                  "models.publish_interval_ms=1000", history_override()]
     cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
     with open(tmp_path / "job.log", "wb") as log:

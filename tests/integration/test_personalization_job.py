@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: str, group: str) -> list[str]:
     return [*topics.overrides(), f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}",
-            f"redis.key_prefix={prefix}", f"kafka.group_id={group}",
+            f"redis.key_prefix={prefix}", "kafka.starting_offsets=earliest", f"kafka.group_id={group}",
             # The oracle knows the bot rule's verdicts (none for these humans), not the bot model's, whose
             # published versions arrive with processing-time timing.
             "models.bot_min_session_events=1000000", history_override()]

@@ -81,7 +81,7 @@ def test_job_over_sasl_and_redis_auth_leaks_no_secret(secure_services: tuple[Kaf
               "models": f"s-{tag}.models"}
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={broker.sasl_bootstrap}", f"redis.url={server.url}", f"redis.key_prefix=s{tag}:",
-        "kafka.group_id=secure", "models.bot_min_session_events=1000000", history_override()]
+        "kafka.starting_offsets=earliest", "kafka.group_id=secure", "models.bot_min_session_events=1000000", history_override()]
     settings = load_job_settings(dict(o.split("=", 1) for o in overrides))
     assert settings.kafka.security.protocol == "SASL_PLAINTEXT"
     client_config = settings.kafka.client_config()

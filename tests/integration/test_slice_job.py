@@ -29,7 +29,7 @@ def test_exact_per_user_counts_and_dead_letters(kafka_bootstrap: str, redis_url:
 
     run_bounded_job("jobs.event_counter", [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}",
                                            f"redis.url={redis_url}", f"redis.key_prefix={redis_prefix}",
-                                           "kafka.group_id=slice-test"], tmp_path)
+                                           "kafka.starting_offsets=earliest", "kafka.group_id=slice-test"], tmp_path)
 
     expected = expected_counts(records)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
