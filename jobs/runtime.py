@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Literal
@@ -14,7 +15,7 @@ from pyflink.common import Configuration
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
-from persona.settings import FlinkSettings
+from persona.settings import FlinkSettings, load_stack_settings
 
 Deployment = Literal["local", "cluster"]
 
@@ -24,6 +25,15 @@ def make_environment(flink: FlinkSettings, deployment: Deployment) -> tuple[Stre
     bin_dir = os.path.dirname(sys.executable)
     if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    # The embedded mini-cluster's log (with every Python operator's log lines) goes to FLINK_LOG_DIR, by default
+    # a folder inside the installed pyflink package, shared by every job: keep it in this checkout's run folder.
+    if deployment == "local" and not os.environ.get("FLINK_LOG_DIR"):
+        log_dir = load_stack_settings().run_path / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["FLINK_LOG_DIR"] = str(log_dir)
+    if deployment == "local":
+        logging.getLogger(__name__).info("job log (Flink and the Python operators): %s/flink-*-python-*.log",
+                                         os.environ["FLINK_LOG_DIR"])
     conf = Configuration()
     conf.set_string("python.execution-mode", flink.execution_mode)
     conf.set_string("python.executable", sys.executable)
