@@ -103,7 +103,8 @@ class Personalizer:
         order_hash = id_hash(event.payload["order_id"]) if event.event_type == "purchase" else None
         if state is not None and (event_hash in state.seen_events or order_hash in state.seen_orders):
             return Step(state, duplicate=True)
-        if is_late(state, event, rules):
+        # An erasure request is never late: whatever its event time, it is applied when it arrives.
+        if event.event_type != "erasure_request" and is_late(state, event, rules):
             assert state is not None
             return Step(state, dead_letter=Rejection(
                 "late_event", f"event_time {event.event_time_ms} is more than {self.rules.allowed_lateness_ms} ms "

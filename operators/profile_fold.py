@@ -35,6 +35,7 @@ import orjson
 from operators.events import Event
 from state.journey import JourneyFacts, journey_stage
 from state.keys import PROFILE_SCHEMA_VERSION
+from state.pattern_state import GateState, PatternState
 from state.rfm import RfmThresholds, rfm_score
 from state.user_state import CartItem, UserState
 from state.windows import MEASURES, ZERO, WindowSpec, add_into, measures_of
@@ -81,7 +82,12 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
     """
     kind = event.event_type
     if kind == "erasure_request":
-        return UserState()
+        if state is None:
+            return UserState()
+        # The consent record outlives the erasure (it is what the shop must keep to honour it): an erased user
+        # who withdrew marketing consent must not be messaged once new events arrive.
+        return UserState(marketing_consent=state.marketing_consent, consent_log=list(state.consent_log),
+                         patterns=PatternState(gate=GateState(marketing_consent=state.patterns.gate.marketing_consent)))
     s = state if state is not None else UserState()
     t, p = event.event_time_ms, event.payload
     s.version += 1
