@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profile", help="print a user's profile from Redis")
     prof.add_argument("user_id")
+    prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="job setting, e.g. redis.key_prefix=demo:")
 
     models = sub.add_parser("models", help="published model versions; pin (roll back) or unpin the served one")
     models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -172,7 +174,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
     if args.command == "cluster":
         return _cluster(args)
     if args.command == "profile":
-        return _profile(args.user_id)
+        return _profile(args.user_id, args.overrides)
     if args.command == "models":
         return _models(args)
     if args.command == "evaluate":
@@ -233,10 +235,10 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _profile(user_id: str) -> int:
+def _profile(user_id: str, overrides: list[str]) -> int:
     from state.keys import RedisKeys
     from state.profile_store import read_profile
-    job = load_job_settings()
+    job = load_job_settings(parse_overrides(overrides))
     client = redis.Redis.from_url(job.redis.connection_url())
     try:
         profile = read_profile(client, RedisKeys(job.redis.key_prefix), user_id)

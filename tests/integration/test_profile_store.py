@@ -64,3 +64,16 @@ def test_a_state_started_afresh_is_not_frozen_out_by_its_old_versions(redis_url:
     w.put("u4", 1, {"profile_version": "1"}, now_ms=4, epoch=3_000)
     assert w.flush() == 1
     w.close()
+
+
+def test_persona_profile_reads_under_another_key_prefix(redis_url: str, redis_prefix: str,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from persona.cli import main
+    keys = RedisKeys(redis_prefix)
+    w = ProfileWriter.from_url(redis_url, keys, ttl_s=60, flush_interval_ms=100, max_batch=10)
+    w.put("u5", 3, {"profile_version": "3", "events_total": "3"}, now_ms=0, epoch=1)
+    w.close()
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["profile", "u5", "--set", f"redis.key_prefix={redis_prefix}"]) == 0
+    assert '"events_total": 3' in capsys.readouterr().out
