@@ -109,6 +109,7 @@ class Personalize(KeyedProcessFunction):
         self._rejected = {r: ingest.add_group("rejected").counter(r) for r in sorted(REJECTION_REASONS)}
         group = metrics.add_group("personalize")
         self._late = group.counter("late_events")
+        self._group = group
         self._triggers = {p.name: group.add_group("triggers").counter(p.name) for p in self._core.engine.book.patterns}
         self._suppressed = {r: group.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap", "bot")}
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
@@ -178,6 +179,13 @@ class Personalize(KeyedProcessFunction):
                         "the event time.", self._untrusted_since_warning, self._skew_ms, record[1], record[2],
                         record[3], record[4], event.event_time_ms)
             self._untrusted_since_warning = 0
+
+    def _counter(self, counters: dict[str, Any], group: str, name: str) -> Any:
+        """The counter of ``name``, registered on first use (names not known at start-up never raise)."""
+        counter = counters.get(name)
+        if counter is None:
+            counter = counters[name] = self._group.add_group(group).counter(name)
+        return counter
 
     def _account(self, outcome: str) -> None:
         self._ledger[outcome] = self._ledger.get(outcome, 0) + 1
@@ -259,7 +267,7 @@ class Personalize(KeyedProcessFunction):
             for t in step.timers:
                 timers.register_event_time_timer(t)
         for _, reason in step.suppressed:
-            self._suppressed[reason].inc()
+            self._counter(self._suppressed, "suppressed", reason).inc()
         if step.bot_flagged:
             self._bots.inc()
         if step.examples:
@@ -271,7 +279,8 @@ class Personalize(KeyedProcessFunction):
             if self._waiting >= self._example_batch:
                 yield from self._send_examples()
         for trigger in step.triggers:
-            self._triggers[trigger.pattern].inc()
+            # A deferred trigger restored from a savepoint may name a pattern the new pattern file renamed or removed.
+            self._counter(self._triggers, "triggers", trigger.pattern).inc()
             yield Row(trigger.user_id, trigger.to_json())
         if state is None:
             return
