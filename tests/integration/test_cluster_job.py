@@ -178,7 +178,8 @@ def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
     want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
     wait_until(lambda: stored(want_first) == want_first, 180, "the first half in Redis", interval_s=0.5)
     savepoint = cluster.stop_with_savepoint(job_id, str(tmp_path / "savepoints"))
-    assert cluster.job_status(job_id) == "FINISHED"
+    # The savepoint completes first; the job reaches FINISHED a moment later.
+    wait_until(lambda: cluster.job_status(job_id) == "FINISHED", 60, f"job {job_id} FINISHED", interval_s=0.5)
     triggers_before = read_all_json(kafka_bootstrap, topics.triggers)
 
     # The upgrade: a changed setting, the same state and offsets.
