@@ -37,7 +37,8 @@ from confluent_kafka import Consumer, Producer
 from bench.live_events import LiveTraffic
 from bench.replay import Replay, write_step
 from operators.personalize import Step
-from persona.generator.shoppers import generate, replay_age_override
+from persona.generator.shoppers import generate
+from persona.generator.sink import history_override
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
@@ -280,7 +281,7 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
         "kafka.starting_offsets=earliest", f"kafka.group_id={prefix}job", "patterns_file=bench/patterns.yaml", "profile.allowed_lateness_ms=5000",
         "source.idleness_ms=2000", f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000",
         # The drained events are generated history from conf/generator.yaml's start (the live phases are now).
-        replay_age_override(load_generator_settings({}), int(time.time() * 1000)),
+        history_override(),
         *(f"{k}={v}" for k, v in extra.items())]
     cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
     with _system_process("job", cmd, out / "bench-job.log", redis_url, prefix) as (proc, client, keys):

@@ -35,8 +35,8 @@ def _drain_seconds(cluster: Any, bootstrap: str, redis_url: str, events: int, pa
     from kafka.admin import KafkaAdminClient
 
     from bench.harness import _preload
-    from persona.generator.shoppers import replay_age_override
-    from persona.settings import load_generator_settings, load_job_settings
+    from persona.generator.sink import history_override
+    from persona.settings import load_job_settings
     from persona.stack.topics import ensure_topics
     topics = {"events": f"{tag}.events", "dead_letter": f"{tag}.dlq", "triggers": f"{tag}.triggers",
               "models": f"{tag}.models"}
@@ -47,7 +47,7 @@ def _drain_seconds(cluster: Any, bootstrap: str, redis_url: str, events: int, pa
         overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
             f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={tag}:",
             "kafka.starting_offsets=earliest", f"kafka.group_id={tag}", f"flink.parallelism={parallelism}",
-            replay_age_override(load_generator_settings({}), int(time.time() * 1000))]
+            history_override()]
         jars = load_job_settings({}).flink.connector_jars()
         start = time.time()
         cluster.submit("jobs.personalization", ["--bounded", *(a for o in overrides for a in ("--set", o))], jars,

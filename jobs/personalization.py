@@ -160,10 +160,7 @@ class Personalize(KeyedProcessFunction):
         except Exception as e:   # noqa: BLE001 - a bug in the wiring must not stop the stream either
             self._cache.drop(user_id)
             log.exception("record %s/%s/%s failed; dead-lettered", record[1], record[2], record[3])
-            rejection = Rejection("processing_error", f"{type(e).__name__}: {e}"[:1000])
-            self._rejected[rejection.reason].inc()
-            self._account(f"dead_letter.{rejection.reason}")
-            yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, rejection, record))
+            yield self._reject(raw, Rejection("processing_error", f"{type(e).__name__}: {e}"[:1000]), record, user_id)
 
     def _untrusted_timestamp(self, event: Event, record: Row) -> None:
         """A valid event whose Kafka timestamp did not move the watermark: counted, and warned about at most
@@ -187,6 +184,16 @@ class Personalize(KeyedProcessFunction):
             counter = counters[name] = self._group.add_group(group).counter(name)
         return counter
 
+    def _reject(self, raw: bytes, rejection: Rejection, record: Row, key: str | None) -> tuple[OutputTag, Row]:
+        """Count a refused record (late events in ``personalize.late_events``, the rest by reason) and make its
+        dead-letter output."""
+        if rejection.reason == "late_event":
+            self._counts["late"] += 1
+        else:
+            self._rejected[rejection.reason].inc()
+        self._account(f"dead_letter.{rejection.reason}")
+        return DEAD_LETTERS, Row(key, self._dead_letter(raw, rejection, record))
+
     def _account(self, outcome: str) -> None:
         self._ledger[outcome] = self._ledger.get(outcome, 0) + 1
 
@@ -197,9 +204,7 @@ class Personalize(KeyedProcessFunction):
             event = Rejection("key_mismatch", f"user_id {event.user_id!r} differs from the key read on the Java "
                               f"side ({user_id!r}); duplicate user_id fields?", "user_id")
         if not isinstance(event, Event):
-            self._rejected[event.reason].inc()
-            self._account(f"dead_letter.{event.reason}")
-            yield DEAD_LETTERS, Row(None, self._dead_letter(raw, event, record))
+            yield self._reject(raw, event, record, None)
             return
         self._counts["valid"] += 1
         if not record[5]:
@@ -211,12 +216,7 @@ class Personalize(KeyedProcessFunction):
             log.error("record %s/%s/%s: %s; dead-lettered", record[1], record[2], record[3],
                       step.dead_letter.detail if step.dead_letter else "failed")
         if step.dead_letter is not None:
-            if step.dead_letter.reason == "late_event":
-                self._counts["late"] += 1
-            else:
-                self._rejected[step.dead_letter.reason].inc()
-            self._account(f"dead_letter.{step.dead_letter.reason}")
-            yield DEAD_LETTERS, Row(user_id, self._dead_letter(raw, step.dead_letter, record))
+            yield self._reject(raw, step.dead_letter, record, user_id)
             return
         if step.duplicate:
             self._duplicates.inc()

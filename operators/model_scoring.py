@@ -104,8 +104,9 @@ class ServedModels:
     def __init__(self) -> None:
         self.latest: dict[str, ModelSnapshot] = {}
         self.pinned: dict[str, ModelSnapshot] = {}
-        self._models: dict[str, tuple[int, Any]] = {}
-        self._ready: dict[tuple[str, int], Any] = {}   # (model, version) -> the checked, compiled model
+        # The checked, compiled model of each, made once when the snapshot is applied: (version, model).
+        self._latest_models: dict[str, tuple[int, Any]] = {}
+        self._pinned_models: dict[str, tuple[int, Any]] = {}
         self.refused = 0                               # records refused as malformed (the caller logs them)
         self.last_refusal = ""
         self._refused: set[tuple[str, int]] = set()   # not fetched again (nor logged again) at every refresh
@@ -151,7 +152,7 @@ class ServedModels:
             name, kind = str(record["model"]), str(record["kind"])
             if kind == "unpin":
                 self.pinned.pop(name, None)
-                self._models.pop(name, None)
+                self._pinned_models.pop(name, None)
                 return True
             snap = ModelSnapshot.from_record(record)
             if snap.schema != MODEL_SCHEMA.get(name) or kind not in ("snapshot", "pin"):
@@ -164,15 +165,9 @@ class ServedModels:
             self.last_refusal = f"{record.get('model')!r} v{record.get('version')!r}: {type(e).__name__}: {e}"[:500]
             return False
         if kind == "pin":
-            self.pinned[name] = snap
+            self.pinned[name], self._pinned_models[name] = snap, (snap.version, model)
         elif name not in self.latest or snap.version > self.latest[name].version:
-            self.latest[name] = snap
-        else:
-            return True
-        self._ready = {k: v for k, v in self._ready.items() if k[0] != name or k[1] in
-                       {s.version for s in (self.pinned.get(name), self.latest.get(name)) if s is not None}}
-        self._ready[(name, snap.version)] = model
-        self._models.pop(name, None)
+            self.latest[name], self._latest_models[name] = snap, (snap.version, model)
         return True
 
     def get(self, name: str) -> tuple[int, Any] | None:
@@ -181,13 +176,7 @@ class ServedModels:
         Every model is served compiled to its numbers (``CompiledLogistic``, ``CompiledKMeans``,
         ``CompiledHalfSpaceTrees``): the same answers as the trained models, a few µs each.
         """
-        served = self._models.get(name)
-        if served is None:
-            snap = self.pinned.get(name) or self.latest.get(name)
-            if snap is None:
-                return None
-            served = self._models[name] = (snap.version, self._ready[(name, snap.version)])
-        return served
+        return self._pinned_models.get(name) or self._latest_models.get(name)
 
 
 class ModelStep:

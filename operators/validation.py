@@ -111,7 +111,7 @@ def _event(doc: dict[str, Any], limits: InputLimits) -> Event:
     payload_doc = _required(doc, "payload", "")
     if not isinstance(payload_doc, dict):
         raise _Invalid("wrong_type", "payload", "payload must be an object")
-    payload = _purchase(payload_doc, limits.max_purchase_items) if event_type == "purchase" else _PAYLOADS[event_type](payload_doc)
+    payload = _PAYLOADS[event_type](payload_doc, limits)
     return Event(event_id, event_type, user_id, event_time_ms, session_id, context, payload)
 
 
@@ -209,7 +209,7 @@ def _context(ctx: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- payloads
-def _page_view(p: dict[str, Any]) -> dict[str, Any]:
+def _page_view(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     out: dict[str, Any] = {"page_type": _enum(_required(p, "page_type", "payload"), PAGE_TYPES, "payload.page_type")}
     for key in ("product_id", "category"):
         if p.get(key) is not None:
@@ -219,11 +219,11 @@ def _page_view(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _search(p: dict[str, Any]) -> dict[str, Any]:
+def _search(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     return {"query": _string(p, "query", "payload", max_len=500)}
 
 
-def _cart_change(p: dict[str, Any]) -> dict[str, Any]:
+def _cart_change(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     currency = _currency(p, "payload")
     price = _number(p, "price", "payload", 0, MAX_PRICE, integer=False)
     return {
@@ -235,7 +235,8 @@ def _cart_change(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _purchase(p: dict[str, Any], max_items: int = 500) -> dict[str, Any]:
+def _purchase(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
+    max_items = limits.max_purchase_items
     currency = _currency(p, "payload")
     items = _required(p, "items", "payload")
     if not isinstance(items, list):
@@ -262,7 +263,7 @@ def _purchase(p: dict[str, Any], max_items: int = 500) -> dict[str, Any]:
     }
 
 
-def _consent(p: dict[str, Any]) -> dict[str, Any]:
+def _consent(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("granted", "withdrawn"):
         values = p.get(key) or []
@@ -272,7 +273,7 @@ def _consent(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _profile_update(p: dict[str, Any]) -> dict[str, Any]:
+def _profile_update(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     attrs = _required(p, "attributes", "payload")
     if not isinstance(attrs, dict):
         raise _Invalid("wrong_type", "payload.attributes", "payload.attributes must be an object")
@@ -282,11 +283,11 @@ def _profile_update(p: dict[str, Any]) -> dict[str, Any]:
     return {"attributes": dict(attrs)}
 
 
-def _erasure(p: dict[str, Any]) -> dict[str, Any]:
+def _erasure(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     return {}
 
 
 _PAYLOADS = {
     "page_view": _page_view, "search": _search, "add_to_cart": _cart_change, "remove_from_cart": _cart_change,
-    "consent": _consent, "profile_update": _profile_update, "erasure_request": _erasure,
+    "purchase": _purchase, "consent": _consent, "profile_update": _profile_update, "erasure_request": _erasure,
 }

@@ -22,8 +22,8 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from persona.generator.shoppers import generate, replay_age_override
-from persona.generator.sink import send_to_kafka
+from persona.generator.shoppers import generate
+from persona.generator.sink import history_override, send_to_kafka
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
@@ -67,7 +67,7 @@ def run_demo(opts: DemoOptions) -> int:
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
         "kafka.starting_offsets=earliest", f"kafka.group_id=demo-{run_id}",
         # The demo replays generated history from conf/generator.yaml's start: admit its age at ingestion.
-        replay_age_override(load_generator_settings({}), int(time.time() * 1000))]
+        history_override()]
     cmd = [sys.executable, "-m", "jobs.personalization"] + [a for o in overrides for a in ("--set", o)]
     log_path = stack.run_path / f"demo-job-{run_id}.log"
     log = open(log_path, "wb")

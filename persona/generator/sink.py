@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from kafka import KafkaProducer
 
-from persona.generator.shoppers import GeneratedRecord
+from persona.generator.shoppers import GeneratedRecord, replay_age_override
 
 
 class Progress:
@@ -41,6 +41,13 @@ class Progress:
         pct = f" {100 * self.count / self.total:5.1f}%" if self.total else ""
         self.stream.write(f"\r{self.label}: {self.count:,}{of}{pct}  {rate:,.0f} rec/s")
         self.stream.flush()
+
+
+def history_override() -> str:
+    """The job override that admits the stream of ``conf/generator.yaml`` (a fixed start date) as recorded
+    history at today's clock: ``limits.max_event_age_ms=...`` (see ``replay_age_override``)."""
+    from persona.settings import load_generator_settings
+    return replay_age_override(load_generator_settings({}), int(time.time() * 1000))
 
 
 def send_to_kafka(records: Iterable[GeneratedRecord], bootstrap: str, topic: str, rate: float | None = None,

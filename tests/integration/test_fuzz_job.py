@@ -7,7 +7,6 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -19,7 +18,7 @@ from tests.fixtures.jobs import history_override, run_bounded_job
 from tests.fixtures.kafka_io import produce_raw, read_all_json
 from tests.fixtures.personalization_oracle import expected
 from tests.fixtures.services import TopicNames
-from tests.integration.test_personalization_job import stored_field
+from tests.integration.test_personalization_job import profile_mismatches
 
 pytestmark = pytest.mark.integration
 
@@ -87,11 +86,4 @@ def test_fuzzed_stream_loses_nothing_and_never_restarts(kafka_bootstrap: str, re
     assert ledger["applied"] + ledger["duplicate"] + len(dead) == len(stream)
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    keys = RedisKeys(redis_prefix)
-    mismatches: list[Any] = []
-    for user, fields in want.profiles.items():
-        profile = client.hgetall(keys.profile(user))
-        for name, value in fields.items():
-            if stored_field(profile, name) != value:
-                mismatches.append((user, name, stored_field(profile, name), value))
-    assert mismatches == []
+    assert profile_mismatches(client, RedisKeys(redis_prefix), want.profiles) == []

@@ -57,6 +57,18 @@ def stored_field(profile: dict[str, str], dotted: str) -> Any:
     return node
 
 
+def profile_mismatches(client: redis.Redis, keys: RedisKeys, want: dict[str, dict[str, Any]]
+                       ) -> list[tuple[str, str, Any, Any]]:
+    """(user, field, stored, expected) for every deterministic profile field that differs from the oracle."""
+    out = []
+    for user, fields in want.items():
+        profile = client.hgetall(keys.profile(user))
+        for name, value in fields.items():
+            if stored_field(profile, name) != value:
+                out.append((user, name, stored_field(profile, name), value))
+    return out
+
+
 # Parallelism 2: users are spread over two Personalize subtasks, each with its own Redis writer and timers,
 # and the watermark is the minimum over two source subtasks; the result must not change.
 @pytest.mark.parametrize("parallelism", [1, 2])
@@ -81,13 +93,7 @@ def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: st
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = RedisKeys(redis_prefix)
-    mismatches = []
-    for user, fields in want.profiles.items():
-        profile = client.hgetall(keys.profile(user))
-        for name, value in fields.items():
-            if stored_field(profile, name) != value:
-                mismatches.append((user, name, stored_field(profile, name), value))
-    assert mismatches == []
+    assert profile_mismatches(client, keys, want.profiles) == []
     # The front-end read API returns the same values, typed.
     some_user = sorted(want.profiles)[0]
     typed = read_profile(client, keys, some_user)

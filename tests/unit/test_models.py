@@ -192,7 +192,7 @@ def test_bots_and_segments_are_scored_every_n_events_even_for_a_user_without_a_s
         def score_one(self, x: dict) -> float:
             scored.append(1)
             return bots.score_one(x)
-    served._models["bots"] = (version, Counting())
+    served._latest_models["bots"] = (version, Counting())
     step, s = ModelStep(MODEL_RULES), None
     for i in range(40):   # 60 events/min: the rule flags it after 20, before a segments model exists
         if i == 25:
