@@ -102,7 +102,13 @@ class PatternEngine:
                 user.version += 1   # the profile changed (stage, abandonment time) without an event
         due = [t for t in ps.deferred if t.emitted_at <= watermark_ms]
         ps.deferred = [t for t in ps.deferred if t.emitted_at > watermark_ms]
-        triggers.extend(due)
+        for t in due:
+            # Consent is judged again at release: a withdrawal during quiet hours stops the deferred trigger
+            # (its frequency-cap slot stays taken, as the gate decided at match time).
+            if consent_at(user, t.emitted_at):
+                triggers.append(t)
+            else:
+                suppressed.append((t.pattern, "no_consent_at_release"))
         self._forget_anchors(ps)
         return Outcome(triggers, timers, suppressed)
 
