@@ -39,7 +39,7 @@ from bench.replay import Replay, write_step
 from operators.personalize import Step
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
-from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
+from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, parse_overrides
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
@@ -293,7 +293,24 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
         users = len([u for u, v in final.items() if v > 0]) + live.pop("live_users")
         if "checkpoint_bytes" in sizes:
             sizes["checkpoint_bytes_per_user"] = round(sizes["checkpoint_bytes"] / users)
-        return {"drain": drain, **live, "state": sizes}
+    loader = _loader_rebuild(overrides, prefix)
+    return {"drain": drain, **live, "state": sizes, "loader": loader}
+
+
+def _loader_rebuild(job_overrides: list[str], prefix: str) -> dict[str, Any]:
+    """The profile loader's own throughput: the job's whole changelog (drain and live phases) rebuilt into an
+    empty key prefix, in this process, as `persona loader --rebuild` does."""
+    from persona.loader import ProfileLoader
+    settings = load_job_settings({**parse_overrides(job_overrides), "redis.key_prefix": f"{prefix}rebuild:"})
+    _say("job: the profile loader rebuilds Redis from the job's changelog")
+    start = time.perf_counter()
+    stats = ProfileLoader(settings, rebuild=True).run(until_end=True)
+    seconds = time.perf_counter() - start
+    out = {"records": stats.records, "profiles_written": stats.written, "seconds": round(seconds, 2),
+           "records_per_s": round(stats.records / seconds) if seconds > 0 else None}
+    _say(f"job: loader rebuild {stats.records:,} changelog records in {seconds:.1f} s "
+         f"({out['records_per_s']:,} records/s, {stats.written:,} profiles written)")
+    return out
 
 
 @contextlib.contextmanager
@@ -539,8 +556,9 @@ def run_bench(events: int, plan: LivePlan, out: Path, job_overrides: dict[str, s
     # Each system reads its own copy of the events and gets its own live traffic: none waits for another's.
     topics = {name: {"events": f"bench-{run_id}.{name}.events", "triggers": f"bench-{run_id}.{name}.triggers"}
               for name in SYSTEMS}
-    topics["job"] |= {"dead_letter": f"bench-{run_id}.job.dlq", "models": f"bench-{run_id}.job.models"}
-    every = [t for name in SYSTEMS for k, t in topics[name].items() if k != "models"]
+    topics["job"] |= {"dead_letter": f"bench-{run_id}.job.dlq", "models": f"bench-{run_id}.job.models",
+                      "profiles": f"bench-{run_id}.job.profiles"}   # the job creates its changelog (compacted)
+    every = [t for name in SYSTEMS for k, t in topics[name].items() if k not in ("models", "profiles")]
     ensure_topics(bootstrap, every, 2)
     ensure_topics(bootstrap, [topics["job"]["models"]], 1)
     try:
@@ -638,6 +656,8 @@ def markdown_table(r: dict[str, Any]) -> str:
         row("trigger delay after the deadline: p50 / p99",
             lambda x: " / ".join(str(x["trigger_delay_ms"][p]) for p in ("p50", "p99")) + f" ms (n={x['trigger_delay_ms']['n']})",
             "trigger_delay_ms"),
+        row("profile loader: changelog records/s (rebuild)",
+            lambda x: f"{x['loader']['records_per_s']:,} ({x['loader']['records']:,} records)", "loader.records_per_s"),
         row("checkpoint bytes per user", lambda x: x["state"].get("checkpoint_bytes_per_user", "n/a (no checkpoints)"),
             "state.checkpoint_bytes_per_user"),
         row("Redis MEMORY USAGE per profile (SAMPLES 0)", lambda x: x["state"]["redis_bytes_per_profile"],

@@ -39,7 +39,7 @@ def _drain_seconds(cluster: Any, bootstrap: str, redis_url: str, events: int, pa
     from persona.settings import load_job_settings
     from persona.stack.topics import ensure_topics
     topics = {"events": f"{tag}.events", "dead_letter": f"{tag}.dlq", "triggers": f"{tag}.triggers",
-              "models": f"{tag}.models"}
+              "models": f"{tag}.models", "profiles": f"{tag}.profiles"}
     ensure_topics(bootstrap, [topics["events"], topics["dead_letter"], topics["triggers"]], 2)
     ensure_topics(bootstrap, [topics["models"]], 1)
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 from pyflink.common import Types
 from pyflink.datastream import DataStream, KeyedStream
 from pyflink.java_gateway import get_gateway
@@ -125,8 +127,10 @@ def keyed_raw_events(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
 
 
 def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: str, topic: str,
-                    exactly_once: bool = False) -> str:
+                    exactly_once: bool = False, value_type: str = "STRING") -> str:
     """Declare a sink table (k STRING key, v STRING value) writing to ``topic``; returns the table name.
+
+    ``value_type="BYTES"``: binary values; a null value is written as a Kafka tombstone.
 
     ``exactly_once``: Kafka transactions committed at each checkpoint (read_committed consumers see each
     record once, a checkpoint interval after it was made); else at-least-once (records visible at once,
@@ -146,8 +150,18 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
         opts |= {"sink.transactional-id-prefix": f"{kafka.group_id}.{name}",
                  "properties.transaction.timeout.ms": str(kafka.transaction_timeout_ms)}
     t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE {name} (`k` STRING, `v` STRING)
+        CREATE TEMPORARY TABLE {name} (`k` STRING, `v` {value_type})
         WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
     """)
     return name
 
+
+
+def ensure_changelog_topic(admin: KafkaAdminClient, topic: str, partitions: int, replication: int) -> None:
+    """Create the profile changelog topic: compacted (each user's newest state is kept, erasures' tombstones
+    for a day), as Kafka Streams creates its own changelogs."""
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replication, topic_configs={
+            "cleanup.policy": "compact", "delete.retention.ms": "86400000", "min.compaction.lag.ms": "0"})])
+    except TopicAlreadyExistsError:
+        pass

@@ -1,7 +1,7 @@
-"""The personalization job: Kafka events -> the per-event core, keyed by user -> Redis, Kafka.
+"""The personalization job: Kafka events -> the per-event core, keyed by user -> Kafka (and Redis via the loader).
 
 Kafka (events, keyed by user on the Java side) -> Personalize (parse, core, state, timers) -> triggers topic
-                                                      |  |  |-> Redis profiles and segment sets
+                                                      |  |  |-> profile changelog topic -> loader -> Redis profiles
                                     dead letters <----+  |  +-> examples -> key by model -> TrainModels
                                                          ^                                      |
                         served models: Redis model:* ----+------ snapshots (and the models topic) <-+
@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import redis
@@ -27,7 +26,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, Ou
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging
-from jobs.kafka_io import kafka_timestamp_ms, keyed_json_sink, keyed_raw_events
+from jobs.kafka_io import ensure_changelog_topic, kafka_timestamp_ms, keyed_json_sink, keyed_raw_events
 from jobs.model_training import TrainModels, example_key
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
@@ -38,10 +37,11 @@ from operators.model_scoring import Example, ExampleBatch, ServedModels
 from operators.pattern_spec import PatternBook
 from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
+from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer
-from persona.settings import ConfigError, JobSettings, mask_url
+from persona.settings import ConfigError, JobSettings
 from state.keys import RedisKeys
-from state.profile_store import ProfileWriter
+from state.profile_changelog import changelog_value
 from state.state_cache import StateCache
 from state.user_state import USER_STATE, UserState, decode_state, encode_state
 
@@ -49,11 +49,17 @@ log = logging.getLogger(__name__)
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
+# The profile changelog (state/profile_changelog.py): (user id, value or None for an erasure).
+CHANGES = OutputTag("profile-changes", Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
 END_OF_INPUT = 2**63 - 1   # the watermark at the end of a bounded input
 
 
 class Personalize(KeyedProcessFunction):
-    """Per user: parse the record, load the state, run the core, save, register timers, write Redis, emit.
+    """Per user: parse the record, load the state, run the core, save, register timers, emit.
+
+    Every profile change goes to the changelog side output (the user's encoded state, the same bytes as the
+    keyed state), and the loader turns it into the Redis profile: no Redis I/O for profiles here, and nothing
+    in memory that a checkpoint does not cover (the Kafka sink flushes at each checkpoint).
 
     Served models come from Redis (``model:*``, written by the trainer): checked every
     ``models_refresh_ms`` of processing time. Not a second Flink input on purpose: a connected stream's
@@ -61,8 +67,8 @@ class Personalize(KeyedProcessFunction):
     every pattern and label timer early.
     """
 
-    def __init__(self, core: Personalizer, redis_url: str, key_prefix: str, profile_ttl_s: int, flush_interval_ms: int,
-                 max_batch: int, state_ttl_s: int, state_cache_users: int, models_refresh_ms: int,
+    def __init__(self, core: Personalizer, redis_url: str, key_prefix: str, flush_interval_ms: int,
+                 state_ttl_s: int, state_cache_users: int, models_refresh_ms: int,
                  models_refresh_events: int, limits: InputLimits, max_timestamp_skew_ms: int = 300_000,
                  example_batch: int = 50) -> None:
         self._limits = limits
@@ -72,7 +78,8 @@ class Personalize(KeyedProcessFunction):
         self._core = core
         self._refresh_s = models_refresh_ms / 1000
         self._cache_size = state_cache_users
-        self._redis = (redis_url, key_prefix, profile_ttl_s, flush_interval_ms, max_batch)
+        self._redis = (redis_url, key_prefix)
+        self._interval = flush_interval_ms
         self._state_ttl_s = state_ttl_s
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -82,13 +89,7 @@ class Personalize(KeyedProcessFunction):
         desc.enable_time_to_live(state_ttl(self._state_ttl_s))
         self._state = runtime_context.get_state(desc)
         self._cache: StateCache[UserState] = StateCache(self._cache_size)
-        url, prefix, ttl_s, interval, max_batch = self._redis
-        self._interval = interval
-        self._redis_backoff_ms = 0
-        self._redis_retry_at = 0
-        self._masked_redis = mask_url(url)
-        self._writer = ProfileWriter.from_url(url, RedisKeys(prefix), ttl_s, interval, max_batch,
-                                              segments=self._core.memberships_known)
+        url, prefix = self._redis
         self._served = ServedModels()
         self._model_client = redis.Redis.from_url(url)
         self._model_keys = RedisKeys(prefix)
@@ -115,7 +116,6 @@ class Personalize(KeyedProcessFunction):
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
         self._duplicates = group.counter("duplicates")
-        self._redis_errors = group.counter("redis_errors")
         self._models_refused = group.counter("models_refused")
         self._timer_errors = group.counter("timer_errors")
         self._dropped = {d: group.add_group("dropped").counter(d) for d in ("cart_item", "demographic_attribute")}
@@ -130,10 +130,6 @@ class Personalize(KeyedProcessFunction):
             if data is not None:
                 state = decode_state(data)
         return state
-
-    def _store(self, user_id: str, state: UserState) -> None:
-        self._state.update(encode_state(state))
-        self._cache.put(user_id, state)
 
     def _refresh_models(self) -> None:
         # Every refresh_ms, and every refresh_every_events: in a catch-up replay one second holds hours of
@@ -230,7 +226,6 @@ class Personalize(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self._flush_armed = False
-            self._flush(ctx, int(time.time() * 1000))
             self._push_counts()
             yield from self._send_examples()
             return
@@ -249,19 +244,12 @@ class Personalize(KeyedProcessFunction):
         # the TaskManager's .out file on a cluster): applied + duplicates + dead letters = records read.
         print("persona-ledger " + json.dumps(self._ledger, sort_keys=True), flush=True)
         self._push_counts()
-        pending = self._writer.pending
-        try:
-            self._writer.close()
-        except redis.RedisError as e:   # stopping while Redis is away: say what is not written
-            log.error("redis at %s: %s; %d profile(s) not written at close (each is written again with the "
-                      "user's next event)", self._masked_redis, e, pending)
         self._model_client.close()
 
     def _carry_out(self, user_id: str, step: Step, ctx: Any, now: int) -> Iterator[Any]:
         state = step.state
-        if step.erase:
-            self._arm_flush(ctx, now)
-            self._writer.erase(user_id, now)
+        if step.erase:   # a tombstone: the loader deletes the profile and memberships; compaction the history
+            yield CHANGES, Row(user_id, None)
         if step.timers:
             timers = ctx.timer_service()
             for t in step.timers:
@@ -286,14 +274,13 @@ class Personalize(KeyedProcessFunction):
             return
         if state.epoch_ms == 0 and step.store:   # a state this job created (first event, or after an erasure)
             state.epoch_ms = now
-        if step.store:
-            self._store(user_id, state)
-        if step.write_profile:
-            self._arm_flush(ctx, now)
-            self._writer.put(user_id, state.version, partial(self._core.profile, user_id, state, now), now,
-                             epoch=state.epoch_ms)
-            if self._writer.due(now):
-                self._flush(ctx, now)
+        if step.store or step.write_profile:
+            data = encode_state(state)
+            if step.store:
+                self._state.update(data)
+                self._cache.put(user_id, state)
+            if step.write_profile:
+                yield CHANGES, Row(user_id, changelog_value(data, now))
 
     def _push_counts(self) -> None:
         """Counts of every event go to Flink's counters at each flush: a counter's inc() is a Java call."""
@@ -303,29 +290,8 @@ class Personalize(KeyedProcessFunction):
                 counters[name].inc(n)
         self._counts = dict.fromkeys(counters, 0)
 
-    def _flush(self, ctx: Any, now: int) -> None:
-        """Send the pending profiles. While Redis is unreachable they wait, coalesced per user, and a timer retries
-        with backoff (0.5 s doubling to 10 s): an outage delays profiles; it never dead-letters a record nor fails
-        the job."""
-        if now < self._redis_retry_at:
-            return
-        try:
-            self._writer.flush()
-        except redis.RedisError as e:
-            self._redis_errors.inc()
-            self._redis_backoff_ms = min(max(self._redis_backoff_ms * 2, 500), 10_000)
-            self._redis_retry_at = now + self._redis_backoff_ms
-            log.warning("redis at %s: %s; %d profile(s) wait, next try in %d ms", self._masked_redis, e,
-                        self._writer.pending, self._redis_backoff_ms)
-            self._flush_armed = True
-            ctx.timer_service().register_processing_time_timer(self._redis_retry_at)
-            return
-        if self._redis_backoff_ms:
-            log.warning("redis at %s answers again; the waiting profiles are written", self._masked_redis)
-            self._redis_backoff_ms = 0
-
     def _arm_flush(self, ctx: Any, now: int) -> None:
-        """The first write or example of a batch arms a processing-time timer, so the batch goes out even if
+        """The first example of a batch arms a processing-time timer, so the batch goes out even if
         the stream stops."""
         if not self._flush_armed:
             self._flush_armed = True
@@ -343,12 +309,14 @@ class Personalize(KeyedProcessFunction):
         return dead_letter_record(raw, rejection, source, int(time.time() * 1000), self._limits.dead_letter_raw_bytes)
 
 
-def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple[DataStream, DataStream, DataStream]:
-    """(trigger rows, dead-letter rows, model-update rows), all (k, v) string rows. The caller attaches sources and sinks."""
+def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook
+          ) -> tuple[DataStream, DataStream, DataStream, DataStream]:
+    """(trigger rows, dead-letter rows, model-update rows, profile changes): (k, v) rows, v a string but for the
+    changes' bytes. The caller attaches sources and sinks."""
     r, m = settings.redis, settings.models
     personalized = (
         keyed.process(Personalize(personalizer(settings, book), r.connection_url(), r.key_prefix,
-                                  r.profile_ttl_s, r.flush_interval_ms, r.flush_max_batch, settings.flink.state_ttl_s,
+                                  r.flush_interval_ms, settings.flink.state_ttl_s,
                                   settings.flink.state_cache_users, m.refresh_ms, m.refresh_every_events,
                                   input_limits(settings), settings.source.max_timestamp_skew_ms),
                       output_type=KEYED_JSON)
@@ -361,15 +329,21 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple
                              r.connection_url(), r.key_prefix), output_type=KEYED_JSON)
         .name("train-models").uid("train-models")
     )
-    return personalized, personalized.get_side_output(DEAD_LETTERS), published
+    return personalized, personalized.get_side_output(DEAD_LETTERS), published, personalized.get_side_output(CHANGES)
 
 
 def check_topics(settings: JobSettings) -> None:
+    """The input and output topics must exist (their partitions and retention are the operator's choice); the
+    profile changelog is the job's own and is created, compacted, when missing."""
     t = settings.kafka.topics
     try:
         admin = KafkaAdminClient(**settings.kafka.client_config(), request_timeout_ms=15_000)
-        existing = set(admin.list_topics())
-        admin.close()
+        try:
+            existing = set(admin.list_topics())
+            if t.profiles not in existing:
+                ensure_changelog_topic(admin, t.profiles, settings.kafka.partitions, settings.kafka.replication_factor)
+        finally:
+            admin.close()
     except KafkaError as e:
         raise ConfigError(f"kafka.bootstrap_servers: {settings.kafka.bootstrap_servers} did not answer ({e})") from None
     for key, name in (("events", t.events), ("dead_letter", t.dead_letter), ("triggers", t.triggers),
@@ -389,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     env, t_env = make_environment(settings.flink, args.deployment)
     keyed = keyed_raw_events(t_env, settings.kafka, settings.source, bounded=args.bounded,
                              max_future_ms=settings.limits.max_event_future_ms)
-    triggers, dead_letters, published = build(keyed, settings, book)
+    triggers, dead_letters, published, changes = build(keyed, settings, book)
     statements = t_env.create_statement_set()
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers,
                                           exactly_once=settings.kafka.triggers_delivery == "exactly-once"),
@@ -398,10 +372,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                           t_env.from_data_stream(dead_letters))
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "model_sink", settings.kafka.topics.models),
                           t_env.from_data_stream(published))
+    statements.add_insert(keyed_json_sink(t_env, settings.kafka, "profile_sink", settings.kafka.topics.profiles,
+                                          value_type="BYTES"), t_env.from_data_stream(changes))
     statements.attach_as_datastream()
     log.info("starting personalization (kafka %s, redis %s, mode %s)", settings.kafka.bootstrap_servers,
              settings.redis.masked_url, settings.flink.execution_mode)
-    env.execute("persona-personalization")
+    # On the mini-cluster the loader runs here, beside the JVM that runs the job (another core); on a cluster
+    # `flink run` returns at submission, and `persona loader` runs as its own service.
+    loader = EmbeddedLoader(settings).start() if args.deployment == "local" and settings.loader.embedded else None
+    try:
+        env.execute("persona-personalization")
+    finally:
+        if loader is not None:
+            stats = loader.finish(catch_up=args.bounded)
+            print("persona-loader " + json.dumps(stats.as_dict(), sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":

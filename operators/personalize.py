@@ -25,15 +25,22 @@ and pattern releases.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from operators.events import Event, Rejection
 from operators.model_scoring import Example, ModelRules, ModelStep, ServedModels
 from operators.pattern_engine import PatternEngine, Trigger
 from operators.pattern_spec import PatternBook
-from operators.profile_fold import ProfileRules, ProfileView, apply_event, is_late, redis_fields
-from state.journey import STAGES
+from operators.profile_fold import (
+    ProfileRules,
+    ProfileView,
+    apply_event,
+    is_late,
+    profile_record,
+    profile_sets,
+    segment_names,
+)
 from state.user_state import UserState
 
 DEFAULT_MODEL_RULES = ModelRules(label_window_ms=1_800_000, max_pending=20, bot_threshold=0.95,
@@ -77,8 +84,8 @@ class Personalizer:
         self.rules = profile_rules
         self.models = ModelStep(model_rules)
         self.engine = PatternEngine(book, profile_rules.max_pattern_marks)
-        self.segment_names = tuple(f"seg{i}" for i in range(segments))
-        self.memberships_known = STAGES + self.segment_names   # every Redis set a user can be in
+        self.segment_names = segment_names(segments)
+        self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
 
     def on_event(self, state: UserState | None, event: Event, served: ServedModels) -> Step:
         """Never raises: an exception becomes a ``processing_error`` dead letter (a bug must not stop the stream)."""
@@ -139,10 +146,7 @@ class Personalizer:
 
     def profile(self, user_id: str, state: UserState, now_ms: int) -> tuple[dict[str, str], tuple[str, ...]]:
         """The Redis hash fields and the sets the user belongs to (stage, segment), computed when written."""
-        view: Mapping[str, object] = ProfileView(user_id, state, self.rules)
-        segment = view["segment"]
-        memberships = (str(view["stage"]), str(segment)) if segment else (str(view["stage"]),)
-        return redis_fields(view, now_ms), memberships
+        return profile_record(user_id, state, self.rules, now_ms)
 
 
 def _failed(e: Exception) -> Step:

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from operators.events import Event
-from state.journey import JourneyFacts, journey_stage
+from state.journey import STAGES, JourneyFacts, journey_stage
 from state.keys import PROFILE_SCHEMA_VERSION
 from state.pattern_state import GateState, PatternState
 from state.rfm import RfmThresholds, rfm_score
@@ -332,6 +332,24 @@ _MISSING = object()
 def profile_view(user_id: str, state: UserState, rules: ProfileRules) -> dict[str, Any]:
     """Every field of the profile, computed now (tests and tools; the job reads a ``ProfileView``)."""
     return ProfileView(user_id, state, rules).to_dict()
+
+
+def segment_names(segments: int) -> tuple[str, ...]:
+    return tuple(f"seg{i}" for i in range(segments))
+
+
+def profile_sets(segments: int) -> tuple[str, ...]:
+    """Every Redis set a user can be in: the journey stages and the segments."""
+    return STAGES + segment_names(segments)
+
+
+def profile_record(user_id: str, state: UserState, rules: ProfileRules, updated_at_ms: int
+                   ) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The Redis hash fields of a profile and the sets the user belongs to (journey stage, segment)."""
+    view: Mapping[str, object] = ProfileView(user_id, state, rules)
+    segment = view["segment"]
+    memberships = (str(view["stage"]), str(segment)) if segment else (str(view["stage"]),)
+    return redis_fields(view, updated_at_ms), memberships
 
 
 def redis_fields(view: Mapping[str, Any], updated_at_ms: int) -> dict[str, str]:

@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("job_id")
     stop.add_argument("--savepoint", required=True, metavar="DIR", help="savepoint directory (path or Flink URI)")
 
+    loader = sub.add_parser("loader", help="apply the profile changelog topic to Redis (a service; README "
+                            "\"Failures and upgrades\")")
+    loader.add_argument("--rebuild", action="store_true",
+                        help="read the whole changelog from its first offset into Redis, then stop")
+    loader.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="job setting, e.g. redis.key_prefix=demo: (the loader needs the job's settings)")
+
     prof = sub.add_parser("profile", help="print a user's profile from Redis")
     prof.add_argument("user_id")
     prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -175,6 +182,8 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _cluster(args)
     if args.command == "profile":
         return _profile(args.user_id, args.overrides)
+    if args.command == "loader":
+        return _loader(args.rebuild, args.overrides)
     if args.command == "models":
         return _models(args)
     if args.command == "evaluate":
@@ -188,6 +197,33 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         from bench.layouts import run_layouts
         return run_layouts(args.layouts, *args.layout_events, args.out)
     raise AssertionError(args.command)
+
+
+def _loader(rebuild: bool, overrides: list[str]) -> int:
+    """Until Ctrl-C or SIGTERM (``--rebuild``: until the end seen at start), with a progress line."""
+    import signal
+    import threading
+
+    from confluent_kafka import KafkaException
+
+    from persona.loader import ProfileLoader, format_progress
+    settings = load_job_settings(parse_overrides(overrides))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        loader = ProfileLoader(settings, rebuild=rebuild)
+        print(f"loader: {settings.kafka.topics.profiles} -> {settings.redis.masked_url} "
+              f"(prefix {settings.redis.key_prefix!r}){', rebuild' if rebuild else ''}", flush=True)
+        stats = loader.run(stop, until_end=rebuild, progress=lambda st, total: print(format_progress(st, total),
+                                                                                    flush=True),
+                           progress_every_s=2 if rebuild else 10)
+    except KafkaException as e:
+        raise ConfigError(f"kafka.topics.profiles: {e}") from None
+    except KeyboardInterrupt:
+        stop.set()
+        return 130
+    print(format_progress(stats, None), flush=True)
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -296,3 +332,7 @@ def _models(args: argparse.Namespace) -> int:
         raise ConfigError(f"redis.url: {settings.redis.masked_url} did not answer ({e})") from None
     finally:
         client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

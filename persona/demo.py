@@ -58,11 +58,12 @@ def run_demo(opts: DemoOptions) -> int:
         print(line)
     run_id = time.strftime("%Y%m%d%H%M%S")
     topics = {"events": f"demo-{run_id}.events", "dead_letter": f"demo-{run_id}.dlq", "triggers": f"demo-{run_id}.triggers",
-              "models": f"demo-{run_id}.models"}
+              "models": f"demo-{run_id}.models", "profiles": f"demo-{run_id}.profiles"}
     prefix = f"demo:{run_id}:"
     bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
     job = load_job_settings({"kafka.bootstrap_servers": bootstrap, "redis.url": redis_url})
-    ensure_topics(bootstrap, topics.values(), job.kafka.partitions)
+    # The profile changelog is created (compacted) by the job itself.
+    ensure_topics(bootstrap, [t for k, t in topics.items() if k != "profiles"], job.kafka.partitions)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
         "kafka.starting_offsets=earliest", f"kafka.group_id=demo-{run_id}",

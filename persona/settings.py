@@ -37,6 +37,7 @@ class Topics(_Strict):
     dead_letter: str = Field(min_length=1)
     triggers: str = Field(min_length=1)
     models: str = Field(min_length=1)
+    profiles: str = Field(min_length=1)      # the profile changelog (compacted; created by the job if missing)
 
 
 SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
@@ -67,6 +68,7 @@ class KafkaSettings(_Strict):
     starting_offsets: Literal["earliest", "latest", "committed"] = "committed"
     topics: Topics
     partitions: int = Field(ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)   # topics the project or the job creates
     security: KafkaSecurity = KafkaSecurity()
     triggers_delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transaction_timeout_ms: int = Field(default=600_000, ge=60_000, le=900_000)   # below the broker's 15 min maximum
@@ -80,6 +82,17 @@ class KafkaSettings(_Strict):
                     "sasl_plain_password": s.password.get_secret_value()}
         if s.ssl_cafile:
             out["ssl_cafile"] = str(resolve_path(s.ssl_cafile))
+        return out
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The same for confluent-kafka (librdkafka's names): the profile loader and the fast producers."""
+        s = self.security
+        out: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": s.protocol}
+        if s.sasl:
+            out |= {"sasl.mechanism": s.sasl_mechanism, "sasl.username": s.username,
+                    "sasl.password": s.password.get_secret_value()}
+        if s.ssl_cafile:
+            out["ssl.ca.location"] = str(resolve_path(s.ssl_cafile))
         return out
 
     def connector_properties(self) -> dict[str, str]:
@@ -227,6 +240,10 @@ class DedupSettings(_Strict):
     order_ids_per_user: int = Field(ge=0, le=1000)
 
 
+class LoaderSettings(_Strict):
+    embedded: bool = True         # `persona run` (mini-cluster) runs the profile loader in its own process
+
+
 class JobSettings(_Strict):
     kafka: KafkaSettings
     source: SourceSettings
@@ -236,6 +253,7 @@ class JobSettings(_Strict):
     models: ModelSettings
     limits: LimitsSettings
     dedup: DedupSettings
+    loader: LoaderSettings = LoaderSettings()
 
     def model_post_init(self, _: Any) -> None:
         # Process mode's Python workers dump their whole environment into the log at job end (STACK-FACTS):

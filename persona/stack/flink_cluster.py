@@ -155,24 +155,30 @@ class FlinkCluster:
         return "flink cluster stopped"
 
     def submit(self, module: str, job_args: list[str], jars: list[Path], detach: bool = True,
-               from_savepoint: str | None = None, allow_non_restored_state: bool = False) -> str:
+               from_savepoint: str | None = None, allow_non_restored_state: bool = False, root: Path = ROOT) -> str:
         """``flink run -d -py`` the job module; returns the job id. ``detach=False`` returns when the job has ended.
 
         ``from_savepoint`` restores the job's state and Kafka offsets from a savepoint (or retained checkpoint);
         ``allow_non_restored_state`` lets it drop state of operators the new job no longer has (explicitly).
+        ``root``: another checkout of the project (an older build, for upgrade tests), shipped to the workers
+        with ``-pyfs`` and put first on the client's path, so its modules are the ones that run.
         """
         if not self.running():
             raise StackError(f"no flink cluster at {self.rest_url}; start it with `persona cluster up`")
-        script = ROOT / Path(*module.split(".")).with_suffix(".py")
+        script = root / Path(*module.split(".")).with_suffix(".py")
         cmd = [str(FLINK_HOME / "bin" / "flink"), "run", *(["-d"] if detach else []),
                "-m", f"127.0.0.1:{self.settings.rest_port}",
                "-py", str(script), "-pyexec", sys.executable, "-pyclientexec", sys.executable]
+        env = self._env()
+        if root != ROOT:
+            cmd += ["-pyfs", str(root)]
+            env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
         if from_savepoint:
             cmd += ["-s", from_savepoint, *(["--allowNonRestoredState"] if allow_non_restored_state else [])]
         for jar in jars:
             cmd += ["--jarfile", str(jar)]
         cmd += ["--deployment", "cluster", *job_args]
-        proc = subprocess.run(cmd, env=self._env(), cwd=ROOT, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=False)
         match = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)
         if proc.returncode != 0 or not match:
             raise StackError(f"flink run failed: {(proc.stdout + proc.stderr).strip()[-600:]}")

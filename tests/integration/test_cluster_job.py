@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,16 +16,17 @@ import pytest
 import redis
 
 from persona.generator.shoppers import GeneratedRecord, generate
-from persona.settings import FlinkClusterSettings, load_generator_settings
+from persona.settings import ROOT, FlinkClusterSettings, load_generator_settings
 from persona.stack.flink_cluster import FlinkCluster
 from persona.stack.procs import free_port, wait_until
 from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
-from tests.fixtures.jobs import history_override, run_bounded_job
+from tests.fixtures.jobs import history_override, loader_process, run_bounded_job
 from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.oracle import expected_counts
 from tests.fixtures.personalization_oracle import expected
 from tests.fixtures.services import TopicNames
+from tests.integration.test_personalization_job import profile_mismatches
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -172,6 +174,8 @@ def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
     def stored(users: dict[str, dict[str, Any]]) -> dict[str, int]:
         return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in users}
 
+    loader = loader_process(base, tmp_path)   # on a cluster the profile loader is a service of its own
+    loader.__enter__()
     job_id = cluster.submit("jobs.personalization", [a for o in base for a in ("--set", o)], connector_jars)
     wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
     produce(kafka_bootstrap, topics.events, first)
@@ -193,6 +197,7 @@ def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
         wait_until(lambda: stored(want_all) == want_all, 240, "both halves in Redis", interval_s=0.5)
     finally:
         cluster.cancel(job_id)
+        loader.__exit__(None, None, None)
     wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
     after = read_all_json(kafka_bootstrap, topics.triggers)
     ids = [t["trigger_id"] for t in after]
@@ -202,14 +207,21 @@ def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
 
 def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
         cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
-        connector_jars: list[Path]) -> None:
+        connector_jars: list[Path], tmp_path: Path) -> None:
     """SIGKILL a TaskManager twice during a stream of 50,000 events; a supervisor (here, the test) starts a
-    replacement each time. The restart strategy outlasts each loss, and the job's results equal the oracle."""
+    replacement each time. The restart strategy outlasts each loss, and the job's results equal the oracle:
+    every profile (through the changelog and the loader, nothing lost at a kill) and the trigger-id set.
+
+    Triggers are exactly-once here: a read_committed consumer sees each once; a read_uncommitted one also
+    sees the aborted attempts, which is what an at-least-once sink delivers (counted and printed)."""
     records = list(generate(load_generator_settings({"users": 400, "seed": 23, "bot_fraction": 0.0}),
                             max_records=50_000))
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
                  f"redis.key_prefix={redis_prefix}kill:", "kafka.starting_offsets=earliest", "kafka.group_id=kill", "flink.parallelism=2",
-                 "flink.checkpoint_interval_ms=2000", "models.bot_min_session_events=1000000", history_override()]
+                 "flink.checkpoint_interval_ms=2000", "models.bot_min_session_events=1000000", history_override(),
+                 "kafka.triggers_delivery=exactly-once"]
+    loader = loader_process(overrides, tmp_path)
+    loader.__enter__()
     job_id = cluster.submit("jobs.personalization", [a for o in overrides for a in ("--set", o)], connector_jars)
     wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
     feeder = threading.Thread(target=produce, args=(kafka_bootstrap, topics.events, records), kwargs={"rate": 1_200.0},
@@ -237,13 +249,14 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
             cluster.add_taskmanager()
             wait_until(lambda kill=kill: running_again(kill), 180, f"recovery from kill {kill}", interval_s=1.0)
         feeder.join(timeout=120)
-        # One last visit per user, two days of event time later. (1) An unbounded job fires a timer when the
-        # watermark passes it: now every deadline and quiet-hour release has passed, as at the end of a bounded
-        # input. (2) It rewrites every profile from the user's restored state. A write batch that was in memory
-        # when a TaskManager died (at most redis.flush_interval_ms of updates, written between a checkpoint
-        # barrier and the kill) is not replayed: until the profile changelog exists (README "Failures and
-        # upgrades"), only a user's next event repairs it. So this checks the state and the triggers exactly,
-        # and the profiles as of the users' next events.
+        # Every profile equals the oracle over the whole stream: a change made just before a kill is in the
+        # changelog (its sink flushes at each checkpoint) or replayed from the checkpoint.
+        want_stream = expected(records).profiles
+        wait_until(lambda: not profile_mismatches(client, keys, want_stream), 240,
+                   "every profile equal to the oracle after the kills", interval_s=1.0)
+        # Then one last visit per user, two days of event time later: an unbounded job fires a timer when the
+        # watermark passes it, so now every deadline and quiet-hour release has passed, as at the end of a
+        # bounded input.
         end = max(r.event_time_ms for r in records) + 2 * 86_400_000
         users = sorted({r.event["user_id"] for r in records if r.event is not None})
         finals = []
@@ -268,15 +281,72 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
         wait_until(lambda: stored() == want_totals, 240, "every profile equal to the oracle", interval_s=1.0)
         def triggers() -> dict[str, set[str]]:
             got: dict[str, set[str]] = {}
-            for r in read_all_json(kafka_bootstrap, topics.triggers):
+            for r in read_all_json(kafka_bootstrap, topics.triggers, isolation_level="read_committed"):
                 if r["user_id"] not in want.erased_users:
                     got.setdefault(r["pattern"], set()).add(r["trigger_id"])
             return got
         wait_until(lambda: triggers() == want.triggers, 120, "the oracle's triggers", interval_s=1.0)
-        rows = read_all_json(kafka_bootstrap, topics.triggers)
-        duplicates = len(rows) - len({r["trigger_id"] for r in rows})
-        print(f"restarts {restarts()}, duplicate trigger records {duplicates} (at-least-once)")
+        committed = read_all_json(kafka_bootstrap, topics.triggers, isolation_level="read_committed")
+        everything = read_all_json(kafka_bootstrap, topics.triggers)
+        duplicates = len(everything) - len({r["trigger_id"] for r in everything})
+        print(f"restarts {restarts()}; duplicate trigger records: {duplicates} read_uncommitted (what at-least-once "
+              f"delivers), {len(committed) - len({r['trigger_id'] for r in committed})} read_committed")
+        assert len(committed) == len({r["trigger_id"] for r in committed}), "a trigger twice under exactly-once"
         assert cluster.job_status(job_id) == "RUNNING" and restarts() >= 2
     finally:
         cluster.cancel(job_id)
+        loader.__exit__(None, None, None)
     wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
+
+
+# The build before the profile changelog (state format 1, profiles written to Redis by the job itself).
+PREVIOUS_BUILD = "9a6928e"
+
+
+def test_a_savepoint_of_the_previous_build_restores_into_this_build(
+        cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
+        connector_jars: list[Path], tmp_path: Path) -> None:
+    """The upgrade path of README "Failures and upgrades", on a real savepoint made by the previous build: its
+    state and offsets restore into this build, no trigger is sent again, and the profiles continue."""
+    old = tmp_path / "previous-build"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", PREVIOUS_BUILD], capture_output=True,
+                             check=True)
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    records = list(generate(load_generator_settings({"users": 120, "seed": 14, "bot_fraction": 0.0}), max_records=6_000))
+    first, second = records[:3_000], records[3_000:]
+    prefix = f"{redis_prefix}up:"
+    base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+            f"redis.key_prefix={prefix}", "kafka.starting_offsets=earliest", "kafka.group_id=upgrade",
+            "flink.parallelism=2", "models.bot_min_session_events=1000000", history_override()]
+    previous = [o for o in base if not o.startswith("kafka.topics.profiles=")]   # a setting it does not know
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(prefix)
+
+    def stored(users: dict[str, dict[str, Any]]) -> dict[str, int]:
+        return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in users}
+
+    job_id = cluster.submit("jobs.personalization", [a for o in previous for a in ("--set", o)], connector_jars,
+                            root=old)
+    wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
+    produce(kafka_bootstrap, topics.events, first)
+    want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
+    wait_until(lambda: stored(want_first) == want_first, 180, "the previous build's profiles", interval_s=0.5)
+    savepoint = cluster.stop_with_savepoint(job_id, str(tmp_path / "savepoints"))
+    wait_until(lambda: cluster.job_status(job_id) == "FINISHED", 60, f"job {job_id} FINISHED", interval_s=0.5)
+    triggers_before = read_all_json(kafka_bootstrap, topics.triggers)
+
+    produce(kafka_bootstrap, topics.events, second)
+    with loader_process(base, tmp_path):
+        job_id = cluster.submit("jobs.personalization", [a for o in base for a in ("--set", o)], connector_jars,
+                                from_savepoint=savepoint)
+        try:
+            want_all = {u: f["events_total"] for u, f in expected(records).profiles.items()}
+            wait_until(lambda: stored(want_all) == want_all, 240, "both halves in Redis", interval_s=0.5)
+            assert cluster.rest(f"/jobs/{job_id}/checkpoints")["latest"]["restored"] is not None
+        finally:
+            cluster.cancel(job_id)
+    wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
+    ids = [t["trigger_id"] for t in read_all_json(kafka_bootstrap, topics.triggers)]
+    assert len(ids) == len(set(ids)), "a trigger was sent again after the upgrade"
+    assert triggers_before and {t["trigger_id"] for t in triggers_before} <= set(ids)

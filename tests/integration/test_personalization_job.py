@@ -241,7 +241,8 @@ def test_exactly_once_triggers_equal_the_oracle_for_a_read_committed_consumer(
 def test_a_redis_outage_delays_profiles_and_loses_nothing(kafka_bootstrap: str, topics: TopicNames, redis_prefix: str,
                                                           tmp_path: Path) -> None:
     """Redis stops for 30 s in the middle of a stream (its data kept on disk, as a restarted server keeps it):
-    the job waits and retries; afterwards the profiles equal the oracle and nothing was dead-lettered for it."""
+    the loader waits and retries while the job goes on; afterwards the profiles equal the oracle and nothing
+    was dead-lettered for it."""
     server = RedisServer(tmp_path / "redis", RedisServiceSettings(port=free_port(), start_timeout_s=15))
     server.up()
     records = list(generate(load_generator_settings({"users": 120, "seed": 17, "bot_fraction": 0.0}), max_records=4_000))
@@ -260,8 +261,8 @@ def test_a_redis_outage_delays_profiles_and_loses_nothing(kafka_bootstrap: str, 
         finally:
             client.close()
 
-    def job_log() -> str:
-        return "".join(p.read_text(errors="replace") for p in tmp_path.glob("flink-*-python-*.log"))
+    def job_log() -> str:   # the loader runs in the job's own process (loader.embedded): its lines are in job.log
+        return "".join(p.read_text(errors="replace") for p in [tmp_path / "job.log", *tmp_path.glob("flink-*.log")])
     try:
         produce(kafka_bootstrap, topics.events, first)
         want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
@@ -270,7 +271,7 @@ def test_a_redis_outage_delays_profiles_and_loses_nothing(kafka_bootstrap: str, 
         redis.Redis.from_url(server.url).shutdown(save=True)   # the outage begins; the data stays on disk
         down_at = time.monotonic()
         produce(kafka_bootstrap, topics.events, second)
-        wait_until(lambda: "profile(s) wait" in job_log(), 60, "the job noticing the outage", interval_s=0.5)
+        wait_until(lambda: "profile(s) wait" in job_log(), 60, "the loader noticing the outage", interval_s=0.5)
         while time.monotonic() - down_at < 30:   # the outage lasts 30 s: its length, not a wait for a condition
             assert job.poll() is None, "the job stopped during the outage"
             time.sleep(1)

@@ -78,7 +78,7 @@ def test_job_over_sasl_and_redis_auth_leaks_no_secret(secure_services: tuple[Kaf
         monkeypatch.setenv(var, value)
     tag = uuid.uuid4().hex[:8]
     topics = {"events": f"s-{tag}.events", "dead_letter": f"s-{tag}.dlq", "triggers": f"s-{tag}.triggers",
-              "models": f"s-{tag}.models"}
+              "models": f"s-{tag}.models", "profiles": f"s-{tag}.profiles"}
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={broker.sasl_bootstrap}", f"redis.url={server.url}", f"redis.key_prefix=s{tag}:",
         "kafka.starting_offsets=earliest", "kafka.group_id=secure", "models.bot_min_session_events=1000000", history_override()]
