@@ -15,7 +15,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import parse_job_args, setup_logging
-from jobs.kafka_io import keyed_json_sink, raw_event_stream
+from jobs.kafka_io import keyed_json_sink, pin_kafka_uids, raw_event_stream
 from jobs.parse_events import parse
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     statements = t_env.create_statement_set()
     statements.add_insert(dlq_table, t_env.from_data_stream(dead_letters))
     statements.attach_as_datastream()
+    print("stable uids: " + ", ".join(pin_kafka_uids(env, settings.flink.previous_source_id)), flush=True)
     log.info("starting event_counter (kafka %s, redis %s, mode %s)", settings.kafka.bootstrap_servers,
              settings.redis.masked_url, settings.flink.execution_mode)
     env.execute("persona-event-counter")

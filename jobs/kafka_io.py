@@ -6,12 +6,11 @@ bytes together with its topic, partition, offset and timestamp, which dead-lette
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
 from pyflink.common import Types
-from pyflink.datastream import DataStream, KeyedStream
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
@@ -157,11 +156,36 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
 
 
 
-def ensure_changelog_topic(admin: KafkaAdminClient, topic: str, partitions: int, replication: int) -> None:
-    """Create the profile changelog topic: compacted (each user's newest state is kept, erasures' tombstones
-    for a day), as Kafka Streams creates its own changelogs."""
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replication, topic_configs={
-            "cleanup.policy": "compact", "delete.retention.ms": "86400000", "min.compaction.lag.ms": "0"})])
-    except TopicAlreadyExistsError:
-        pass
+
+_NUMBERED = re.compile(r"\[\d+\]")
+_SOURCES = frozenset({"raw_events"})   # the source tables declared here
+
+
+def pin_kafka_uids(env: StreamExecutionEnvironment, previous_source_id: str = "") -> list[str]:
+    """Give the Kafka source and sinks (our SQL tables) stable uids, named after their tables.
+
+    The SQL planner leaves them auto-generated ids, which are hashes of the graph's shape: adding an output
+    (as the profile changelog did) changes them, and a savepoint's source offsets and sink state then no
+    longer map to the new job. Call after ``attach_as_datastream()``; returns the uids set.
+
+    ``previous_source_id``: the source's operator id in a build that had none pinned (its job's source vertex
+    id), kept for that one upgrade so the savepoint's offsets restore (Flink's ``setUidHash``).
+    """
+    pinned = []
+    seen = set()
+    stack = list(env._j_stream_execution_environment.getTransformations())
+    while stack:
+        t = stack.pop()
+        if t.getId() in seen:
+            continue
+        seen.add(t.getId())
+        stack.extend(t.getInputs())
+        name = _NUMBERED.sub("", t.getName())
+        if name in _SOURCES and previous_source_id:
+            t.setUidHash(previous_source_id)
+            pinned.append(f"{name}={previous_source_id}")
+        elif t.getUid() is None and (name in _SOURCES or name.endswith("_sink")):
+            # A sink's writer and committer take their uids from the sink's.
+            t.setUid(f"kafka:{name}")
+            pinned.append(f"kafka:{name}")
+    return sorted(pinned)

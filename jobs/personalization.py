@@ -26,7 +26,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, Ou
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.job_cli import fail, parse_job_args, setup_logging
-from jobs.kafka_io import ensure_changelog_topic, kafka_timestamp_ms, keyed_json_sink, keyed_raw_events
+from jobs.kafka_io import kafka_timestamp_ms, keyed_json_sink, keyed_raw_events, pin_kafka_uids
 from jobs.model_training import TrainModels, example_key
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
@@ -40,6 +40,7 @@ from operators.validation import parse_event
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer
 from persona.settings import ConfigError, JobSettings
+from persona.stack.topics import ensure_changelog_topic
 from state.keys import RedisKeys
 from state.profile_changelog import changelog_value
 from state.state_cache import StateCache
@@ -375,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "profile_sink", settings.kafka.topics.profiles,
                                           value_type="BYTES"), t_env.from_data_stream(changes))
     statements.attach_as_datastream()
+    print("stable uids: " + ", ".join(pin_kafka_uids(env, settings.flink.previous_source_id)), flush=True)
     log.info("starting personalization (kafka %s, redis %s, mode %s)", settings.kafka.bootstrap_servers,
              settings.redis.masked_url, settings.flink.execution_mode)
     # On the mini-cluster the loader runs here, beside the JVM that runs the job (another core); on a cluster

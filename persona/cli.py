@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("job_id")
     stop.add_argument("--savepoint", required=True, metavar="DIR", help="savepoint directory (path or Flink URI)")
 
+    top = sub.add_parser("topics", help="create, list or delete the job's topics (names from the settings)")
+    top.add_argument("action", choices=("create", "list", "delete"))
+    top.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="job setting, e.g. kafka.topics.events=my.events")
+    top.add_argument("--yes", action="store_true", help="with delete: really delete (the records are lost)")
+
     loader = sub.add_parser("loader", help="apply the profile changelog topic to Redis (a service; README "
                             "\"Failures and upgrades\")")
     loader.add_argument("--rebuild", action="store_true",
@@ -182,6 +188,8 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _cluster(args)
     if args.command == "profile":
         return _profile(args.user_id, args.overrides)
+    if args.command == "topics":
+        return _topics(args.action, args.overrides, args.yes)
     if args.command == "loader":
         return _loader(args.rebuild, args.overrides)
     if args.command == "models":
@@ -197,6 +205,29 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         from bench.layouts import run_layouts
         return run_layouts(args.layouts, *args.layout_events, args.out)
     raise AssertionError(args.command)
+
+
+def _topics(action: str, overrides: list[str], yes: bool) -> int:
+    from kafka.errors import KafkaError
+
+    from persona.stack.topics import create_job_topics, delete_job_topics, describe_job_topics
+    settings = load_job_settings(parse_overrides(overrides))
+    try:
+        if action == "create":
+            created = create_job_topics(settings)
+            print(f"created: {', '.join(created)}" if created else "all topics exist already")
+        elif action == "list":
+            for key, name, partitions in describe_job_topics(settings):
+                print(f"kafka.topics.{key:<12} {name:<40} " + (f"{partitions} partition(s)" if partitions else "missing"))
+        else:
+            if not yes:
+                print("persona topics delete: add --yes to delete the job's topics and their records", file=sys.stderr)
+                return 2
+            deleted = delete_job_topics(settings)
+            print(f"deleted: {', '.join(deleted)}" if deleted else "none of the job's topics exists")
+    except KafkaError as e:
+        raise ConfigError(f"kafka.bootstrap_servers: {settings.kafka.bootstrap_servers}: {e}") from None
+    return 0
 
 
 def _loader(rebuild: bool, overrides: list[str]) -> int:

@@ -87,7 +87,10 @@ class ProfileLoader:
         """Until ``stop`` is set; with ``until_end`` (or after ``request_drain``), until the end of the changelog
         as it was then is in Redis. Every call on the consumer happens in this thread."""
         stop = stop or threading.Event()
-        partitions = self._partitions()
+        partitions = self._wait_for_topic(stop)
+        if partitions is None:
+            self.close()
+            return self.stats
         if self._rebuild:
             self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
         else:
@@ -121,6 +124,21 @@ class ProfileLoader:
         """From another thread: apply the changelog up to its current end, then stop (a bounded run's end)."""
         self._drain_deadline = time.monotonic() + deadline_s
         self._drain.set()
+
+    def _wait_for_topic(self, stop: threading.Event) -> list[int] | None:
+        """A loader started before its job waits for the job to create the changelog topic."""
+        if self._rebuild:   # a rebuild of a topic that does not exist is a mistake, said at once
+            return self._partitions()
+        said = False
+        while not stop.is_set():
+            try:
+                return self._partitions()
+            except KafkaException as e:
+                if not said:
+                    log.warning("loader: waiting for the changelog topic %s (the job creates it): %s", self._topic, e)
+                    said = True
+                stop.wait(1.0)
+        return None
 
     def _partitions(self) -> list[int]:
         meta = self._consumer.list_topics(self._topic, timeout=15)

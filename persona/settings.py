@@ -174,6 +174,9 @@ class FlinkSettings(_Strict):
     state_cache_users: int = Field(ge=0)
     buffer_timeout_ms: int = Field(ge=0)
     connector_jars_dir: str = Field(min_length=1)
+    # Upgrading from a build before the Kafka source had a uid (README "Failures and upgrades"): that job's
+    # source vertex id (web UI, 32 hex digits), so its savepoint's offsets map to the source.
+    previous_source_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
 
     def checkpoint_uri(self) -> str | None:
         """Where checkpoints go: a Flink URI as given (``file:///…``, ``s3://…``), a path (relative to the project)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -146,6 +147,23 @@ class FlinkCluster:
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise StackError(f"taskmanager.sh start failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+
+    def restart_taskmanagers(self, timeout_s: float = 120) -> None:
+        """Replace every TaskManager with a fresh one. In thread mode a TaskManager's Python interpreter keeps
+        the modules of the jobs it ran: a new build of a job needs fresh TaskManagers (or a cluster per job)."""
+        pids = self.taskmanager_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout_s, "the TaskManagers to stop",
+                   interval_s=0.5)
+        for _ in pids:
+            self.add_taskmanager()
+        slots = len(pids) * self.settings.taskmanager_slots
+
+        def fresh() -> bool:
+            overview = self.rest("/overview")
+            return int(overview["taskmanagers"]) == len(pids) and int(overview["slots-available"]) == slots
+        wait_until(fresh, timeout_s, f"{len(pids)} fresh TaskManager(s)", interval_s=0.5)
 
     def down(self) -> str:
         if not self.conf_dir.exists():

@@ -9,7 +9,7 @@ from persona.settings import JobSettings, StackSettings
 from persona.stack.jars import ensure_jars
 from persona.stack.kafka import KafkaBroker
 from persona.stack.redis_server import RedisServer
-from persona.stack.topics import ensure_topics
+from persona.stack.topics import create_job_topics
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,8 @@ class LocalServices:
         ensure_jars(self.settings.jars_path)
         lines = [self.redis.up(), self.kafka.up()]
         if job is not None:
-            t = job.kafka.topics
-            created = ensure_topics(self.kafka.bootstrap, [t.events, t.dead_letter, t.triggers], job.kafka.partitions)
-            # One partition: snapshots of a model stay in order.
-            created += ensure_topics(self.kafka.bootstrap, [t.models], 1)
+            # The models topic has one partition (a model's snapshots stay in order); the changelog is compacted.
+            created = create_job_topics(job)
             lines.append(f"topics created: {', '.join(created)}" if created else "topics already exist")
         return lines
 

@@ -49,6 +49,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
     assert not c.running()
 
 
+@pytest.fixture(autouse=True)
+def no_job_left_running(cluster: FlinkCluster) -> Iterator[None]:
+    """A test that fails half-way must not leave its job holding the cluster's two slots for the next one."""
+    yield
+    for job in cluster.rest("/jobs")["jobs"]:
+        if job["status"] not in ("FINISHED", "FAILED", "CANCELED"):
+            cluster.cancel(job["id"])
+            wait_until(lambda job=job: cluster.job_status(job["id"]) in ("CANCELED", "FAILED", "FINISHED"), 60,
+                       f"job {job['id']} to end", interval_s=0.5)
+
+
 def test_flink_run_on_standalone_cluster(cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str,
                                          topics: TopicNames, redis_prefix: str, connector_jars: list[Path]) -> None:
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
@@ -214,8 +225,9 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
 
     Triggers are exactly-once here: a read_committed consumer sees each once; a read_uncommitted one also
     sees the aborted attempts, which is what an at-least-once sink delivers (counted and printed)."""
-    records = list(generate(load_generator_settings({"users": 400, "seed": 23, "bot_fraction": 0.0}),
-                            max_records=50_000))
+    records = list(generate(load_generator_settings({"users": 1_000, "seed": 23, "bot_fraction": 0.0}),
+                            max_records=60_000))
+    assert len(records) >= 50_000
     overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
                  f"redis.key_prefix={redis_prefix}kill:", "kafka.starting_offsets=earliest", "kafka.group_id=kill", "flink.parallelism=2",
                  "flink.checkpoint_interval_ms=2000", "models.bot_min_session_events=1000000", history_override(),
@@ -224,8 +236,14 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
     loader.__enter__()
     job_id = cluster.submit("jobs.personalization", [a for o in overrides for a in ("--set", o)], connector_jars)
     wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
-    feeder = threading.Thread(target=produce, args=(kafka_bootstrap, topics.events, records), kwargs={"rate": 1_200.0},
-                              daemon=True)
+    feed_errors: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            produce(kafka_bootstrap, topics.events, records, rate=1_200.0)
+        except BaseException as e:   # noqa: BLE001 - reported by the test below
+            feed_errors.append(e)
+    feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = RedisKeys(f"{redis_prefix}kill:")
@@ -249,9 +267,13 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
             cluster.add_taskmanager()
             wait_until(lambda kill=kill: running_again(kill), 180, f"recovery from kill {kill}", interval_s=1.0)
         feeder.join(timeout=120)
-        # Every profile equals the oracle over the whole stream: a change made just before a kill is in the
-        # changelog (its sink flushes at each checkpoint) or replayed from the checkpoint.
-        want_stream = expected(records).profiles
+        assert not feeder.is_alive() and not feed_errors, f"the stream was not sent whole: {feed_errors}"
+        # Every profile equals the oracle over the whole stream, before any later event could repair a lost
+        # write: a change made just before a kill is in the changelog (its sink flushes at each checkpoint) or
+        # made again by the replay from the checkpoint. Compared here: the fields events alone decide (the
+        # journey stage and profile_version also count timer releases, which wait for the watermark).
+        want_stream = {u: {k: v for k, v in f.items() if k not in ("stage", "profile_version")}
+                       for u, f in expected(records).profiles.items()}
         wait_until(lambda: not profile_mismatches(client, keys, want_stream), 240,
                    "every profile equal to the oracle after the kills", interval_s=1.0)
         # Then one last visit per user, two days of event time later: an unbounded job fires a timer when the
@@ -326,20 +348,28 @@ def test_a_savepoint_of_the_previous_build_restores_into_this_build(
     def stored(users: dict[str, dict[str, Any]]) -> dict[str, int]:
         return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in users}
 
+    # Thread mode: a TaskManager's interpreter keeps the modules of the jobs it ran (README "Failures and upgrades").
+    cluster.restart_taskmanagers()
     job_id = cluster.submit("jobs.personalization", [a for o in previous for a in ("--set", o)], connector_jars,
                             root=old)
     wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
     produce(kafka_bootstrap, topics.events, first)
     want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
     wait_until(lambda: stored(want_first) == want_first, 180, "the previous build's profiles", interval_s=0.5)
+    source_id = next(v["id"] for v in cluster.rest(f"/jobs/{job_id}")["vertices"] if "raw_events" in v["name"])
     savepoint = cluster.stop_with_savepoint(job_id, str(tmp_path / "savepoints"))
     wait_until(lambda: cluster.job_status(job_id) == "FINISHED", 60, f"job {job_id} FINISHED", interval_s=0.5)
     triggers_before = read_all_json(kafka_bootstrap, topics.triggers)
 
     produce(kafka_bootstrap, topics.events, second)
-    with loader_process(base, tmp_path):
-        job_id = cluster.submit("jobs.personalization", [a for o in base for a in ("--set", o)], connector_jars,
-                                from_savepoint=savepoint)
+    cluster.restart_taskmanagers()
+    # The previous build left the Kafka source and sinks auto-generated ids, which the changelog's new sink
+    # changed: the source takes the previous id (its offsets restore), the sinks' writers start afresh
+    # (explicitly allowed), and the keyed state (users, models) restores.
+    upgraded = [*base, f"flink.previous_source_id={source_id}"]
+    with loader_process(upgraded, tmp_path):
+        job_id = cluster.submit("jobs.personalization", [a for o in upgraded for a in ("--set", o)], connector_jars,
+                                from_savepoint=savepoint, allow_non_restored_state=True)
         try:
             want_all = {u: f["events_total"] for u, f in expected(records).profiles.items()}
             wait_until(lambda: stored(want_all) == want_all, 240, "both halves in Redis", interval_s=0.5)

@@ -48,7 +48,9 @@ def triggers_by_pattern(rows: list[dict[str, Any]], exclude_users: set[str]) -> 
 
 def stored_field(profile: dict[str, str], dotted: str) -> Any:
     head, _, rest = dotted.partition(".")
-    value = profile[head]
+    value = profile.get(head)
+    if value is None:   # no profile (yet), or no such field
+        return None
     if not rest:
         return json.loads(value) if value[:1] in "{[" else (int(value) if value.isdigit() else value)
     node = json.loads(value)

@@ -10,9 +10,9 @@ import pytest
 import redis
 from kafka import KafkaAdminClient, KafkaProducer
 
-from jobs.kafka_io import ensure_changelog_topic
 from persona.loader import ProfileLoader
 from persona.settings import ROOT, JobSettings, load_job_settings
+from persona.stack.topics import ensure_changelog_topic
 from state.keys import RedisKeys
 from state.profile_changelog import changelog_value
 from state.user_state import UserState, encode_state
