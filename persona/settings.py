@@ -41,6 +41,10 @@ class Topics(_Strict):
 
 
 SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
+_KAFKA_PYTHON_NAMES = {"bootstrap": "bootstrap_servers", "protocol": "security_protocol", "mechanism": "sasl_mechanism",
+                       "username": "sasl_plain_username", "password": "sasl_plain_password", "cafile": "ssl_cafile"}
+_LIBRDKAFKA_NAMES = {"bootstrap": "bootstrap.servers", "protocol": "security.protocol", "mechanism": "sasl.mechanism",
+                     "username": "sasl.username", "password": "sasl.password", "cafile": "ssl.ca.location"}
 
 
 class KafkaSecurity(_Strict):
@@ -75,25 +79,22 @@ class KafkaSettings(_Strict):
 
     def client_config(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python's producer, consumer and admin client."""
-        s = self.security
-        out: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": s.protocol}
-        if s.sasl:
-            out |= {"sasl_mechanism": s.sasl_mechanism, "sasl_plain_username": s.username,
-                    "sasl_plain_password": s.password.get_secret_value()}
-        if s.ssl_cafile:
-            out["ssl_cafile"] = str(resolve_path(s.ssl_cafile))
-        return out
+        return self._client_settings(_KAFKA_PYTHON_NAMES)
 
     def librdkafka_config(self) -> dict[str, Any]:
         """The same for confluent-kafka (librdkafka's names): the profile loader and the fast producers."""
+        return self._client_settings(_LIBRDKAFKA_NAMES)
+
+    def _client_settings(self, names: Mapping[str, str]) -> dict[str, Any]:
+        """Bootstrap servers and security, under a client library's own names for them."""
         s = self.security
-        out: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": s.protocol}
+        values: dict[str, Any] = {"bootstrap": self.bootstrap_servers, "protocol": s.protocol}
         if s.sasl:
-            out |= {"sasl.mechanism": s.sasl_mechanism, "sasl.username": s.username,
-                    "sasl.password": s.password.get_secret_value()}
+            values |= {"mechanism": s.sasl_mechanism, "username": s.username,
+                       "password": s.password.get_secret_value()}
         if s.ssl_cafile:
-            out["ssl.ca.location"] = str(resolve_path(s.ssl_cafile))
-        return out
+            values["cafile"] = str(resolve_path(s.ssl_cafile))
+        return {names[k]: v for k, v in values.items()}
 
     def connector_properties(self) -> dict[str, str]:
         """The same for Flink's Kafka connector (its table options). Kafka's Java client logs a JAAS config as
