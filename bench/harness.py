@@ -241,7 +241,7 @@ class TriggerClock:
     def _run(self) -> None:
         while not self._stop.is_set():
             msg = self._consumer.poll(0.1)
-            if msg is not None and msg.error() is None:
+            if msg is not None and msg.error() is None and msg.value() is not None:   # None: an erasure's tombstone
                 doc = json.loads(msg.value())
                 if doc["user_id"].startswith(self._prefix):   # not the replayed history's triggers
                     now = time.time() * 1000

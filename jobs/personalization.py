@@ -30,6 +30,7 @@ from jobs.kafka_io import kafka_timestamp_ms, keyed_json_sink, keyed_raw_events,
 from jobs.model_training import TrainModels, example_key
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
+from operators.audit import audit_record
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, Rejection, SourceRef
 from operators.input_limits import InputLimits
@@ -40,7 +41,7 @@ from operators.validation import parse_event
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer
 from persona.settings import ConfigError, JobSettings
-from persona.stack.topics import ensure_changelog_topic
+from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
 from state.keys import RedisKeys
 from state.profile_changelog import changelog_value
 from state.state_cache import StateCache
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
+# Consent changes and erasures (schemas/audit.v1.json), keyed by user.
+AUDIT = OutputTag("audit", KEYED_JSON)
 # The profile changelog (state/profile_changelog.py): (user id, value or None for an erasure).
 CHANGES = OutputTag("profile-changes", Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
 END_OF_INPUT = 2**63 - 1   # the watermark at the end of a bounded input
@@ -117,9 +120,12 @@ class Personalize(KeyedProcessFunction):
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
         self._duplicates = group.counter("duplicates")
+        self._erasures = group.counter("erasures")
+        self._consent_changes = group.counter("consent_changes")
         self._models_refused = group.counter("models_refused")
         self._timer_errors = group.counter("timer_errors")
-        self._dropped = {d: group.add_group("dropped").counter(d) for d in ("cart_item", "demographic_attribute")}
+        self._dropped = {d: group.add_group("dropped").counter(d)
+                         for d in ("cart_item", "demographic_attribute", "pii_attribute")}
         self._counts: dict[str, int] = dict.fromkeys(["valid", "late", *self._examples], 0)
         # Every record of this subtask, accounted once: applied, duplicate, or dead-lettered (by reason).
         self._ledger: dict[str, int] = {}
@@ -201,7 +207,8 @@ class Personalize(KeyedProcessFunction):
             event = Rejection("key_mismatch", f"user_id {event.user_id!r} differs from the key read on the Java "
                               f"side ({user_id!r}); duplicate user_id fields?", "user_id")
         if not isinstance(event, Event):
-            yield self._reject(raw, event, record, None)
+            # Keyed by the user id the Java side read, when it could: an erasure then reaches this entry too.
+            yield self._reject(raw, event, record, user_id or None)
             return
         self._counts["valid"] += 1
         if not record[5]:
@@ -221,8 +228,42 @@ class Personalize(KeyedProcessFunction):
             return
         self._account("applied")
         for what in step.dropped:
-            self._dropped[what].inc()
-        yield from self._carry_out(user_id, step, ctx, now)
+            self._counter(self._dropped, "dropped", what).inc()
+        purged = self._purge_examples(user_id) if step.erase else 0
+        yield from self._carry_out(user_id, step, ctx, now)   # an erasure's triggers: those due before it
+        if step.erase:
+            # Tombstones wherever the user's data is keyed (README "Privacy"), after anything released: the
+            # triggers and dead-letter topics, and the changelog, from which the loader deletes the Redis
+            # profile and memberships.
+            self._erasures.inc()
+            yield Row(user_id, None)
+            yield DEAD_LETTERS, Row(user_id, None)
+            yield CHANGES, Row(user_id, None)
+        if step.audit is not None:
+            if not step.erase:
+                self._consent_changes.inc()
+            yield AUDIT, Row(user_id, self._audit(step, event, record, now, purged))
+
+    def _purge_examples(self, user_id: str) -> int:
+        """Drop the user's training examples still waiting for their batch; returns how many."""
+        purged = 0
+        for model, examples in self._batches.items():
+            kept = [ex for ex in examples if ex.user_id != user_id]
+            purged += len(examples) - len(kept)
+            self._batches[model] = kept
+        self._waiting -= purged
+        return purged
+
+    def _audit(self, step: Step, event: Event, record: Row, now: int, purged: int) -> str:
+        assert step.audit is not None
+        stores = None
+        if step.erase:
+            tombstone = {"status": "tombstone"}
+            stores = {"training_examples": {"status": "dropped", "count": purged}, "profile_changelog": tombstone,
+                      "triggers_topic": tombstone, "dead_letter_topic": tombstone,
+                      "redis_profile": {"status": "deleted_by_loader"}}
+        source = SourceRef(record[1], record[2], record[3], kafka_timestamp_ms(record[4]))
+        return audit_record(step.audit, event.user_id, event.event_id, event.event_time_ms, source, now, stores)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
@@ -249,8 +290,6 @@ class Personalize(KeyedProcessFunction):
 
     def _carry_out(self, user_id: str, step: Step, ctx: Any, now: int) -> Iterator[Any]:
         state = step.state
-        if step.erase:   # a tombstone: the loader deletes the profile and memberships; compaction the history
-            yield CHANGES, Row(user_id, None)
         if step.timers:
             timers = ctx.timer_service()
             for t in step.timers:
@@ -307,13 +346,14 @@ class Personalize(KeyedProcessFunction):
 
     def _dead_letter(self, raw: bytes, rejection: Rejection, record: Row) -> str:
         source = SourceRef(record[1], record[2], record[3], kafka_timestamp_ms(record[4]))
-        return dead_letter_record(raw, rejection, source, int(time.time() * 1000), self._limits.dead_letter_raw_bytes)
+        return dead_letter_record(raw, rejection, source, int(time.time() * 1000), self._limits.dead_letter_raw_bytes,
+                                  self._limits.masked_fields)
 
 
 def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook
-          ) -> tuple[DataStream, DataStream, DataStream, DataStream]:
-    """(trigger rows, dead-letter rows, model-update rows, profile changes): (k, v) rows, v a string but for the
-    changes' bytes. The caller attaches sources and sinks."""
+          ) -> tuple[DataStream, DataStream, DataStream, DataStream, DataStream]:
+    """(trigger rows, dead-letter rows, model-update rows, profile changes, audit rows): (k, v) rows, v a string
+    but for the changes' bytes, None for a tombstone. The caller attaches sources and sinks."""
     r, m = settings.redis, settings.models
     personalized = (
         keyed.process(Personalize(personalizer(settings, book), r.connection_url(), r.key_prefix,
@@ -330,7 +370,8 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook
                              r.connection_url(), r.key_prefix), output_type=KEYED_JSON)
         .name("train-models").uid("train-models")
     )
-    return personalized, personalized.get_side_output(DEAD_LETTERS), published, personalized.get_side_output(CHANGES)
+    return (personalized, personalized.get_side_output(DEAD_LETTERS), published, personalized.get_side_output(CHANGES),
+            personalized.get_side_output(AUDIT))
 
 
 def check_topics(settings: JobSettings) -> None:
@@ -343,6 +384,8 @@ def check_topics(settings: JobSettings) -> None:
             existing = set(admin.list_topics())
             if t.profiles not in existing:
                 ensure_changelog_topic(admin, t.profiles, settings.kafka.partitions, settings.kafka.replication_factor)
+            if t.audit not in existing:
+                ensure_audit_topic(admin, settings)
         finally:
             admin.close()
     except KafkaError as e:
@@ -364,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     env, t_env = make_environment(settings.flink, args.deployment)
     keyed = keyed_raw_events(t_env, settings.kafka, settings.source, bounded=args.bounded,
                              max_future_ms=settings.limits.max_event_future_ms)
-    triggers, dead_letters, published, changes = build(keyed, settings, book)
+    triggers, dead_letters, published, changes, audit = build(keyed, settings, book)
     statements = t_env.create_statement_set()
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "trigger_sink", settings.kafka.topics.triggers,
                                           exactly_once=settings.kafka.triggers_delivery == "exactly-once"),
@@ -375,6 +418,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                           t_env.from_data_stream(published))
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "profile_sink", settings.kafka.topics.profiles,
                                           value_type="BYTES"), t_env.from_data_stream(changes))
+    # The audit follows the triggers' delivery: exactly-once gives a read_committed reader one record per request.
+    statements.add_insert(keyed_json_sink(t_env, settings.kafka, "audit_sink", settings.kafka.topics.audit,
+                                          exactly_once=settings.kafka.triggers_delivery == "exactly-once"),
+                          t_env.from_data_stream(audit))
     statements.attach_as_datastream()
     print("stable uids: " + ", ".join(pin_kafka_uids(env, settings.flink.previous_source_id)), flush=True)
     log.info("starting personalization (kafka %s, redis %s, mode %s)", settings.kafka.bootstrap_servers,

@@ -14,7 +14,7 @@ from typing import Any
 from operators.absence import AbsencePattern, Match, match_id
 from operators.events import Event
 from operators.pattern_spec import PatternBook, PatternSpec
-from operators.profile_fold import consent_at
+from operators.profile_fold import ProfileRules, consent_at
 from operators.trigger_gate import TriggerGate
 from state.pattern_state import TRIGGER_SCHEMA_VERSION, AnchorInfo, PatternState, Trigger, anchor_key
 from state.user_state import UserState
@@ -40,8 +40,9 @@ def _cart_snapshot(state: UserState) -> dict[str, Any]:
 
 
 class PatternEngine:
-    def __init__(self, book: PatternBook, max_marks: int = 128) -> None:
+    def __init__(self, book: PatternBook, max_marks: int = 128, rules: ProfileRules | None = None) -> None:
         self.book = book
+        self.rules = rules or ProfileRules()   # consent defaults (judged at match time and at release)
         self.gate = TriggerGate(book.gate.frequency_cap, book.gate.frequency_window_ms,
                                 book.gate.quiet_start_hour, book.gate.quiet_end_hour)
         self._absence = {p.name: AbsencePattern(p.name, lambda e: False, lambda e: False, p.within_ms,
@@ -105,7 +106,7 @@ class PatternEngine:
         for t in due:
             # Consent is judged again at release: a withdrawal during quiet hours stops the deferred trigger
             # (its frequency-cap slot stays taken, as the gate decided at match time).
-            if consent_at(user, t.emitted_at):
+            if consent_at(user, t.emitted_at, self.rules):
                 triggers.append(t)
             else:
                 suppressed.append((t.pattern, "no_consent_at_release"))
@@ -135,7 +136,7 @@ class PatternEngine:
               cart: dict[str, Any] | None, triggers: list[Trigger], timers: list[int],
               suppressed: list[tuple[str, str]]) -> None:
         # Consent as of the match time: a timer may fire after later consent events were applied.
-        ps.gate.marketing_consent = consent_at(user, at_ms)
+        ps.gate.marketing_consent = consent_at(user, at_ms, self.rules)
         if user.models.bot:
             # A user flagged as a bot (rule or model) gets no trigger, whatever produced the match.
             suppressed.append((spec.name, "bot"))

@@ -27,7 +27,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from operators.audit import AuditEntry
+from operators.consent import ANALYTICS, PERSONALIZATION, PURPOSES
 from operators.events import Event, Rejection
 from operators.model_scoring import Example, ModelRules, ModelStep, ServedModels
 from operators.pattern_engine import PatternEngine, Trigger
@@ -36,11 +39,14 @@ from operators.profile_fold import (
     ProfileRules,
     ProfileView,
     apply_event,
+    consent_log_of,
+    has_consent,
     is_late,
     profile_record,
     profile_sets,
     segment_names,
 )
+from state.model_state import ModelOutputs
 from state.user_state import UserState
 
 DEFAULT_MODEL_RULES = ModelRules(label_window_ms=1_800_000, max_pending=20, bot_threshold=0.95,
@@ -64,6 +70,7 @@ class Step:
     bot_flagged: bool = False                        # the user became a bot at this step
     duplicate: bool = False                          # an event id (or order id) seen before: nothing changed
     dropped: Sequence[str] = ()                      # what a limit kept out (README "Limits"), for counting
+    audit: AuditEntry | None = None                  # a consent change or an erasure, for the audit topic
     failed: bool = False                             # an exception: ``state`` is None and the caller's copy may be
                                                      # half-updated, so it reloads the last stored state
 
@@ -83,7 +90,7 @@ class Personalizer:
     def __init__(self, profile_rules: ProfileRules, model_rules: ModelRules, book: PatternBook, segments: int) -> None:
         self.rules = profile_rules
         self.models = ModelStep(model_rules)
-        self.engine = PatternEngine(book, profile_rules.max_pattern_marks)
+        self.engine = PatternEngine(book, profile_rules.max_pattern_marks, profile_rules)
         self.segment_names = segment_names(segments)
         self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
 
@@ -116,20 +123,73 @@ class Personalizer:
             return Step(state, dead_letter=Rejection(
                 "late_event", f"event_time {event.event_time_ms} is more than {self.rules.allowed_lateness_ms} ms "
                 f"older than the user's newest event ({state.newest_event_ms})", "event_time"))
+        kind = event.event_type
+        if kind == "erasure_request":
+            return self._erase(state, event, event_hash)
+        before = pending_counts(state) if kind == "consent" and state is not None else None
         drops: list[str] = []
         state = apply_event(state, event, rules, drops)
         _remember(state.seen_events, event_hash, rules.dedup_event_ids)
         if order_hash is not None:
             _remember(state.seen_orders, order_hash, rules.dedup_order_ids)
+        audit = self._consent_audit(state, event, before) if kind == "consent" else None
+        now = state.newest_event_ms
+        if not has_consent(state, ANALYTICS, now, rules):   # the fold kept the consent record only
+            return Step(state, store=True, write_profile=True, audit=audit, dropped=drops)
         view = ProfileView(event.user_id, state, rules)
         was_bot = state.models.bot
-        examples, timers = self.models.on_event(state, event, view, served)
+        if has_consent(state, PERSONALIZATION, now, rules):
+            examples, timers = self.models.on_event(state, event, view, served)
+        else:   # no scoring, no segment, no training example; what the models said about the user goes
+            examples, timers = [], []
+            if state.models != _NO_MODELS:
+                state.models = ModelOutputs()
         outcome = self.engine.on_event(state, event, view)
         if outcome.timers:
             timers += outcome.timers
-        return Step(state, store=True, write_profile=state.version > 0, erase=event.event_type == "erasure_request",
-                    examples=examples, triggers=outcome.triggers, timers=timers, suppressed=outcome.suppressed,
-                    bot_flagged=state.models.bot and not was_bot, dropped=drops)
+        return Step(state, store=True, write_profile=True, examples=examples, triggers=outcome.triggers,
+                    timers=timers, suppressed=outcome.suppressed, bot_flagged=state.models.bot and not was_bot,
+                    dropped=drops, audit=audit)
+
+    def _erase(self, state: UserState | None, event: Event, event_hash: int) -> Step:
+        """Forget everything about the user, the consent record too, and say what went (README "Privacy").
+
+        The request takes effect at its event time, like every other event: what was due by then (an
+        abandonment whose deadline passed, a trigger deferred to a release time that passed) is released
+        first, as the watermark would have, whether or not the watermark got there yet. Everything due later
+        is dropped and counted. That makes the outcome the same however far the watermark lags.
+        """
+        triggers: Sequence[Trigger] = ()
+        suppressed: Sequence[tuple[str, str]] = ()
+        counts = (0, 0, 0)
+        if state is not None:
+            due = self.engine.on_timer(state, event.user_id, event.event_time_ms)
+            triggers, suppressed = due.triggers, due.suppressed
+            counts = pending_counts(state)
+        fresh = UserState()
+        _remember(fresh.seen_events, event_hash, self.rules.dedup_event_ids)   # a redelivery stays a duplicate
+        outcome = {"flink_state": {"status": "cleared"},
+                   "released_before_erasure": {"status": "sent", "count": len(triggers)},
+                   "pending_triggers": {"status": "dropped", "count": counts[0]},
+                   "pending_matches": {"status": "dropped", "count": counts[1]},
+                   "pending_labels": {"status": "dropped", "count": counts[2]}}
+        return Step(fresh, store=True, erase=True, triggers=triggers, suppressed=suppressed,
+                    audit=AuditEntry("erasure", outcome))
+
+    def _consent_audit(self, state: UserState, event: Event, before: tuple[int, int, int] | None) -> AuditEntry:
+        in_force = {p: has_consent(state, p, state.newest_event_ms, self.rules) for p in PURPOSES}
+        outcome: dict[str, dict[str, Any]] = {"flink_state": {"status": "consent_recorded"}}
+        if before is not None and not in_force[ANALYTICS]:
+            triggers, matches, labels = before
+            outcome["flink_state"] = {"status": "profile_cleared"}
+            outcome |= {"pending_triggers": {"status": "dropped", "count": triggers},
+                        "pending_matches": {"status": "dropped", "count": matches},
+                        "pending_labels": {"status": "dropped", "count": labels}}
+        elif before is not None and not in_force[PERSONALIZATION]:
+            outcome["pending_labels"] = {"status": "dropped", "count": before[2]}
+        return AuditEntry("consent_change", outcome, {
+            "granted": event.payload["granted"], "withdrawn": event.payload["withdrawn"], "in_force": in_force,
+            "history": [list(c) for c in consent_log_of(state)]})
 
     def _on_timer(self, state: UserState | None, user_id: str, timestamp_ms: int) -> Step:
         if state is None:
@@ -147,6 +207,15 @@ class Personalizer:
     def profile(self, user_id: str, state: UserState, now_ms: int) -> tuple[dict[str, str], tuple[str, ...]]:
         """The Redis hash fields and the sets the user belongs to (stage, segment), computed when written."""
         return profile_record(user_id, state, self.rules, now_ms)
+
+
+_NO_MODELS = ModelOutputs()
+
+
+def pending_counts(state: UserState) -> tuple[int, int, int]:
+    """(deferred triggers, armed absence matches, examples waiting for their label) held for the user."""
+    return (len(state.patterns.deferred), sum(len(a.armed) for a in state.patterns.absence.values()),
+            len(state.models.labels.pending))
 
 
 def _failed(e: Exception) -> Step:

@@ -24,6 +24,7 @@ them, and a user's profile is encoded once per write batch however many events i
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,10 +33,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from operators.consent import (
+    ANALYTICS,
+    MARKETING,
+    PERSONALIZATION,
+    ConsentPolicy,
+    consent_flags,
+    consent_in_force,
+    record_choices,
+)
 from operators.events import Event
 from state.journey import STAGES, JourneyFacts, journey_stage
 from state.keys import PROFILE_SCHEMA_VERSION
-from state.pattern_state import GateState, PatternState
 from state.rfm import RfmThresholds, rfm_score
 from state.user_state import CartItem, UserState
 from state.windows import MEASURES, ZERO, WindowSpec, add_into, measures_of
@@ -69,6 +78,12 @@ class ProfileRules:
     # De-duplication: the last N event ids (and purchase order ids) per user, as 64-bit hashes.
     dedup_event_ids: int = 16
     dedup_order_ids: int = 8
+    # Privacy (README "Privacy"): consent defaults per country; attributes that are personal data are never
+    # stored, but for join keys, kept as a salted hash (``{name}_hash``).
+    consent: ConsentPolicy = ConsentPolicy()
+    pii_fields: frozenset[str] = frozenset({"email", "phone", "name", "first_name", "last_name"})
+    pii_join_keys: frozenset[str] = frozenset()
+    pii_salt: str = ""
 
 
 def is_late(state: UserState | None, event: Event, rules: ProfileRules) -> bool:
@@ -82,18 +97,23 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
     """
     kind = event.event_type
     if kind == "erasure_request":
-        if state is None:
-            return UserState()
-        # The consent record outlives the erasure (it is what the shop must keep to honour it): an erased user
-        # who withdrew marketing consent must not be messaged once new events arrive.
-        return UserState(marketing_consent=state.marketing_consent, consent_log=list(state.consent_log),
-                         patterns=PatternState(gate=GateState(marketing_consent=state.patterns.gate.marketing_consent)))
+        # Everything goes, the consent record too: the user starts again from the configured default.
+        return UserState()
     s = state if state is not None else UserState()
+    if s.consent_log:   # a state written before consent per purpose: its marketing choices join the new log
+        s.consents = consent_log_of(s)
+        s.consent_log = []
     t, p = event.event_time_ms, event.payload
     s.version += 1
     if t > s.newest_event_ms:
         s.newest_event_ms = t
     now = s.newest_event_ms
+    ctx = event.context
+    s.country = ctx.get("country", s.country)   # first: the country decides the consent defaults
+    if kind == "consent":
+        s.consents = record_choices(s.consents, t, p["granted"], p["withdrawn"])
+    if not has_consent(s, ANALYTICS, now, rules):
+        return consent_only(s)
     s.totals[kind] = s.totals.get(kind, 0) + 1
 
     values = measures_of(kind, p)
@@ -134,13 +154,11 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
         if len(s.affinities.entries) > rules.affinity_keep:
             s.affinities.prune(now, AFFINITY_MIN_SCORE, rules.affinity_keep, half_life)
 
-    ctx = event.context
     device = ctx.get("device")
     if device is not None:
         s.device_counts[device] = s.device_counts.get(device, 0) + 1
         if t >= now:
             s.last_device = device
-    s.country = ctx.get("country", s.country)
     s.timezone = ctx.get("timezone", s.timezone)
 
     if kind == "add_to_cart":
@@ -158,28 +176,61 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
         s.cart.clear()
         s.rfm.add_purchase(t, p["total_minor"])
         s.last_purchase_ms = max(s.last_purchase_ms or t, t)
-    elif kind == "consent":
-        if "marketing" in p["withdrawn"] or "marketing" in p["granted"]:
-            s.consent_log = sorted([*s.consent_log, (t, "marketing" in p["granted"])])[-10:]
-            s.marketing_consent = consent_at(s, now)
     elif kind == "profile_update":
         allowed, longest = rules.demographic_attributes, rules.max_attribute_chars
         for key, value in p["attributes"].items():
-            if key in allowed and not (isinstance(value, str) and len(value) > longest):
+            if key in rules.pii_fields:
+                # Personal data: never stored as given; a join key is kept as a salted hash.
+                if key in rules.pii_join_keys and isinstance(value, str) and value:
+                    s.demographics[f"{key}_hash"] = pii_hash(value, rules.pii_salt)
+                elif drops is not None:
+                    drops.append("pii_attribute")
+            elif key in allowed and not (isinstance(value, str) and len(value) > longest):
                 s.demographics[key] = value
             elif drops is not None:
                 drops.append("demographic_attribute")
     return s
 
 
-def consent_at(s: UserState, t_ms: int) -> bool:
-    """Marketing consent in force at ``t_ms`` (granted unless withdrawn and not granted again since)."""
-    value = True
-    for at, granted in s.consent_log:
-        if at > t_ms:
-            break
-        value = granted
-    return value
+def pii_hash(value: str, salt: str) -> str:
+    """A salted SHA-256 of a normalised PII value (trimmed, lower case), as 32 hex characters: a join key
+    that does not reveal the value to someone without the salt.
+
+    >>> pii_hash(" Ann@Example.com", "s") == pii_hash("ann@example.com", "s") != pii_hash("ann@example.com", "t")
+    True
+    """
+    return hashlib.sha256(f"{salt}\x1f{value.strip().lower()}".encode()).hexdigest()[:32]
+
+
+def consent_log_of(s: UserState) -> list[tuple[int, str, bool]]:
+    """The user's consent choices in time order (with those of a state written before consent per purpose)."""
+    if not s.consent_log:
+        return s.consents
+    return sorted([*s.consents, *((t, MARKETING, granted) for t, granted in s.consent_log)], key=lambda c: c[0])
+
+
+def has_consent(s: UserState, purpose: str, t_ms: int, rules: ProfileRules) -> bool:
+    """Consent for ``purpose`` in force at ``t_ms`` (operators/consent.py): the user's choice, else the default
+    of their country."""
+    return consent_in_force(consent_log_of(s), purpose, t_ms, s.country, rules.consent)
+
+
+def consent_at(s: UserState, t_ms: int, rules: ProfileRules) -> bool:
+    """Marketing consent in force at ``t_ms``."""
+    return has_consent(s, MARKETING, t_ms, rules)
+
+
+def consent_only(s: UserState) -> UserState:
+    """What is kept without analytics consent: the consent record and what orders and de-duplicates it."""
+    return UserState(version=s.version, newest_event_ms=s.newest_event_ms, country=s.country,
+                     consents=consent_log_of(s), seen_events=s.seen_events, seen_orders=s.seen_orders,
+                     epoch_ms=s.epoch_ms)
+
+
+def profile_allowed(s: UserState, rules: ProfileRules) -> bool:
+    """Whether the profile may go beyond the consent flags (analytics and personalization consent, now)."""
+    now = s.newest_event_ms
+    return has_consent(s, ANALYTICS, now, rules) and has_consent(s, PERSONALIZATION, now, rules)
 
 
 _ZONES: dict[str | None, ZoneInfo] = {}
@@ -277,7 +328,9 @@ _FIELDS: dict[str, Callable[[ProfileView], Any]] = {
     "timezone": lambda v: v.state.timezone,
     "local_hour": lambda v: local_hour(v.state.newest_event_ms, v.state.timezone),
     "demographics": lambda v: dict(sorted(v.state.demographics.items())),
-    "marketing_consent": lambda v: v.state.marketing_consent,
+    "marketing_consent": lambda v: consent_at(v.state, v.state.newest_event_ms, v.rules),
+    "consent": lambda v: consent_flags(consent_log_of(v.state), v.state.newest_event_ms, v.state.country, v.rules.consent),
+    "consent_history": lambda v: [list(c) for c in consent_log_of(v.state)],
     "cart_items": lambda v: len(v.state.cart),
     "cart_value_minor": lambda v: cart_value_minor(v.state),
     "stage": lambda v: stage(v.state, v.rules),
@@ -290,6 +343,8 @@ _MODEL_FIELDS: dict[str, Callable[[UserState], Any]] = {
     "bot_score": lambda s: None if s.models.bot_score is None else round(s.models.bot_score, 4),
     "bot": lambda s: s.models.bot,
 }
+# What a profile holds without analytics or personalization consent (README "Privacy").
+CONSENT_PROFILE_FIELDS = ("schema_version", "user_id", "profile_version", "marketing_consent", "consent", "consent_history")
 # The pattern vocabulary's profile.* fields are these names (nested ones dotted: profile.rfm.score).
 PROFILE_FIELD_NAMES = (*_FIELDS, *_MODEL_FIELDS)
 
@@ -347,6 +402,8 @@ def profile_record(user_id: str, state: UserState, rules: ProfileRules, updated_
                    ) -> tuple[dict[str, str], tuple[str, ...]]:
     """The Redis hash fields of a profile and the sets the user belongs to (journey stage, segment)."""
     view: Mapping[str, object] = ProfileView(user_id, state, rules)
+    if not profile_allowed(state, rules):   # the consent flags and what orders the writes, nothing else
+        return redis_fields({k: view[k] for k in CONSENT_PROFILE_FIELDS}, updated_at_ms), ()
     segment = view["segment"]
     memberships = (str(view["stage"]), str(segment)) if segment else (str(view["stage"]),)
     return redis_fields(view, updated_at_ms), memberships
@@ -358,7 +415,7 @@ def redis_fields(view: Mapping[str, Any], updated_at_ms: int) -> dict[str, str]:
     Unknown values (None) are left out: an absent field means "unknown".
     """
     out = {"updated_at": str(updated_at_ms)}
-    for k in PROFILE_FIELD_NAMES:
+    for k in view:
         v = view[k]
         if v is None:
             continue

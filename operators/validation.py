@@ -24,6 +24,7 @@ import orjson
 
 from operators.events import EVENT_TYPES, Event, Rejection
 from operators.input_limits import InputLimits, too_deep
+from operators.ip_geo import country_of
 
 DEVICES = frozenset({"mobile", "desktop", "tablet"})
 PAGE_TYPES = frozenset({"home", "category", "product", "search_results", "cart", "checkout", "other"})
@@ -107,7 +108,7 @@ def _event(doc: dict[str, Any], limits: InputLimits) -> Event:
     user_id = _string(doc, "user_id", "", max_len=MAX_ID)
     session_id = _string(doc, "session_id", "", max_len=MAX_ID, required=False)
     event_time_ms = parse_time_ms(_string(doc, "event_time", ""), "event_time")
-    context = _context(doc.get("context"))
+    context = _context(doc.get("context"), limits.ip_geolocation)
     payload_doc = _required(doc, "payload", "")
     if not isinstance(payload_doc, dict):
         raise _Invalid("wrong_type", "payload", "payload must be an object")
@@ -182,7 +183,7 @@ def _currency(doc: dict[str, Any], prefix: str) -> str:
 
 
 # ----------------------------------------------------------------------------- context
-def _context(ctx: Any) -> dict[str, Any]:
+def _context(ctx: Any, geolocate: bool = True) -> dict[str, Any]:
     if ctx is None:
         return {}
     if not isinstance(ctx, dict):
@@ -204,7 +205,12 @@ def _context(ctx: Any) -> dict[str, Any]:
             out["country"] = country.upper()
         if geo.get("region") is not None:
             out["region"] = _string(geo, "region", "context.geo", max_len=64)
-    # The IP address is personal data: it is never carried past this point.
+    # The IP address is personal data: reduced to a country when the event has none, and never carried past here.
+    ip = ctx.get("ip")
+    if geolocate and isinstance(ip, str) and "country" not in out:
+        country = country_of(ip[:45])
+        if country is not None:
+            out["country"] = country
     return out
 
 

@@ -112,7 +112,8 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
         if job_proc.poll() is not None:
             raise StackError(f"the job exited with code {job_proc.returncode}; see its log")
         for msg in triggers:
-            by_pattern[json.loads(msg.value)["pattern"]] += 1
+            if msg.value is not None:   # a tombstone: an erased user's key
+                by_pattern[json.loads(msg.value)["pattern"]] += 1
         applied = _applied_events(client, keys)
         dlq = _topic_end(offsets, topics["dead_letter"])
         produced = _topic_end(offsets, topics["events"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from operators.config_files import ConfigError
+from operators.consent import ConsentPolicy
 from operators.input_limits import InputLimits
 from operators.model_scoring import ModelRules
 from operators.pattern_spec import PatternBook, load_patterns
@@ -26,14 +27,25 @@ def profile_rules(settings: JobSettings) -> ProfileRules:
                         loyal_min_purchases=p.loyal_min_purchases, allowed_lateness_ms=p.allowed_lateness_ms,
                         max_cart_items=lim.max_cart_items, demographic_attributes=frozenset(lim.demographic_attributes),
                         max_attribute_chars=lim.max_attribute_chars, max_pattern_marks=lim.max_pattern_marks, dedup_event_ids=settings.dedup.event_ids_per_user,
-                        dedup_order_ids=settings.dedup.order_ids_per_user)
+                        dedup_order_ids=settings.dedup.order_ids_per_user, consent=consent_policy(settings),
+                        pii_fields=frozenset(settings.privacy.pii_fields),
+                        pii_join_keys=frozenset(settings.privacy.pii_join_keys),
+                        pii_salt=settings.privacy.pii_salt.get_secret_value())
+
+
+def consent_policy(settings: JobSettings) -> ConsentPolicy:
+    c = settings.privacy.consent
+    return ConsentPolicy(c.default.values(), {country: region.values() for region in c.regions.values()
+                                              for country in region.countries})
 
 
 def input_limits(settings: JobSettings) -> InputLimits:
     lim = settings.limits
     return InputLimits(max_record_bytes=lim.max_record_bytes, max_json_depth=lim.max_json_depth,
                        max_purchase_items=lim.max_purchase_items, max_event_age_ms=lim.max_event_age_ms,
-                       max_event_future_ms=lim.max_event_future_ms, dead_letter_raw_bytes=lim.dead_letter_raw_bytes)
+                       max_event_future_ms=lim.max_event_future_ms, dead_letter_raw_bytes=lim.dead_letter_raw_bytes,
+                       ip_geolocation=settings.privacy.ip_geolocation,
+                       masked_fields=frozenset({"ip", *settings.privacy.pii_fields}))
 
 
 def check_patterns(settings: JobSettings) -> PatternBook:

@@ -38,6 +38,7 @@ class Topics(_Strict):
     triggers: str = Field(min_length=1)
     models: str = Field(min_length=1)
     profiles: str = Field(min_length=1)      # the profile changelog (compacted; created by the job if missing)
+    audit: str = Field(min_length=1)         # consent changes and erasures (created by the job if missing)
 
 
 SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
@@ -244,6 +245,69 @@ class DedupSettings(_Strict):
     order_ids_per_user: int = Field(ge=0, le=1000)
 
 
+class ConsentDefaults(_Strict):
+    """Consent per purpose before the user chose (operators/consent.py)."""
+
+    analytics: bool = True
+    personalization: bool = True
+    marketing: bool = True
+
+    def values(self) -> tuple[bool, bool, bool]:
+        return (self.analytics, self.personalization, self.marketing)
+
+
+class ConsentRegion(ConsentDefaults):
+    countries: list[str] = Field(min_length=1)   # ISO 3166-1 alpha-2
+
+    @field_validator("countries")
+    @classmethod
+    def _alpha2(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not (isinstance(c, str) and len(c) == 2 and c.isalpha())]
+        if bad:
+            raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {bad}")
+        return [c.upper() for c in v]
+
+
+class ConsentSettings(_Strict):
+    default: ConsentDefaults = ConsentDefaults()
+    regions: dict[str, ConsentRegion] = {}
+
+    def model_post_init(self, _: Any) -> None:
+        seen: dict[str, str] = {}
+        for name, region in self.regions.items():
+            for c in region.countries:
+                if c in seen:
+                    raise ValueError(f"country {c} is in regions {seen[c]!r} and {name!r}")
+                seen[c] = name
+
+
+class RetentionSettings(_Strict):
+    """How long the topics the project creates keep their records (README "Privacy": retention)."""
+
+    events_days: float = Field(gt=0)
+    dead_letter_days: float = Field(gt=0)
+    triggers_days: float = Field(gt=0)
+    audit_days: float = Field(gt=0)
+
+
+class PrivacySettings(_Strict):
+    consent: ConsentSettings = ConsentSettings()
+    pii_fields: list[str] = ["email", "phone", "name", "first_name", "last_name"]
+    pii_join_keys: list[str] = []
+    pii_salt: SecretStr = SecretStr("")   # env PERSONA_PII_SALT
+    ip_geolocation: bool = True
+    retention: RetentionSettings = RetentionSettings(events_days=7, dead_letter_days=14, triggers_days=7,
+                                                     audit_days=1095)
+
+    def model_post_init(self, _: Any) -> None:
+        stray = sorted(set(self.pii_join_keys) - set(self.pii_fields))
+        if stray:
+            raise ValueError(f"pii_join_keys {stray} are not in pii_fields")
+        if self.pii_join_keys and not self.pii_salt.get_secret_value():
+            raise ValueError("pii_join_keys need a pii_salt (env PERSONA_PII_SALT): an unsalted hash of an email "
+                             "address is reversed by hashing a list of addresses")
+
+
 class LoaderSettings(_Strict):
     embedded: bool = True         # `persona run` (mini-cluster) runs the profile loader in its own process
 
@@ -258,6 +322,7 @@ class JobSettings(_Strict):
     limits: LimitsSettings
     dedup: DedupSettings
     loader: LoaderSettings = LoaderSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     def model_post_init(self, _: Any) -> None:
         # Process mode's Python workers dump their whole environment into the log at job end (STACK-FACTS):
@@ -338,7 +403,8 @@ ENV_OVERRIDES: dict[str, dict[str, str]] = {
     "job.yaml": {"KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers", "REDIS_URL": "redis.url",
                  "KAFKA_SECURITY_PROTOCOL": "kafka.security.protocol",
                  "KAFKA_SASL_USERNAME": "kafka.security.username", "KAFKA_SASL_PASSWORD": "kafka.security.password",
-                 "REDIS_USERNAME": "redis.username", "REDIS_PASSWORD": "redis.password"},
+                 "REDIS_USERNAME": "redis.username", "REDIS_PASSWORD": "redis.password",
+                 "PERSONA_PII_SALT": "privacy.pii_salt"},
     "stack.yaml": {
         "PERSONA_KAFKA_PORT": "kafka.port",
         "PERSONA_KAFKA_CONTROLLER_PORT": "kafka.controller_port",

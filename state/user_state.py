@@ -41,7 +41,7 @@ class UserState(msgspec.Struct, omit_defaults=True,
                 rename={"version": "v", "newest_event_ms": "t", "totals": "n", "windows": "w", "window_sums": "ws", "sessions": "s",
                         "session_product_views": "pv", "session_product_dwell_ms": "pd", "session_starts": "ss",
                         "rfm": "r", "affinities": "a", "device_counts": "dc", "last_device": "ld", "country": "c",
-                        "timezone": "tz", "demographics": "d", "marketing_consent": "mc", "consent_log": "cl",
+                        "timezone": "tz", "demographics": "d", "consent_log": "cl", "consents": "cg",
                         "cart": "ct", "last_purchase_ms": "lp", "last_add_ms": "la", "last_abandon_ms": "lb",
                         "patterns": "p", "models": "m", "seen_events": "e", "seen_orders": "o", "epoch_ms": "ep"}):
     version: int = 0
@@ -62,8 +62,11 @@ class UserState(msgspec.Struct, omit_defaults=True,
     country: str | None = None
     timezone: str | None = None
     demographics: dict[str, str | int | bool | None] = {}
-    marketing_consent: bool = True
-    consent_log: list[tuple[int, bool]] = []           # (event time, marketing consent), last 10
+    # Consent choices per purpose (operators/consent.py), in event-time order: (time, purpose, granted).
+    consents: list[tuple[int, str, bool]] = []
+    # Before consent per purpose: (event time, marketing consent). Read with ``consents``; moved into it by the
+    # user's next event (``profile_fold.apply_event``). The old state's "mc" key (marketing consent now) is ignored.
+    consent_log: list[tuple[int, bool]] = []
     cart: dict[str, CartItem] = {}                     # product id -> item
     last_purchase_ms: int | None = None
     last_add_ms: int | None = None

@@ -122,6 +122,8 @@ class _SessionWalk:
             yield from (self._crawl(session_id) if u.bot else self._funnel(session_id, referrer))
             if rng.random() < 0.002:
                 yield self._event("erasure_request", session_id, referrer, {})
+                if rng.random() < 0.5:   # half of those who ask to be forgotten never come back
+                    return
             # Inactivity gap to the next visit: at least 31 min so a new session starts.
             self.t += 1_860_000 + int(rng.expovariate(1.0 / u.mean_gap_ms))
 

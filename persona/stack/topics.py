@@ -53,29 +53,61 @@ def ensure_changelog_topic(admin: KafkaAdminClient, topic: str, partitions: int,
         return False
 
 
+DAY_MS = 86_400_000
+
+
+def retention_configs(job: JobSettings) -> dict[str, dict[str, str]]:
+    """Per topic settings key: the configs the project creates it with (README "Privacy": retention). Personal
+    data in raw events and dead letters lives at most this long; the changelog is compacted instead."""
+    r = job.privacy.retention
+
+    def keep(days: float) -> dict[str, str]:
+        return {"cleanup.policy": "delete", "retention.ms": str(int(days * DAY_MS))}
+
+    return {"events": keep(r.events_days), "dead_letter": keep(r.dead_letter_days), "triggers": keep(r.triggers_days),
+            "audit": keep(r.audit_days), "models": {}, "profiles": CHANGELOG_CONFIG}
+
+
+def ensure_audit_topic(admin: KafkaAdminClient, job: JobSettings) -> bool:
+    """Create the audit topic with its retention; True if created."""
+    try:
+        admin.create_topics([NewTopic(job.kafka.topics.audit, num_partitions=job.kafka.partitions,
+                                      replication_factor=job.kafka.replication_factor,
+                                      topic_configs=retention_configs(job)["audit"])])
+        return True
+    except TopicAlreadyExistsError:
+        return False
+
+
 def job_topics(job: JobSettings) -> dict[str, tuple[str, int]]:
     """Each topic of the job by its settings key: (name, partitions when the project creates it)."""
     t, n = job.kafka.topics, job.kafka.partitions
     return {"events": (t.events, n), "dead_letter": (t.dead_letter, n), "triggers": (t.triggers, n),
-            "models": (t.models, 1), "profiles": (t.profiles, n)}
+            "models": (t.models, 1), "profiles": (t.profiles, n), "audit": (t.audit, n)}
 
 
 def create_job_topics(job: JobSettings) -> list[str]:
-    """Create the job's missing topics (the changelog compacted); returns the names created."""
+    """Create the job's missing topics with their retention (the changelog compacted); returns the names created."""
     k = job.kafka
-    names = job_topics(job)
-    created = []
-    for key, (name, partitions) in names.items():
-        if key == "profiles":
-            continue
-        created += ensure_topics(k.bootstrap_servers, [name], partitions, client_config=k.client_config())
+    configs = retention_configs(job)
     admin = KafkaAdminClient(**k.client_config(), client_id="persona-admin", request_timeout_ms=30_000)
     try:
-        if ensure_changelog_topic(admin, names["profiles"][0], names["profiles"][1], k.replication_factor):
-            created.append(names["profiles"][0])
+        existing = set(admin.list_topics())
+        created = []
+        for key, (name, partitions) in job_topics(job).items():
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=k.replication_factor,
+                                              topic_configs=configs[key])])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        wanted = {name for name, _ in job_topics(job).values()}
+        wait_until(lambda: wanted <= set(admin.list_topics()), 30, f"topics {sorted(wanted)} on {k.bootstrap_servers}")
+        return created
     finally:
         admin.close()
-    return created
 
 
 def describe_job_topics(job: JobSettings) -> list[tuple[str, str, int | None]]:

@@ -39,3 +39,30 @@ def test_model_updates_follow_the_model_update_schema() -> None:
         jsonschema.validate(record, schema("model_update.v1.json"))
         jsonschema.validate({**record, "kind": "pin"}, schema("model_update.v1.json"))
     jsonschema.validate({"schema_version": 1, "kind": "unpin", "model": "bots"}, schema("model_update.v1.json"))
+
+
+def test_audit_records_follow_the_audit_schema() -> None:
+    from operators.audit import AuditEntry, audit_record
+    from operators.events import SourceRef
+    from tests.unit.test_privacy import Run, at, core
+
+    run = Run(core())
+    run.event("consent", at(12), {"granted": ["marketing"], "withdrawn": ["analytics"]})
+    run.event("erasure_request", at(12, 5), {})
+    stores = {"profile_changelog": {"status": "tombstone"}, "training_examples": {"status": "dropped", "count": 0}}
+    for entry in run.audits:
+        assert isinstance(entry, AuditEntry)
+        record = json.loads(audit_record(entry, "u1", "e1", at(12), SourceRef("t", 0, 1), 5, stores))
+        jsonschema.validate(record, schema("audit.v1.json"))
+
+
+def test_masked_dead_letters_follow_the_dead_letter_schema() -> None:
+    from operators.dead_letter import dead_letter_record
+    from operators.events import Rejection, SourceRef
+
+    raw = b'{"event_id":"e","user_id":"u","context":{"ip":"81.2.69.142"},"payload":{"attributes":{"email":"a@b.de"}}}'
+    entry = json.loads(dead_letter_record(raw, Rejection("missing_field", "event_type"), SourceRef("t", 0, 1), 1,
+                                          masked=frozenset({"ip", "email"})))
+    jsonschema.validate(entry, schema("dead_letter.v2.json"))
+    assert entry["raw_masked"] == 2 and "81.2.69.142" not in entry["raw"] and "a@b.de" not in entry["raw"]
+    assert json.loads(entry["raw"])["context"]["ip"] == "***"

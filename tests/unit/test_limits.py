@@ -160,16 +160,16 @@ def test_a_purchase_retried_with_a_new_event_id_counts_once() -> None:
     assert s1.version == version and s1.rfm == revenue and s1.totals["purchase"] == 1
 
 
-def test_an_erasure_is_never_late_and_keeps_the_consent_record() -> None:
+def test_an_erasure_is_never_late_and_the_user_starts_from_the_default_consent() -> None:
     core = personalizer(load_job_settings({}))
     state = core.on_event(None, _event(_raw("consent", {"withdrawn": ["marketing"]}, "e1", T0)), ServedModels()).state
     state = core.on_event(state, _event(_cart("p1", "e2", T0 + 600_000)), ServedModels()).state
     # The erasure request carries an event time far behind the user's newest event: applied all the same.
     step = core.on_event(state, _event(_raw("erasure_request", {}, "e3", T0 - 3_600_000)), ServedModels())
     assert step.dead_letter is None and step.erase and step.state is not None
-    assert step.state.cart == {} and step.state.totals == {} and not step.state.marketing_consent
-    # New events after the erasure: still no consent, so the abandonment is suppressed, not sent.
+    assert step.state.cart == {} and step.state.totals == {} and step.state.consents == []
+    # New events after the erasure: the configured default (granted here) applies again, not the old withdrawal.
     after = core.on_event(step.state, _event(_cart("p2", "e4", T0 + 700_000)), ServedModels())
     assert after.state is not None
     released = core.on_timer(after.state, "u1", max(after.timers))
-    assert released.triggers == [] and ("cart_abandonment", "no_consent") in released.suppressed
+    assert [t.pattern for t in released.triggers] == ["cart_abandonment"] and released.suppressed == []

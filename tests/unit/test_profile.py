@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from operators.events import Event
-from operators.profile_fold import ProfileRules, apply_event, is_late, profile_view, redis_fields
+from operators.profile_fold import ProfileRules, apply_event, consent_at, is_late, profile_view, redis_fields
 from operators.validation import parse_event
 from persona.generator.shoppers import generate
 from persona.settings import load_generator_settings
@@ -66,11 +66,11 @@ def test_lateness_is_per_user_and_exact_at_the_bound() -> None:
 def test_erasure_forgets_everything_and_consent_toggles() -> None:
     s = apply_event(None, ev("profile_update", 0, attributes={"age_band": "25-34"}), RULES)
     s = apply_event(s, ev("consent", 1, granted=[], withdrawn=["marketing"]), RULES)
-    assert not s.marketing_consent and s.demographics == {"age_band": "25-34"}
+    assert not consent_at(s, 1, RULES) and consent_at(s, 0, RULES) and s.demographics == {"age_band": "25-34"}
     s = apply_event(s, ev("consent", 2, granted=["marketing"], withdrawn=[]), RULES)
-    assert s.marketing_consent
+    assert consent_at(s, 2, RULES)
     s = apply_event(s, ev("erasure_request", 3), RULES)
-    assert s.version == 0 and s.demographics == {} and s.totals == {}
+    assert s.version == 0 and s.demographics == {} and s.totals == {} and s.consents == []
 
 
 def test_redis_fields_are_strings() -> None:
