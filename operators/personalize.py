@@ -168,7 +168,7 @@ class Personalizer:
             counts = pending_counts(state)
         fresh = UserState()
         _remember(fresh.seen_events, event_hash, self.rules.dedup_event_ids)   # a redelivery stays a duplicate
-        outcome = {"flink_state": {"status": "cleared"},
+        outcome: dict[str, dict[str, Any]] = {"flink_state": {"status": "cleared"},
                    "released_before_erasure": {"status": "sent", "count": len(triggers)},
                    "pending_triggers": {"status": "dropped", "count": counts[0]},
                    "pending_matches": {"status": "dropped", "count": counts[1]},
