@@ -79,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     loader.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="job setting, e.g. redis.key_prefix=demo: (the loader needs the job's settings)")
 
-    prof = sub.add_parser("profile", help="print a user's profile from Redis")
+    prof = sub.add_parser("profile", help="print a user's profile from Redis (--export: everything held about them)")
     prof.add_argument("user_id")
+    prof.add_argument("--export", action="store_true",
+                      help="a data-access request: profile, sets, consent history, pending triggers, audit trail, "
+                           "triggers sent and dead letters, as JSON (README \"Privacy\")")
     prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="job setting, e.g. redis.key_prefix=demo:")
 
@@ -187,7 +190,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
     if args.command == "cluster":
         return _cluster(args)
     if args.command == "profile":
-        return _profile(args.user_id, args.overrides)
+        return _profile(args.user_id, args.overrides, args.export)
     if args.command == "topics":
         return _topics(args.action, args.overrides, args.yes)
     if args.command == "loader":
@@ -302,10 +305,21 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _profile(user_id: str, overrides: list[str]) -> int:
+def _profile(user_id: str, overrides: list[str], export: bool = False) -> int:
     from state.keys import RedisKeys
     from state.profile_store import read_profile
     job = load_job_settings(parse_overrides(overrides))
+    if export:
+        from kafka.errors import KafkaError
+
+        from persona.subject_access import export_subject
+        try:
+            print(json.dumps(export_subject(job, user_id), indent=2, sort_keys=True))
+        except redis.exceptions.ConnectionError:
+            raise StackError(f"redis at {job.redis.masked_url} did not answer") from None
+        except KafkaError as e:
+            raise StackError(f"kafka at {job.kafka.bootstrap_servers}: {e}") from None
+        return 0
     client = redis.Redis.from_url(job.redis.connection_url())
     try:
         profile = read_profile(client, RedisKeys(job.redis.key_prefix), user_id)

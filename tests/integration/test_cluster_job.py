@@ -21,8 +21,9 @@ from persona.stack.flink_cluster import FlinkCluster
 from persona.stack.procs import free_port, wait_until
 from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
+from tests.fixtures.erasure_case import ERASERS, build_case, erasure_problems
 from tests.fixtures.jobs import history_override, loader_process, run_bounded_job
-from tests.fixtures.kafka_io import produce, read_all_json
+from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
 from tests.fixtures.oracle import expected_counts
 from tests.fixtures.personalization_oracle import expected, leftovers, trigger_mismatches
 from tests.fixtures.services import TopicNames
@@ -312,6 +313,50 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
     finally:
         cluster.cancel(job_id)
         loader.__exit__(None, None, None)
+    wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
+
+
+def test_erasures_survive_a_taskmanager_killed_right_after_they_are_produced(
+        cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
+        connector_jars: list[Path], tmp_path: Path) -> None:
+    """The erasure test of README "Privacy" with a failover: a TaskManager is killed as soon as the erasures are in
+    the topic; after recovery, nothing of the erased users is left, and a read_committed reader sees one audit
+    record per erasure (exactly-once)."""
+    case = build_case()
+    prefix = f"{redis_prefix}erase:"
+    overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+                 f"redis.key_prefix={prefix}", "kafka.starting_offsets=earliest", "kafka.group_id=erase-kill",
+                 "flink.parallelism=2", "flink.checkpoint_interval_ms=2000", history_override(),
+                 "kafka.triggers_delivery=exactly-once"]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(prefix)
+    with loader_process(overrides, tmp_path):
+        job_id = cluster.submit("jobs.personalization", [a for o in overrides for a in ("--set", o)], connector_jars)
+        try:
+            wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
+            produce_raw(kafka_bootstrap, topics.events, case.before)
+            # The erased users' profiles are in Redis: they have something to lose.
+            wait_until(lambda: all(client.exists(keys.profile(u)) for u in ERASERS), 120, "the users' profiles",
+                       interval_s=0.5)
+            produce_raw(kafka_bootstrap, topics.events, case.erasures)
+            os.kill(cluster.taskmanager_pids()[0], signal.SIGKILL)
+            cluster.add_taskmanager()
+
+            def recovered() -> bool:
+                job = cluster.rest(f"/jobs/{job_id}")
+                values = cluster.rest(f"/jobs/{job_id}/metrics?get=numRestarts")
+                return (bool(values) and int(values[0]["value"]) >= 1 and job["state"] == "RUNNING"
+                        and all(v["status"] == "RUNNING" for v in job["vertices"]))
+            wait_until(recovered, 180, "recovery from the kill", interval_s=1.0)
+            produce_raw(kafka_bootstrap, topics.events, case.after)
+            wait_until(lambda: len([a for a in read_all_json(kafka_bootstrap, topics.audit, "read_committed")
+                                    if a["action"] == "erasure"]) >= len(ERASERS), 180, "the erasures' audit records",
+                       interval_s=1.0)
+            wait_until(lambda: not erasure_problems(case, kafka_bootstrap, topics, client, keys, "read_committed"),
+                       120, "nothing left of the erased users", interval_s=2.0)
+            assert erasure_problems(case, kafka_bootstrap, topics, client, keys, "read_committed") == []
+        finally:
+            cluster.cancel(job_id)
     wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
 
 

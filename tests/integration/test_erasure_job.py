@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
+from persona.settings import ROOT
 from state.keys import RedisKeys
-from tests.fixtures.erasure_case import build_case, erasure_problems
+from tests.fixtures.erasure_case import CONTROL, IP, NO_MARKETING, build_case, erasure_problems
 from tests.fixtures.jobs import run_bounded_job
 from tests.fixtures.kafka_io import produce_raw
 from tests.fixtures.services import TopicNames
@@ -25,3 +30,23 @@ def test_an_erasure_leaves_nothing_but_tombstones_and_its_audit_record(
                     tmp_path, timeout_s=600)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert erasure_problems(case, kafka_bootstrap, topics, client, RedisKeys(redis_prefix)) == []
+
+    # A data-access request, as support staff would serve it.
+    def export(user: str) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "persona.cli", "profile", user, "--export",
+               *(a for o in job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "erase")
+                 for a in ("--set", o))]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    kept = export(CONTROL)
+    assert kept["redis"]["profile"]["user_id"] == CONTROL and kept["redis"]["sets"]
+    assert kept["state"]["country"] == "GB" and kept["state"]["demographics"] == {"age_band": "25-34"}
+    assert [d["reason"] for d in kept["dead_letters"]] == ["wrong_type"]
+    assert IP not in json.dumps(kept) and f"{CONTROL}@example.com" not in json.dumps(kept)
+    assert [t["pattern"] for t in kept["triggers_sent"]] == ["cart_abandonment"] and kept["audit"] == []
+    gone = export(NO_MARKETING)
+    assert gone["redis"] == {"profile": None, "sets": []} and gone["state"]["erased"] is True
+    assert [a["action"] for a in gone["audit"]] == ["consent_change", "erasure"]
+    assert gone["audit"][0]["consent"]["in_force"] == {"analytics": True, "personalization": True, "marketing": False}

@@ -1,0 +1,103 @@
+"""Everything the system holds about one user, as JSON: ``persona profile USER --export`` (README "Privacy").
+
+A data-access request (GDPR art. 15, CCPA "right to know") is served from what the stores hold now:
+
+- Redis: the profile hash and the sets (journey stages, segments) the user is in;
+- the profile changelog: the newest state, with the consent history, the pending (quiet-hours deferred)
+  triggers and the armed abandonment matches, or the erasure's tombstone;
+- the audit topic: every consent change and erasure;
+- the triggers and dead-letter topics: what was sent, and what was refused (personal data masked).
+
+Kafka records are keyed by user, so only the key's partition is read (Kafka's default partitioner, which
+the job's sinks use). That is a scan of one partition of each topic: seconds here, longer on a large
+topic; retention bounds it (``privacy.retention``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from kafka import KafkaConsumer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+from operators.consent import consent_flags
+from operators.profile_fold import consent_log_of
+from persona.rules import consent_policy
+from persona.settings import JobSettings
+from state.keys import RedisKeys
+from state.profile_changelog import read_change
+from state.profile_store import read_profile
+
+
+def _records_of(consumer: KafkaConsumer, topic: str, key: str, timeout_s: float = 60) -> list[tuple[int, bytes | None]]:
+    """(timestamp ms, value) of every record of ``key`` in ``topic``, in order; [] when the topic is missing."""
+    import time
+
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        return []
+    raw_key = key.encode()
+    tp = TopicPartition(topic, (murmur2(raw_key) & 0x7FFFFFFF) % len(partitions))
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    end = consumer.end_offsets([tp])[tp]
+    out: list[tuple[int, bytes | None]] = []
+    deadline = time.monotonic() + timeout_s
+    while consumer.position(tp) < end:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not read {topic} partition {tp.partition} to offset {end}")
+        for msgs in consumer.poll(timeout_ms=1000).values():
+            out.extend((m.timestamp, m.value) for m in msgs if m.key == raw_key and m.offset < end)
+    return out
+
+
+def _json_values(records: list[tuple[int, bytes | None]]) -> list[Any]:
+    return [json.loads(v) for _, v in records if v is not None]
+
+
+def export_subject(settings: JobSettings, user_id: str) -> dict[str, Any]:
+    """What the system holds about ``user_id`` now (raises ``redis.ConnectionError`` or Kafka errors)."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    client = redis.Redis.from_url(settings.redis.connection_url())
+    try:
+        profile = read_profile(client, keys, user_id)
+        sets = sorted(k.decode()[len(keys.segment("")):] for k in client.scan_iter(match=keys.segment("*"), count=1000)
+                      if client.sismember(k, user_id))
+    finally:
+        client.close()
+    t = settings.kafka.topics
+    consumer = KafkaConsumer(**settings.kafka.client_config(), enable_auto_commit=False, consumer_timeout_ms=10_000,
+                             isolation_level="read_committed")
+    try:
+        changes = _records_of(consumer, t.profiles, user_id)
+        audit = _json_values(_records_of(consumer, t.audit, user_id))
+        triggers = _json_values(_records_of(consumer, t.triggers, user_id))
+        dead_letters = _json_values(_records_of(consumer, t.dead_letter, user_id))
+    finally:
+        consumer.close()
+    out: dict[str, Any] = {"user_id": user_id, "redis": {"profile": profile, "sets": sets},
+                           "audit": audit, "triggers_sent": triggers, "dead_letters": dead_letters}
+    if changes:
+        timestamp, value = changes[-1]
+        change = read_change(user_id.encode(), value)
+        if change.state is None:
+            out["state"] = {"erased": True, "erased_at": timestamp}
+        else:
+            s = change.state
+            policy = consent_policy(settings)
+            out["state"] = {
+                "updated_at": change.updated_at_ms,
+                "consent": consent_flags(consent_log_of(s), s.newest_event_ms, s.country, policy),
+                "consent_history": [{"event_time": at, "purpose": p, "granted": g} for at, p, g in consent_log_of(s)],
+                "pending_triggers": [json.loads(tr.to_json()) for tr in s.patterns.deferred],
+                "pending_matches": [{"pattern": name, "anchor_time": a.anchor_time_ms, "deadline": a.deadline_ms}
+                                    for name, st in sorted(s.patterns.absence.items()) for a in st.armed],
+                "pending_labels": len(s.models.labels.pending),
+                "demographics": dict(sorted(s.demographics.items())),
+                "country": s.country,
+            }
+    else:
+        out["state"] = None
+    return out
