@@ -11,7 +11,7 @@ from pyflink.datastream import DataStream, OutputTag, ProcessFunction
 from jobs.kafka_io import kafka_timestamp_ms
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, SourceRef
-from operators.validation import parse_event
+from operators.validation import DEFAULT_LIMITS, parse_event
 
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
@@ -34,7 +34,9 @@ class ParseEvents(ProcessFunction):
             return
         self._rejected[out.reason].inc()
         source = SourceRef(row[1], row[2], row[3], kafka_timestamp_ms(row[4]))
-        yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, int(time.time() * 1000)))
+        # Personal data masked (README "Privacy"), as in the personalization job.
+        yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, int(time.time() * 1000),
+                                                         masked=DEFAULT_LIMITS.masked_fields))
 
 
 def parse(raw: DataStream) -> tuple[DataStream, DataStream]:

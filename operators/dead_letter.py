@@ -26,7 +26,9 @@ DEAD_LETTER_SCHEMA_VERSION = 2
 DEFAULT_MAX_RAW_BYTES = 16_384
 MASK = "***"
 _IPV4 = re.compile(rb"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9.])")
-_EMAIL = re.compile(rb"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+\.[A-Za-z]{2,}")
+# Bounded repeats (an address part is at most 64 and 255 bytes): an unbounded one scans to the end of the record
+# from every position of a long run without '@', quadratic in its length.
+_EMAIL = re.compile(rb"[^\s\"'<>@,;:]{1,64}@[^\s\"'<>@,;:]{1,255}\.[A-Za-z]{2,24}")
 
 
 def _mask_doc(doc: Any, masked: frozenset[str]) -> int:
@@ -45,8 +47,9 @@ def _mask_doc(doc: Any, masked: frozenset[str]) -> int:
     return count
 
 
-def mask_personal_data(raw: bytes, masked: frozenset[str]) -> tuple[bytes, int]:
-    """The record with personal data masked, and how many values were.
+def mask_personal_data(raw: bytes, masked: frozenset[str], as_text: bool = False) -> tuple[bytes, int]:
+    """The record with personal data masked, and how many values were (``as_text``: skip the JSON parse, for a
+    prefix of a record too long to keep whole).
 
     >>> mask_personal_data(b'{"user_id":"u","context":{"ip":"81.2.69.142"}}', frozenset({"ip"}))
     (b'{"user_id":"u","context":{"ip":"***"}}', 1)
@@ -56,7 +59,7 @@ def mask_personal_data(raw: bytes, masked: frozenset[str]) -> tuple[bytes, int]:
     if not masked:
         return raw, 0
     try:
-        doc = orjson.loads(raw)
+        doc = None if as_text else orjson.loads(raw)
     except orjson.JSONDecodeError:
         doc = None
     if isinstance(doc, (dict, list)):
@@ -64,9 +67,9 @@ def mask_personal_data(raw: bytes, masked: frozenset[str]) -> tuple[bytes, int]:
         return (orjson.dumps(doc), count) if count else (raw, 0)
     names = b"|".join(re.escape(k.encode()) for k in sorted(masked))
     pairs = re.compile(rb'("(?:' + names + rb')"\s*:\s*)"(?:[^"\\]|\\.)*"')
-    text, n1 = pairs.subn(rb'\1"***"', raw)
-    text, n2 = _IPV4.subn(MASK.encode(), text)
-    text, n3 = _EMAIL.subn(MASK.encode(), text)
+    text, n1 = pairs.subn(rb'\1"***"', raw) if b'"' in raw else (raw, 0)
+    text, n2 = _IPV4.subn(MASK.encode(), text) if b"." in text else (text, 0)
+    text, n3 = _EMAIL.subn(MASK.encode(), text) if b"@" in text else (text, 0)
     return text, n1 + n2 + n3
 
 
@@ -82,8 +85,12 @@ def dead_letter_record(raw: bytes, rejection: Rejection, source: SourceRef, reje
     >>> big["raw"], big["raw_length"], big["raw_truncated"]
     ('xxxxxxxxxx', 100, True)
     """
-    kept, masked_values = mask_personal_data(raw, masked)
-    truncated = len(kept) > max_raw_bytes
+    if len(raw) > max_raw_bytes:   # only the prefix is kept: mask that (as text: a cut JSON document does not parse)
+        kept, masked_values = mask_personal_data(raw[:max_raw_bytes], masked, as_text=True)
+        truncated = True
+    else:
+        kept, masked_values = mask_personal_data(raw, masked)
+        truncated = len(kept) > max_raw_bytes
     kept = kept[:max_raw_bytes]
     try:
         # A cut may split a multi-byte character: the prefix is then judged as bytes (base64), like any non-UTF-8 record.

@@ -21,6 +21,8 @@ from state.user_state import UserState
 
 __all__ = ["TRIGGER_SCHEMA_VERSION", "Outcome", "PatternEngine", "PatternState", "Trigger"]
 
+CANCEL_MEMORY_MS = 86_400_000   # cancel marks older than this (quiet hours are shorter) cannot matter any more
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -49,6 +51,14 @@ class PatternEngine:
                                                    max_marks)
                          for p in book.patterns if p.kind == "absence"}
         self._escalation_of = {p.of: p for p in book.patterns if p.kind == "escalation"}
+        # What drops a trigger deferred by quiet hours before its release: the pattern's cancel steps (an
+        # escalation's are those of the pattern it escalates).
+        self._own_cancels = {p.name: p.cancel for p in book.patterns if p.cancel}
+        self._cancels = dict(self._own_cancels)
+        self._cancels |= {p.name: self._cancels[p.of] for p in book.patterns
+                          if p.kind == "escalation" and p.of in self._cancels}
+        self._marks_of = {p.name: p.of if p.kind == "escalation" and p.of else p.name for p in book.patterns}
+        self._max_marks = max_marks
 
     @staticmethod
     def state_of(user: UserState) -> PatternState:
@@ -84,7 +94,34 @@ class PatternEngine:
                     tid = match_id(event.user_id, spec.name, event.event_id)
                     cart = _cart_snapshot(user) if spec.include_cart else None
                     self._gate(user, event.user_id, ps, spec, tid, event.event_time_ms, cart, triggers, timers, suppressed)
+        self._mark_cancels(ps, event, view, suppressed)
         return Outcome(triggers, timers, suppressed)
+
+    def _mark_cancels(self, ps: PatternState, event: Event, view: Mapping[str, Any],
+                      suppressed: list[tuple[str, str]]) -> None:
+        """Remember when a cancel step happened, and drop the deferred triggers it cancels."""
+        t = event.event_time_ms
+        for name, steps in self._own_cancels.items():
+            if any(c.matches(event, view) for c in steps):
+                marks = [m for m in ps.cancel_marks.get(name, ()) if m > t - CANCEL_MEMORY_MS] + [t]
+                ps.cancel_marks[name] = marks[-self._max_marks:]
+        if ps.deferred:
+            self._cancel_deferred(ps, event, view, suppressed)
+
+    def _cancel_deferred(self, ps: PatternState, event: Event, view: Mapping[str, Any],
+                         suppressed: list[tuple[str, str]]) -> None:
+        """A deferred trigger whose pattern's cancel step happens between its match and its release is dropped
+        (e.g. a purchase during quiet hours): its frequency-cap slot stays taken, as for a consent withdrawal."""
+        t = event.event_time_ms
+        kept = []
+        for trigger in ps.deferred:
+            steps = self._cancels.get(trigger.pattern, ())
+            if steps and trigger.event_time <= t < trigger.emitted_at and any(c.matches(event, view) for c in steps):
+                suppressed.append((trigger.pattern, "cancelled_before_release"))
+            else:
+                kept.append(trigger)
+        if len(kept) != len(ps.deferred):
+            ps.deferred = kept
 
     def on_timer(self, user: UserState, user_id: str, watermark_ms: int) -> Outcome:
         ps = user.patterns
@@ -105,8 +142,9 @@ class PatternEngine:
         ps.deferred = [t for t in ps.deferred if t.emitted_at > watermark_ms]
         for t in due:
             # Consent is judged again at release: a withdrawal during quiet hours stops the deferred trigger
-            # (its frequency-cap slot stays taken, as the gate decided at match time).
-            if consent_at(user, t.emitted_at, self.rules):
+            # (its frequency-cap slot stays taken, as the gate decided at match time). So is consent at the match
+            # time, with what arrived since: a withdrawal of the same instant may have come just after the match.
+            if consent_at(user, t.event_time, self.rules) and consent_at(user, t.emitted_at, self.rules):
                 triggers.append(t)
             else:
                 suppressed.append((t.pattern, "no_consent_at_release"))
@@ -148,9 +186,15 @@ class PatternEngine:
         trigger = Trigger(trigger_id, spec.name, spec.reason, user_id, at_ms, decision.release_at_ms, cart)
         if decision.outcome == "send":
             triggers.append(trigger)
-        else:
-            ps.deferred.append(trigger)
-            timers.append(decision.release_at_ms)
+            return
+        # Deferred: a cancel step already seen between the match and the release drops it now (its cap slot stays
+        # taken, as when it is cancelled later). It may have been read before the watermark made this match.
+        marks = ps.cancel_marks.get(self._marks_of.get(spec.name, spec.name), ())
+        if any(at_ms <= m < decision.release_at_ms for m in marks):
+            suppressed.append((spec.name, "cancelled_before_release"))
+            return
+        ps.deferred.append(trigger)
+        timers.append(decision.release_at_ms)
 
     @staticmethod
     def _forget_anchors(ps: PatternState) -> None:

@@ -81,7 +81,7 @@ class PatternSpec:
     kind: str                               # absence | threshold | escalation
     reason: str
     anchor: Step | None = None              # absence
-    cancel: tuple[Step, ...] = ()           # absence
+    cancel: tuple[Step, ...] = ()           # absence; threshold (optional): drops a trigger deferred by quiet hours
     within_ms: int = 0                      # absence
     on: Step | None = None                  # threshold
     when: tuple[Condition, ...] = ()        # threshold
@@ -175,11 +175,15 @@ def _pattern(name: str, doc: Any, names: set[str]) -> PatternSpec:
                            within_ms=parse_duration(doc["within"], f"{where}.within"),
                            include_cart=bool(doc.get("include_cart", False)))
     if kind == "threshold":
-        _only(doc, common | {"check_on", "when", "include_cart"}, where)
+        _only(doc, common | {"check_on", "when", "include_cart", "cancel"}, where)
         if "check_on" not in doc or "when" not in doc:
             raise ConfigError(f"{where}: threshold needs check_on and when")
+        cancels = doc.get("cancel", [])
+        if not isinstance(cancels, list):
+            raise ConfigError(f"{where}.cancel: expected a list of steps")
         return PatternSpec(name, kind, reason, on=_step(doc["check_on"], f"{where}.check_on"),
                            when=_conditions(doc["when"], f"{where}.when"),
+                           cancel=tuple(_step(c, f"{where}.cancel.{i}") for i, c in enumerate(cancels)),
                            include_cart=bool(doc.get("include_cart", False)))
     if kind == "escalation":
         _only(doc, common | {"of", "count", "scope"}, where)

@@ -72,10 +72,13 @@ def anchor_key(pattern: str, anchor_event_id: str) -> str:
 
 class PatternState(msgspec.Struct, omit_defaults=True,
                    rename={"absence": "a", "threshold_on": "t", "anchors": "i", "escalations": "e", "gate": "g",
-                           "deferred": "d"}):
+                           "deferred": "d", "cancel_marks": "c"}):
     absence: dict[str, AbsenceState] = {}
     threshold_on: dict[str, bool] = {}
     anchors: dict[str, AnchorInfo] = {}              # anchor_key(pattern, anchor id) -> info
     escalations: dict[str, dict[int, int]] = {}      # pattern -> session start -> matches
     gate: GateState = msgspec.field(default_factory=GateState)
     deferred: list[Trigger] = []
+    # pattern -> event times of its cancel steps in the last day: a trigger deferred by quiet hours is dropped
+    # if one falls between its match and its release, in whatever order the event and the match were processed.
+    cancel_marks: dict[str, list[int]] = {}

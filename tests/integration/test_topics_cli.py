@@ -21,7 +21,7 @@ def persona(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_topics_are_created_listed_and_deleted_under_custom_names(kafka_bootstrap: str) -> None:
     tag = uuid.uuid4().hex[:8]
-    names = {k: f"c-{tag}.{k}" for k in ("events", "dead_letter", "triggers", "models", "profiles")}
+    names = {k: f"c-{tag}.{k}" for k in ("events", "dead_letter", "triggers", "models", "profiles", "audit")}
     sets = [a for kv in [f"kafka.bootstrap_servers={kafka_bootstrap}",
                          *(f"kafka.topics.{k}={v}" for k, v in names.items())] for a in ("--set", kv)]
     created = persona("topics", "create", *sets)
@@ -32,14 +32,20 @@ def test_topics_are_created_listed_and_deleted_under_custom_names(kafka_bootstra
     assert f"{names['models']}" in listed.stdout and "1 partition(s)" in listed.stdout
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
-        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, names["profiles"])])
-        policy = configs["topic"][names["profiles"]]["cleanup.policy"]["value"]
+        def config(topic: str, key: str) -> str:
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            return str(configs["topic"][topic][key]["value"])
+        policy = config(names["profiles"], "cleanup.policy")
+        # README "Privacy": the topics that hold personal data are bounded in time (privacy.retention).
+        retention = {k: int(config(names[k], "retention.ms")) // 86_400_000
+                     for k in ("events", "dead_letter", "triggers", "audit")}
     finally:
         admin.close()
     assert policy == "compact"
+    assert retention == {"events": 7, "dead_letter": 14, "triggers": 7, "audit": 1095}
     assert persona("topics", "create", *sets).stdout.strip() == "all topics exist already"
     refused = persona("topics", "delete", *sets)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     deleted = persona("topics", "delete", "--yes", *sets)
     assert deleted.returncode == 0, deleted.stderr
-    assert persona("topics", "list", *sets).stdout.count("missing") == 5
+    assert persona("topics", "list", *sets).stdout.count("missing") == 6

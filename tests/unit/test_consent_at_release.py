@@ -55,3 +55,32 @@ def test_consent_withdrawn_during_quiet_hours_stops_the_deferred_trigger() -> No
 def test_consent_withdrawn_after_the_release_does_not_recall_it() -> None:
     sent, _ = run_night(withdraw_at=at(8, 30, day=3))
     assert sent == [f"cart_abandonment@{at(8, 0, day=3)}"]
+
+
+def test_a_purchase_during_quiet_hours_cancels_the_deferred_trigger() -> None:
+    core = Personalizer(ProfileRules(), DEFAULT_MODEL_RULES, load_patterns(), segments=5)
+    served = ServedModels()
+    ctx = {"device": "desktop", "timezone": "UTC"}
+    step = core.on_event(None, Event("a1", "add_to_cart", "u1", at(21, 50), None, ctx, CART), served)
+    state = step.state
+    step = core.on_timer(state, "u1", at(22, 20))           # abandoned inside quiet hours: deferred to 08:00
+    assert step.triggers == [] and step.timers == [at(8, 0, day=3)]
+    state = step.state
+    purchase = {"order_id": "o1", "items": [{**CART}], "total_minor": 1250, "currency": "EUR"}
+    step = core.on_event(state, Event("b1", "purchase", "u1", at(23, 30), None, ctx, purchase), served)
+    assert ("cart_abandonment", "cancelled_before_release") in step.suppressed
+    step = core.on_timer(step.state, "u1", at(8, 0, day=3))
+    assert step.triggers == []
+
+
+def test_a_purchase_after_the_release_does_not_recall_it() -> None:
+    core = Personalizer(ProfileRules(), DEFAULT_MODEL_RULES, load_patterns(), segments=5)
+    served = ServedModels()
+    ctx = {"device": "desktop", "timezone": "UTC"}
+    state = core.on_event(None, Event("a1", "add_to_cart", "u1", at(21, 50), None, ctx, CART), served).state
+    state = core.on_timer(state, "u1", at(22, 20)).state
+    released = core.on_timer(state, "u1", at(8, 0, day=3))
+    assert [t.pattern for t in released.triggers] == ["cart_abandonment"]
+    purchase = {"order_id": "o1", "items": [{**CART}], "total_minor": 1250, "currency": "EUR"}
+    step = core.on_event(released.state, Event("b1", "purchase", "u1", at(8, 30, day=3), None, ctx, purchase), served)
+    assert step.suppressed == []

@@ -240,3 +240,20 @@ def test_an_erasure_takes_effect_at_its_event_time_whatever_the_watermark() -> N
         assert step.audit is not None
         assert step.audit.outcome["released_before_erasure"]["count"] == len(sent)
         assert step.audit.outcome["pending_matches"]["count"] == 1 - len(sent)
+
+
+def test_the_ip_becomes_a_country_and_is_dropped_at_ingestion() -> None:
+    from operators.input_limits import InputLimits
+    from operators.validation import parse_event
+
+    def parsed(context: dict[str, Any], limits: InputLimits | None = None) -> dict[str, Any]:
+        raw = json.dumps({"event_id": "e1", "event_type": "page_view", "user_id": "u1", "schema_version": 1,
+                          "event_time": "2026-11-02T12:00:00Z", "context": context, "payload": {"page_type": "home"}})
+        event = parse_event(raw.encode(), limits or InputLimits())
+        assert isinstance(event, Event)
+        return event.context
+
+    assert parsed({"ip": "81.2.69.142"}) == {"country": "GB"}
+    assert parsed({"ip": "81.2.69.142", "geo": {"country": "fr"}}) == {"country": "FR"}   # the shop's own geo wins
+    assert parsed({"ip": "10.1.2.3"}) == {} and parsed({"ip": "nonsense"}) == {}
+    assert parsed({"ip": "81.2.69.142"}, InputLimits(ip_geolocation=False)) == {}
