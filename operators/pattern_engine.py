@@ -46,10 +46,14 @@ class PatternEngine:
         self.book = book
         self.rules = rules or ProfileRules()   # consent defaults (judged at match time and at release)
         self.gate = TriggerGate(book.gate.frequency_cap, book.gate.frequency_window_ms,
-                                book.gate.quiet_start_hour, book.gate.quiet_end_hour)
+                                book.gate.quiet_start_hour, book.gate.quiet_end_hour,
+                                book.gate.user_cap, book.gate.user_cap_window_ms)
+        # Patterns are evaluated, and their matches gated, in the gate's priority order, then in file order.
+        rank = {name: i for i, name in enumerate(book.gate.priority)}
+        self._ordered = sorted(book.patterns, key=lambda p: rank.get(p.name, len(rank)))
         self._absence = {p.name: AbsencePattern(p.name, lambda e: False, lambda e: False, p.within_ms,
                                                    max_marks)
-                         for p in book.patterns if p.kind == "absence"}
+                         for p in self._ordered if p.kind == "absence"}
         self._escalation_of = {p.of: p for p in book.patterns if p.kind == "escalation"}
         # What drops a trigger deferred by quiet hours before its release: the pattern's cancel steps (an
         # escalation's are those of the pattern it escalates).
@@ -70,7 +74,7 @@ class PatternEngine:
         triggers: list[Trigger] = []
         timers: list[int] = []
         suppressed: list[tuple[str, str]] = []
-        for spec in self.book.patterns:
+        for spec in self._ordered:
             if spec.kind == "absence":
                 assert spec.anchor is not None
                 is_anchor = spec.anchor.matches(event, view)

@@ -96,6 +96,12 @@ class GateSpec:
     frequency_window_ms: int
     quiet_start_hour: int
     quiet_end_hour: int
+    # Optional cap per user across patterns: at most ``user_cap`` triggers per ``user_cap_window_ms`` (0: none).
+    # Matches made in one step are gated in ``priority`` order (then file order), so the first pattern wins a
+    # last slot: e.g. one add-to-cart that is both a cart abandonment and a high-intent mobile match.
+    user_cap: int = 0
+    user_cap_window_ms: int = 0
+    priority: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +210,7 @@ def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBoo
         if doc.get("version") != 1:
             raise ConfigError(f"version: {doc.get('version')!r} is not 1")
         gate = _mapping(doc.get("gate"), "gate")
-        _only(gate, {"frequency_cap", "quiet_hours"}, "gate")
+        _only(gate, {"frequency_cap", "quiet_hours", "max_per_user"}, "gate")
         cap = _mapping(gate.get("frequency_cap"), "gate.frequency_cap")
         quiet = _mapping(gate.get("quiet_hours"), "gate.quiet_hours")
         if not isinstance(cap.get("max"), int) or cap["max"] < 1:
@@ -212,11 +218,24 @@ def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBoo
         for k in ("start", "end"):
             if not isinstance(quiet.get(k), int) or not 0 <= quiet[k] <= 23:
                 raise ConfigError(f"gate.quiet_hours.{k}: expected an hour 0..23")
-        gate_spec = GateSpec(cap["max"], parse_duration(cap.get("per"), "gate.frequency_cap.per"), quiet["start"], quiet["end"])
         patterns = _mapping(doc.get("patterns"), "patterns")
         if not patterns:
             raise ConfigError("patterns: at least one pattern is needed")
         names = set(patterns)
+        user_cap, user_window, priority = 0, 0, ()
+        if gate.get("max_per_user") is not None:
+            per_user = _mapping(gate["max_per_user"], "gate.max_per_user")
+            _only(per_user, {"max", "per", "priority"}, "gate.max_per_user")
+            if not isinstance(per_user.get("max"), int) or per_user["max"] < 1:
+                raise ConfigError("gate.max_per_user.max: expected a positive integer")
+            user_cap = per_user["max"]
+            user_window = parse_duration(per_user.get("per"), "gate.max_per_user.per")
+            order = per_user.get("priority", [])
+            if not isinstance(order, list) or any(p not in names for p in order) or len(set(order)) != len(order):
+                raise ConfigError(f"gate.max_per_user.priority: expected distinct pattern names of this file, got {order!r}")
+            priority = tuple(order)
+        gate_spec = GateSpec(cap["max"], parse_duration(cap.get("per"), "gate.frequency_cap.per"), quiet["start"],
+                             quiet["end"], user_cap, user_window, priority)
         return PatternBook(tuple(_pattern(n, d, names) for n, d in patterns.items()), gate_spec)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None

@@ -4,6 +4,8 @@ Pure and time-injected. Decisions:
 - no marketing consent (withdrawn and not granted again) -> suppressed, reason ``no_consent``;
 - more than ``cap`` triggers of the same pattern for the user within ``cap_window_ms`` -> suppressed,
   reason ``frequency_cap``;
+- more than ``user_cap`` triggers of any pattern within ``user_cap_window_ms`` (when set) -> suppressed,
+  reason ``user_cap``;
 - inside quiet hours in the user's local time -> deferred to the end of quiet hours (not dropped).
 
 >>> gate = TriggerGate(cap=1, cap_window_ms=86_400_000, quiet_start_hour=22, quiet_end_hour=8)
@@ -34,6 +36,8 @@ class TriggerGate:
     cap_window_ms: int
     quiet_start_hour: int
     quiet_end_hour: int
+    user_cap: int = 0              # 0: no cap across patterns
+    user_cap_window_ms: int = 0
 
     def decide(self, state: GateState, pattern: str, at_ms: int, timezone: str | None) -> Decision:
         """Decide for a match at ``at_ms``; records the release in ``state`` unless suppressed."""
@@ -44,6 +48,12 @@ class TriggerGate:
         if len(recent) >= self.cap:
             state.sent[pattern] = recent
             return Decision("suppressed", release, "frequency_cap")
+        if self.user_cap:
+            mine = [t for t in state.user_sent if release - t < self.user_cap_window_ms]
+            if len(mine) >= self.user_cap:
+                state.user_sent = mine
+                return Decision("suppressed", release, "user_cap")
+            state.user_sent = [*mine, release]
         state.sent[pattern] = [*recent, release]
         return Decision("send" if release == at_ms else "deferred", release)
 

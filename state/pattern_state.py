@@ -47,9 +47,10 @@ class AbsenceState(msgspec.Struct, omit_defaults=True, rename={"armed": "a", "bl
     blockers: list[int] = []
 
 
-class GateState(msgspec.Struct, omit_defaults=True, rename={"marketing_consent": "c", "sent": "s"}):
+class GateState(msgspec.Struct, omit_defaults=True, rename={"marketing_consent": "c", "sent": "s", "user_sent": "u"}):
     marketing_consent: bool = True
     sent: dict[str, list[int]] = {}   # pattern -> release times within the cap window
+    user_sent: list[int] = []         # release times within the per-user cap window, all patterns (if capped)
 
 
 class AnchorInfo(msgspec.Struct, frozen=True, array_like=True):

@@ -47,6 +47,8 @@ def _broken(path: list[Any], value: Any) -> dict[str, Any]:
     (["patterns", "repeated_cart_abandonment", "of"], "nothing", "patterns.repeated_cart_abandonment.of"),
     (["patterns", "high_intent_mobile", "anchor", "where"], {"context.device": {"approx": "mobile"}}, "expected one operator"),
     (["gate", "quiet_hours", "start"], 25, "gate.quiet_hours.start"),
+    (["gate", "max_per_user"], {"max": 0, "per": "1d"}, "gate.max_per_user.max"),
+    (["gate", "max_per_user"], {"max": 1, "per": "1d", "priority": ["nope"]}, "gate.max_per_user.priority"),
 ])
 def test_invalid_pattern_files_name_pattern_and_field(path: list[Any], value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -65,7 +67,8 @@ ENGINE = PatternEngine(load_patterns())
 class User:
     """Drives profile + engine like the Flink function does."""
 
-    def __init__(self, device: str = "desktop", tz: str = "UTC") -> None:
+    def __init__(self, device: str = "desktop", tz: str = "UTC", engine: PatternEngine | None = None) -> None:
+        self.engine = engine or ENGINE
         self.state: UserState | None = None
         self.device, self.tz, self.n = device, tz, 0
         self.triggers: list[tuple[str, str, int, int]] = []
@@ -76,14 +79,14 @@ class User:
         self.n += 1
         e = Event(f"e{self.n}", event_type, "u1", t, None, {"device": self.device, "timezone": self.tz}, payload)
         self.state = apply_event(self.state, e, RULES)
-        out = ENGINE.on_event(self.state, e, profile_view("u1", self.state, RULES))
+        out = self.engine.on_event(self.state, e, profile_view("u1", self.state, RULES))
         self._take(out)
 
     def watermark(self, t: int) -> None:
         assert self.state is not None
         for timer in sorted(x for x in self.timers if x <= t):
             self.timers.remove(timer)
-            self._take(ENGINE.on_timer(self.state, "u1", timer))
+            self._take(self.engine.on_timer(self.state, "u1", timer))
 
     def _take(self, out: Any) -> None:
         self.triggers += [(tr.pattern, tr.trigger_id, tr.event_time, tr.emitted_at) for tr in out.triggers]
@@ -198,3 +201,17 @@ def test_repeat_visitor_not_converting() -> None:
     for day in range(3):
         u.event("page_view", NOON + day * 24 * 60 * MIN, page_type="home")
     assert [p for p, *_ in u.triggers] == ["repeat_visitor_not_converting"]
+
+
+def test_one_add_to_cart_sends_one_message_under_a_per_user_cap_and_priority_picks_it() -> None:
+    """Both absence patterns match the same add-to-cart at the same deadline: with ``gate.max_per_user`` only
+    the pattern first in ``priority`` is sent; the other is suppressed with reason ``user_cap``."""
+    for priority in (["high_intent_mobile", "cart_abandonment"], ["cart_abandonment", "high_intent_mobile"]):
+        doc = copy.deepcopy(DOC)
+        doc["gate"]["max_per_user"] = {"max": 1, "per": "24h", "priority": priority}
+        u = User(device="mobile", engine=PatternEngine(compile_patterns(doc)))
+        u.event("page_view", NOON, page_type="product", product_id="p1", category="shoes", dwell_ms=121_000)
+        u.add(NOON + MIN)
+        u.watermark(NOON + 2 * 60 * MIN)
+        assert [p for p, *_ in u.triggers] == [priority[0]]
+        assert (priority[1], "user_cap") in u.suppressed
