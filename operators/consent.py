@@ -29,6 +29,7 @@ ANALYTICS, PERSONALIZATION, MARKETING = PURPOSES
 MAX_CONSENT_LOG = 30   # choices kept per user (the newest), enough for a history a person can read
 
 ConsentLog = Sequence[tuple[int, str, bool]]
+_INDEX = {p: i for i, p in enumerate(PURPOSES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +41,13 @@ class ConsentPolicy:
 
     def default_for(self, purpose: str, country: str | None) -> bool:
         values = self.by_country.get(country, self.default) if country else self.default
-        return values[PURPOSES.index(purpose)]
+        return values[_INDEX[purpose]]
 
 
 def consent_in_force(log: ConsentLog, purpose: str, t_ms: int, country: str | None, policy: ConsentPolicy) -> bool:
     """The user's last choice for ``purpose`` at or before ``t_ms`` (the log is in time order), else the default."""
+    if not log:   # most users never chose: the default (checked several times per event)
+        return policy.default_for(purpose, country)
     value: bool | None = None
     for at, p, granted in log:
         if at > t_ms:

@@ -13,7 +13,7 @@ from typing import Any
 
 from operators.absence import AbsencePattern, Match, match_id
 from operators.events import Event
-from operators.pattern_spec import PatternBook, PatternSpec
+from operators.pattern_spec import PatternBook, PatternSpec, Step
 from operators.profile_fold import ProfileRules, consent_at
 from operators.trigger_gate import TriggerGate
 from state.pattern_state import TRIGGER_SCHEMA_VERSION, AnchorInfo, PatternState, Trigger, anchor_key
@@ -62,6 +62,11 @@ class PatternEngine:
         self._cancels |= {p.name: self._cancels[p.of] for p in book.patterns
                           if p.kind == "escalation" and p.of in self._cancels}
         self._marks_of = {p.name: p.of if p.kind == "escalation" and p.of else p.name for p in book.patterns}
+        # Per event type, the patterns one of whose cancel steps it could be (most events cancel nothing).
+        self._cancels_by_type: dict[str, list[tuple[str, tuple[Step, ...]]]] = {}
+        for name, steps in self._own_cancels.items():
+            for event_type in {c.event_type for c in steps}:
+                self._cancels_by_type.setdefault(event_type, []).append((name, steps))
         self._max_marks = max_marks
 
     @staticmethod
@@ -105,7 +110,7 @@ class PatternEngine:
                       suppressed: list[tuple[str, str]]) -> None:
         """Remember when a cancel step happened, and drop the deferred triggers it cancels."""
         t = event.event_time_ms
-        for name, steps in self._own_cancels.items():
+        for name, steps in self._cancels_by_type.get(event.event_type, ()):
             if any(c.matches(event, view) for c in steps):
                 marks = [m for m in ps.cancel_marks.get(name, ()) if m > t - CANCEL_MEMORY_MS] + [t]
                 ps.cancel_marks[name] = marks[-self._max_marks:]
