@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -65,6 +65,30 @@ def _parser() -> argparse.ArgumentParser:
     stop = cl_sub.add_parser("stop", help="stop a job with a savepoint (for upgrades)")
     stop.add_argument("job_id")
     stop.add_argument("--savepoint", required=True, metavar="DIR", help="savepoint directory (path or Flink URI)")
+
+    rules = sub.add_parser("rules", help="check a pattern file against recorded events before it goes live")
+    r_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dry = r_sub.add_parser("dry-run", help="run a candidate pattern file beside the live one over recorded events "
+                           "(README \"Rules at runtime\")")
+    dry.add_argument("file", type=Path, help="the candidate pattern file")
+    source = dry.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", dest="events_file", type=Path, metavar="PATH",
+                        help="a file of events, one record per line")
+    source.add_argument("--topic", metavar="T", help="a Kafka topic of events (read to its end)")
+    dry.add_argument("--from", dest="start", metavar="TIME", help="only events at or after this time (RFC 3339)")
+    dry.add_argument("--to", dest="end", metavar="TIME", help="only events before this time (RFC 3339)")
+    dry.add_argument("--out", type=Path, default=Path("reports"), help="folder for dry-run.json and dry-run.png")
+    dry.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="job setting of both runs, e.g. patterns_file=live.yaml (the live rule set)")
+
+    events = sub.add_parser("events", help="put recorded events into Kafka")
+    e_sub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    load = e_sub.add_parser("load", help="a file of events, one record per line, into the events topic, each record "
+                            "keyed by its user and timestamped with its event time")
+    load.add_argument("path", type=Path)
+    load.add_argument("--topic", help="Kafka topic (default: kafka.topics.events)")
+    load.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="job setting, e.g. kafka.bootstrap_servers=host:9092")
 
     top = sub.add_parser("topics", help="create, list or delete the job's topics (names from the settings)")
     top.add_argument("action", choices=("create", "list", "delete"))
@@ -193,6 +217,10 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _profile(args.user_id, args.overrides, args.export)
     if args.command == "topics":
         return _topics(args.action, args.overrides, args.yes)
+    if args.command == "rules":
+        return _dry_run(args)
+    if args.command == "events":
+        return _load_events(args.path, args.topic, args.overrides)
     if args.command == "loader":
         return _loader(args.rebuild, args.overrides)
     if args.command == "models":
@@ -257,6 +285,76 @@ def _loader(rebuild: bool, overrides: list[str]) -> int:
         stop.set()
         return 130
     print(format_progress(stats, None), flush=True)
+    return 0
+
+
+def _time_arg(text: str | None, flag: str) -> int | None:
+    from operators.validation import parse_time_ms
+    if text is None:
+        return None
+    try:
+        return parse_time_ms(text, flag)
+    except Exception:   # noqa: BLE001 - a usage error, not a traceback
+        raise ConfigError(f"{flag}: {text!r} is not RFC 3339 with a UTC offset, e.g. 2026-11-02T00:00:00Z") from None
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from persona.dry_run import dry_run, in_range, read_lines, read_topic, table, write_outputs
+    from persona.rules import check_patterns
+    live = load_job_settings(parse_overrides(args.overrides))
+    if not args.file.is_file():
+        raise ConfigError(f"{args.file}: no such pattern file")
+    candidate = live.model_copy(update={"patterns_file": str(args.file.resolve())})
+    check_patterns(candidate)   # the start-up checks, with the file named in the message
+    start, end = _time_arg(args.start, "--from"), _time_arg(args.end, "--to")
+    if args.events_file is not None:
+        if not args.events_file.is_file():
+            raise ConfigError(f"--events: {args.events_file}: no such file")
+        records = read_lines(args.events_file)
+    else:
+        records = (value for value, _ in read_topic(live, args.topic))
+    live_run, candidate_run, n = dry_run(live, candidate, in_range(records, start, end))
+    doc = write_outputs(live_run, candidate_run, n, args.out)
+    print(table(doc))
+    print(f"{n:,} records; wrote {args.out / 'dry-run.json'} and {args.out / 'dry-run.png'}")
+    return 0
+
+
+def _load_events(path: Path, topic: str | None, overrides: list[str]) -> int:
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from operators.validation import parse_time_ms
+    from persona.dry_run import read_lines
+    from persona.generator.shoppers import GeneratedRecord
+    from persona.generator.sink import send_to_kafka
+    job = load_job_settings(parse_overrides(overrides))
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    topic = topic or job.kafka.topics.events
+    try:
+        admin = KafkaAdminClient(**job.kafka.client_config(), request_timeout_ms=15_000)
+        try:
+            exists = topic in set(admin.list_topics())
+        finally:
+            admin.close()
+    except KafkaError as e:
+        raise StackError(f"kafka at {job.kafka.bootstrap_servers} did not answer ({e})") from None
+    if not exists:
+        raise ConfigError(f"topic {topic!r} does not exist on {job.kafka.bootstrap_servers} (persona topics create)")
+
+    def records() -> Iterator[GeneratedRecord]:
+        for raw in read_lines(path):
+            try:   # the key and timestamp the contract asks producers for; an unreadable line goes as it is
+                doc = json.loads(raw)
+                user, ts = str(doc["user_id"]).encode(), parse_time_ms(doc["event_time"])
+            except Exception:   # noqa: BLE001 - the job dead-letters it with its reason
+                user, ts = None, None
+            yield GeneratedRecord(user, raw, None, ts, malformed=None if user else "unreadable")  # type: ignore[arg-type]
+    total = sum(1 for _ in read_lines(path))
+    kinds = send_to_kafka(records(), job.kafka.bootstrap_servers, topic, total=total,
+                          client_config=job.kafka.client_config())
+    print(json.dumps(dict(kinds), sort_keys=True))
     return 0
 
 

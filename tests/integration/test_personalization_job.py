@@ -8,15 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from persona.dry_run import dry_run
 from persona.generator.shoppers import generate
-from persona.settings import ROOT, RedisServiceSettings, load_generator_settings
+from persona.settings import ROOT, RedisServiceSettings, load_generator_settings, load_job_settings
 from persona.stack.procs import free_port, wait_until
 from persona.stack.redis_server import RedisServer
 from persona.stack.topics import ensure_topics
@@ -51,6 +52,13 @@ def stored_field(profile: dict[str, str], dotted: str) -> Any:
     return node
 
 
+def triggers_by_pattern(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        out[row["pattern"]].add(row["trigger_id"])
+    return dict(out)
+
+
 def profile_mismatches(client: redis.Redis, keys: RedisKeys, want: dict[str, dict[str, Any]]
                        ) -> list[tuple[str, str, Any, Any]]:
     """(user, field, stored, expected) for every deterministic profile field that differs from the oracle."""
@@ -82,7 +90,14 @@ def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: st
 
     # Users who asked for erasure are included: the oracle starts them afresh at each erasure.
     assert want.erased_users and want.nothing_left and want.erased_users & set(want.profiles)
-    assert trigger_mismatches(read_all_json(kafka_bootstrap, topics.triggers), want) == {}
+    sent = read_all_json(kafka_bootstrap, topics.triggers)
+    assert trigger_mismatches(sent, want) == {}
+    if parallelism == 1:
+        # `persona rules dry-run` runs the same core over the same events: the same triggers, id for id.
+        settings = load_job_settings({"models.bot_min_session_events": 1_000_000})
+        live, _, n = dry_run(settings, settings, (r.value for r in records), progress=False)
+        assert n == len(records)
+        assert {p: ids for p, ids in live.trigger_ids.items() if ids} == triggers_by_pattern(sent)
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = RedisKeys(redis_prefix)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from persona.settings import ROOT
+from persona.stack.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +54,30 @@ def test_topics_are_created_listed_and_deleted_under_custom_names(kafka_bootstra
     deleted = persona("topics", "delete", "--yes", *sets)
     assert deleted.returncode == 0, deleted.stderr
     assert persona("topics", "list", *sets).stdout.count("missing") == 6
+
+
+def test_events_load_keys_each_record_by_user_and_stamps_its_event_time(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = f"load-{uuid.uuid4().hex[:8]}"
+    lines = [json.dumps({"event_id": f"e{i}", "event_type": "page_view", "user_id": f"u{i % 2}", "schema_version": 1,
+                         "event_time": f"2026-11-02T10:0{i}:00+01:00", "payload": {"page_type": "home"}})
+             for i in range(3)]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join([*lines, "not json"]) + "\n")
+    sets = ("--set", f"kafka.bootstrap_servers={kafka_bootstrap}")
+    missing = persona("events", "load", str(path), "--topic", topic, *sets)
+    assert missing.returncode == 2 and f"topic '{topic}' does not exist" in missing.stderr
+    ensure_topics(kafka_bootstrap, [topic], partitions=2)
+    loaded = persona("events", "load", str(path), "--topic", topic, *sets)
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == {"valid": 3, "unreadable": 1}
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=10_000)
+    try:
+        got = {m.value: (m.key, m.timestamp) for m in consumer}
+    finally:
+        consumer.close()
+    assert len(got) == 4
+    for i, line in enumerate(lines):
+        # 10:0i at +01:00 is 09:0i UTC on 2026-11-02.
+        assert got[line.encode()] == (f"u{i % 2}".encode(), int(datetime(2026, 11, 2, 9, i, tzinfo=UTC).timestamp() * 1000))
+    assert got[b"not json"][0] is None
