@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -18,7 +21,7 @@ import numpy as np
 from bench.replay import Replay
 from operators.model_features import PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC
 from operators.model_scoring import Example
-from persona.generator.shoppers import generate
+from persona.generator.shoppers import bot_users, generate
 from persona.settings import load_generator_settings, load_job_settings
 
 matplotlib.use("Agg")
@@ -69,19 +72,60 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 25
     return w
 
 
-def run_evaluation(records: int, users: int, seed: int, out: Path) -> int:
+def tree_scores(X: np.ndarray, y: np.ndarray, folds: int = 5) -> np.ndarray | None:
+    """Out-of-fold probabilities of gradient-boosted trees (scikit-learn, a dev extra): a stronger batch model in
+    hindsight, each example scored by trees that did not see it (in-sample, trees would just remember it).
+    None when scikit-learn is not installed."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.model_selection import cross_val_predict
+    except ImportError:
+        return None
+    model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=0)
+    return np.asarray(cross_val_predict(model, X, y, cv=folds, method="predict_proba")[:, 1])
+
+
+def bot_quality(flags: dict[str, str | None], bots: set[str], users: set[str]) -> dict[str, Any]:
+    """Precision and recall of the bot flag (rule, model, either) against the generator's own bots.
+
+    >>> q = bot_quality({"a": "rule", "b": "model", "c": None, "d": "model"}, {"a", "b", "c"}, {"a", "b", "c", "d"})
+    >>> q["either"]["precision"], q["either"]["recall"], q["rule"]["recall"]
+    (0.667, 0.667, 0.333)
+    """
+    out: dict[str, Any] = {"bots": len(bots & users), "users": len(users)}
+    for name, chosen in (("rule", {"rule"}), ("model", {"model"}), ("either", {"rule", "model"})):
+        flagged = {u for u, by in flags.items() if by in chosen}
+        hit = len(flagged & bots)
+        out[name] = {"flagged": len(flagged), "precision": round(hit / len(flagged), 3) if flagged else None,
+                     "recall": round(hit / len(bots & users), 3) if bots & users else None}
+    return out
+
+
+def _records(events: Path | None, records: int, users: int, seed: int) -> tuple[Iterable[bytes], set[str] | None]:
+    """The stream to replay, and the generator's bots when it is generated (a recorded file has no labels)."""
+    if events is not None:
+        from persona.dry_run import read_lines
+        return read_lines(events), None
+    gen = load_generator_settings({"users": users, "seed": seed, "span_hours": 96})
+    return (rec.value for rec in generate(gen, max_records=records)), bot_users(gen)
+
+
+def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     examples: list[Example] = []
     replay = Replay(load_job_settings(), on_example=lambda ex: examples.append(ex) if ex.model == "propensity" else None)
-    gen = load_generator_settings({"users": users, "seed": seed, "span_hours": 96})
+    stream, bots = _records(events, records, users, seed)
     t0 = time.monotonic()
-    for i, rec in enumerate(generate(gen, max_records=records), 1):
-        replay.process(rec.value)
-        if i % 10_000 == 0:
-            print(f"  replayed {i:,}/{records:,} records, {len(examples):,} labelled examples "
-                  f"({i / (time.monotonic() - t0):,.0f} records/s)", flush=True)
+    n = 0
+    for n, raw in enumerate(stream, 1):
+        replay.process(raw)
+        if n % 10_000 == 0:
+            print(f"  replayed {n:,} records, {len(examples):,} labelled examples "
+                  f"({n / (time.monotonic() - t0):,.0f} records/s)", flush=True)
+    replay.advance(2**62)   # the end of the input: the last label windows close
+    source = str(events) if events is not None else f"generated: {records:,} records, {users:,} users, seed {seed}"
     if len(examples) < 100 or len({e.label for e in examples}) < 2:
-        print("persona evaluate: error: too few labelled examples; use more --records")
+        print(f"persona evaluate: error: too few labelled examples ({len(examples)}) in {source}", file=sys.stderr)
         return 2
     scores = np.array([e.score for e in examples])
     labels = np.array([1 if e.label else 0 for e in examples])
@@ -89,28 +133,46 @@ def run_evaluation(records: int, users: int, seed: int, out: Path) -> int:
     X = encode([e.x for e in examples])
     batch_scores = X @ fit_logistic(X, labels)
     hindsight = auc(batch_scores, labels)
-    checkpoints = list(range(500, len(examples) + 1, max(len(examples) // 60, 1)))
-    cumulative = [auc(scores[:n], labels[:n]) for n in checkpoints]
+    trees = tree_scores(X, labels)
+    tree_auc = auc(trees, labels) if trees is not None else None
+    checkpoints = list(range(500, len(examples) + 1, max(len(examples) // 60, 1))) or [len(examples)]
     window = 2_000
-    recent = [auc(scores[max(0, n - window):n], labels[max(0, n - window):n]) for n in checkpoints]
+    recent = [auc(scores[max(0, k - window):k], labels[max(0, k - window):k]) for k in checkpoints]
     trainer = replay.trainers["propensity"]
-    result = {"examples": len(examples), "positives": int(labels.sum()), "prequential_auc": prequential,
-              "prequential_auc_last_2000": recent[-1], "batch_hindsight_auc": hindsight, "gap": hindsight - prequential,
-              "online_log_loss": trainer.metric_values()["log_loss"], "records": records, "users": users, "seed": seed}
+    result: dict[str, Any] = {
+        "source": source, "records": n, "examples": len(examples), "positives": int(labels.sum()),
+        "prequential_auc": prequential, "prequential_auc_last_2000": recent[-1], "batch_hindsight_auc": hindsight,
+        "gap": hindsight - prequential, "batch_trees_auc": tree_auc,
+        "gap_trees": None if tree_auc is None else tree_auc - prequential,
+        "online_log_loss": trainer.metric_values()["log_loss"], "users": users, "seed": seed}
+    if bots is not None:
+        flags = {u: s.models.bot_by if s.models.bot else None for u, s in replay.states.items()}
+        result["bots"] = bot_quality(flags, bots, set(replay.states))
     (out / "evaluate.json").write_text(json.dumps(result, indent=2) + "\n")
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(checkpoints, cumulative, label="prequential AUC (cumulative)")
-    ax.plot(checkpoints, recent, label=f"prequential AUC (last {window:,} examples)", alpha=0.7)
-    ax.axhline(hindsight, color="black", linestyle="--", label=f"batch logistic regression in hindsight ({hindsight:.3f})")
+    # Each model's AUC over the examples seen so far, in stream order: the batch models' curves are what a model
+    # fitted on the whole stream in hindsight scores on the same prefix.
+    for values, label, style in ((scores, "prequential (River, online)", "-"),
+                                 (batch_scores, f"batch logistic regression in hindsight ({hindsight:.3f})", "--"),
+                                 (trees, f"batch gradient-boosted trees, out-of-fold ({tree_auc or 0:.3f})", "-.")):
+        if values is not None:
+            ax.plot(checkpoints, [auc(values[:k], labels[:k]) for k in checkpoints], style, label=label)
+    ax.plot(checkpoints, recent, label=f"prequential (last {window:,} examples)", alpha=0.6)
     ax.set_xlabel("labelled examples (stream order)")
-    ax.set_ylabel("ROC AUC")
+    ax.set_ylabel("ROC AUC (cumulative)")
     ax.set_ylim(0.4, 1.0)
-    ax.set_title(f"Purchase propensity: online (River) vs batch hindsight, {records:,} events, seed {seed}")
-    ax.legend(loc="lower right")
+    ax.set_title(f"Purchase propensity: online vs batch in hindsight\n{source}", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "evaluate.png", dpi=110)
-    print(f"prequential AUC {prequential:.3f} (last {window:,}: {recent[-1]:.3f}); batch hindsight AUC {hindsight:.3f}; "
-          f"gap {hindsight - prequential:+.3f} over {len(examples):,} examples")
+    trees_text = "not installed (scikit-learn, dev extra)" if tree_auc is None else f"{tree_auc:.3f}"
+    print(f"prequential AUC {prequential:.3f} (last {window:,}: {recent[-1]:.3f}); batch logistic regression "
+          f"{hindsight:.3f} (gap {hindsight - prequential:+.3f}); batch trees {trees_text}; "
+          f"over {len(examples):,} examples")
+    if "bots" in result:
+        b = result["bots"]
+        print(f"bot flag vs the generator's {b['bots']} bots: " + "; ".join(
+            f"{k} precision {b[k]['precision']} recall {b[k]['recall']}" for k in ("rule", "model", "either")))
     print(f"wrote {out / 'evaluate.png'} and {out / 'evaluate.json'}")
     if math.isnan(prequential):
         return 1

@@ -122,11 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     unpin = m_sub.add_parser("unpin", help="serve the newest version again")
     unpin.add_argument("model", choices=("propensity", "segments", "bots"))
 
-    ev = sub.add_parser("evaluate", help="replay a generated stream; prequential vs batch-hindsight AUC, PNG")
+    ev = sub.add_parser("evaluate", help="replay a generated or recorded stream; prequential vs batch-hindsight AUC "
+                        "(logistic regression, gradient-boosted trees), bot precision and recall, PNG")
     ev.add_argument("--records", type=int, default=60_000)
     ev.add_argument("--users", type=int, default=1_500)
     ev.add_argument("--seed", type=int, default=42)
     ev.add_argument("--out", type=Path, default=Path("reports"), help="folder for the PNG and JSON (default reports/)")
+    ev.add_argument("--events", dest="events_file", type=Path, metavar="PATH",
+                    help="replay this recorded stream (the event contract, one record per line) instead of a "
+                         "generated one")
 
     bench = sub.add_parser("bench", help="benchmark the job, a peer engine and the plain-Python baseline on the local stack")
     bench.add_argument("--events", type=int, default=40_000, help="pre-loaded events to drain (default 40000)")
@@ -227,7 +231,9 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _models(args)
     if args.command == "evaluate":
         from bench.evaluate import run_evaluation
-        return run_evaluation(args.records, args.users, args.seed, args.out)
+        if args.events_file is not None and not args.events_file.is_file():
+            raise ConfigError(f"--events: {args.events_file}: no such file")
+        return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file)
     if args.command == "bench":
         from bench.harness import LivePlan, run_bench
         plan = LivePlan(args.rate, args.seconds, args.rate_high, args.seconds_high, args.ladder, args.step_seconds)

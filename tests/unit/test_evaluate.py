@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,49 @@ def test_batch_logistic_regression_recovers_a_separable_rule() -> None:
 def test_evaluate_writes_the_plot_and_prints_both_aucs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--records", "12000", "--users", "300", "--seed", "4", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "prequential AUC" in out and "batch hindsight AUC" in out
+    assert "prequential AUC" in out and "batch logistic regression" in out and "batch trees" in out
     result = json.loads((tmp_path / "evaluate.json").read_text())
     assert result["examples"] > 1000 and 0 < result["positives"] < result["examples"]
     assert 0.5 < result["prequential_auc"] <= result["batch_hindsight_auc"]
+    assert 0.5 < result["batch_trees_auc"] < 1
+    # The generator's bots against the bot flag: its precision and recall, rule and model apart.
+    bots = result["bots"]
+    assert bots["bots"] > 0 and {"rule", "model", "either"} <= set(bots)
+    assert bots["either"]["recall"] is not None and 0 <= bots["either"]["recall"] <= 1
     assert (tmp_path / "evaluate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_replays_a_recorded_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file written by `persona generate --out`, then one written by hand in the contract."""
+    generated = tmp_path / "generated.jsonl"
+    assert main(["generate", "--records", "12000", "--users", "300", "--seed", "4", "--out", str(generated)]) == 0
+    assert main(["evaluate", "--events", str(generated), "--out", str(tmp_path / "a")]) == 0
+    result = json.loads((tmp_path / "a" / "evaluate.json").read_text())
+    assert result["source"] == str(generated) and result["records"] == 12_000 and "bots" not in result
+    assert result["examples"] > 1000 and 0.5 < result["prequential_auc"]
+
+    # By hand: 60 shoppers, each views a product and adds it to the cart; every third buys it within minutes.
+    lines = []
+    for u in range(60):
+        t = 1_793_620_800_000 + u * 3_600_000
+        steps = [("page_view", {"page_type": "product", "product_id": f"p{u}", "category": "toys", "dwell_ms": 30_000}),
+                 ("add_to_cart", {"product_id": f"p{u}", "category": "toys", "price": 10, "currency": "EUR",
+                                  "quantity": 1})]
+        if u % 3 == 0:
+            steps.append(("purchase", {"order_id": f"o{u}", "total": 10, "currency": "EUR",
+                                       "items": [{"product_id": f"p{u}", "category": "toys", "price": 10, "quantity": 1}]}))
+        for i, (kind, payload) in enumerate(steps):
+            stamp = datetime.fromtimestamp((t + i * 60_000) / 1000, UTC).isoformat().replace("+00:00", "Z")
+            lines.append(json.dumps({"event_id": f"h{u}-{i}", "event_type": kind, "user_id": f"h{u}", "schema_version": 1,
+                                     "event_time": stamp, "context": {"device": "mobile"}, "payload": payload}))
+    hand = tmp_path / "hand.jsonl"
+    hand.write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", "--events", str(hand), "--out", str(tmp_path / "b")]) == 0
+    result = json.loads((tmp_path / "b" / "evaluate.json").read_text())
+    assert result["records"] == len(lines) and result["examples"] >= 100 and result["positives"] > 0
+    # Too few shoppers for a report: refused with the count, not a traceback; so is a missing file.
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(lines[:12]) + "\n")
+    code = main(["evaluate", "--events", str(few), "--out", str(tmp_path / "c")])
+    assert code == 2 and "too few labelled examples" in capsys.readouterr().err
+    assert main(["evaluate", "--events", str(tmp_path / "missing.jsonl")]) == 2
