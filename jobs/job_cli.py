@@ -21,6 +21,7 @@ def parse_job_args(prog: str, description: str, argv: Sequence[str] | None) -> t
                         help="local: embedded mini-cluster (adds the connector jars); cluster: submitted with flink run")
     parser.add_argument("--bounded", action="store_true",
                         help="stop at the offsets that are latest at start (tests, replays)")
+    parser.add_argument("--quiet", action="store_true", help="no live line (events/s, dead letters, triggers)")
     args = parser.parse_args(argv)
     try:
         settings = load_job_settings(parse_overrides(args.overrides), args.conf)

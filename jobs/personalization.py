@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -41,7 +42,9 @@ from operators.validation import parse_event
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer
 from persona.settings import ConfigError, JobSettings
+from persona.stack.procs import free_port
 from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
+from persona.status import announce, flink_status, live_line, withdraw
 from state.keys import RedisKeys
 from state.profile_changelog import changelog_value
 from state.state_cache import StateCache
@@ -374,6 +377,37 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook
             personalized.get_side_output(AUDIT))
 
 
+class LiveLine:
+    """On the mini-cluster: announce the REST address for ``persona status``, and print a live line every few
+    seconds (events/s, dead letters, triggers) unless quiet."""
+
+    def __init__(self, settings: JobSettings, rest_url: str, quiet: bool, every_s: float = 5.0) -> None:
+        self._settings, self._url, self._quiet, self._every = settings, rest_url, quiet, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="persona-live-line", daemon=True)
+        self._path = announce(settings, rest_url)
+
+    def start(self) -> LiveLine:
+        if not self._quiet:
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        previous, at = None, time.monotonic()
+        while not self._stop.wait(self._every):
+            try:
+                status = flink_status(self._url)
+            except Exception:   # noqa: BLE001 - not up yet, or ending: the next tick tries again
+                continue
+            now = time.monotonic()
+            print(live_line(status, previous, now - at), flush=True)
+            previous, at = status, now
+
+    def stop(self) -> None:
+        self._stop.set()
+        withdraw(self._path)
+
+
 def check_topics(settings: JobSettings) -> None:
     """The input and output topics must exist (their partitions and retention are the operator's choice); the
     profile changelog is the job's own and is created, compacted, when missing."""
@@ -404,7 +438,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_topics(settings)
     except ConfigError as e:
         fail("personalization", str(e))
-    env, t_env = make_environment(settings.flink, args.deployment)
+    rest_port = free_port() if args.deployment == "local" else None
+    env, t_env = make_environment(settings.flink, args.deployment, rest_port)
+    live = None
+    if rest_port is not None:
+        rest_url = f"http://127.0.0.1:{rest_port}"
+        print(f"web UI and REST API: {rest_url} (persona status reads it)", flush=True)
+        live = LiveLine(settings, rest_url, quiet=args.quiet).start()
     keyed = keyed_raw_events(t_env, settings.kafka, settings.source, bounded=args.bounded,
                              max_future_ms=settings.limits.max_event_future_ms)
     triggers, dead_letters, published, changes, audit = build(keyed, settings, book)
@@ -432,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         env.execute("persona-personalization")
     finally:
+        if live is not None:
+            live.stop()
         if loader is not None:
             stats = loader.finish(catch_up=args.bounded)
             print("persona-loader " + json.dumps(stats.as_dict(), sort_keys=True), flush=True)

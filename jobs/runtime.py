@@ -20,7 +20,9 @@ from persona.settings import FlinkSettings, load_stack_settings
 Deployment = Literal["local", "cluster"]
 
 
-def make_environment(flink: FlinkSettings, deployment: Deployment) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: int | None = None
+                     ) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    """``rest_port``: the embedded mini-cluster's REST API and web UI on 127.0.0.1 at this port (else random)."""
     # Python workers start `python` from PATH; make it this interpreter (the venv) whatever the caller's PATH.
     bin_dir = os.path.dirname(sys.executable)
     if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
@@ -35,6 +37,10 @@ def make_environment(flink: FlinkSettings, deployment: Deployment) -> tuple[Stre
         logging.getLogger(__name__).info("job log (Flink and the Python operators): %s/flink-*-python-*.log",
                                          os.environ["FLINK_LOG_DIR"])
     conf = Configuration()
+    if deployment == "local" and rest_port is not None:
+        conf.set_string("rest.port", str(rest_port))
+        conf.set_string("rest.address", "127.0.0.1")
+        conf.set_string("rest.bind-address", "127.0.0.1")
     conf.set_string("python.execution-mode", flink.execution_mode)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)

@@ -43,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the job on the embedded mini-cluster (foreground)")
     run.add_argument("--bounded", action="store_true", help="stop at the offsets that are latest at start")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--quiet", action="store_true", help="no live line (events/s, dead letters, triggers)")
+
+    st = sub.add_parser("status", help="a running job: state, restarts, rates, dead letters, triggers, watermark, "
+                        "checkpoints, Kafka lag, Redis (README \"Running it\")")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="job setting, e.g. kafka.group_id=my-job (finds the job and its consumer group)")
+    st.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    st.add_argument("--watch", action="store_true", help="again every 5 s until Ctrl-C")
+    st.add_argument("--rest", metavar="URL", help="Flink REST API (default: this checkout's `persona run`, else "
+                    "its local cluster)")
 
     demo = sub.add_parser("demo", help="README command 1: everything end to end with live output")
     demo.add_argument("--records", type=int, default=30_000)
@@ -210,8 +220,11 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _generate(args)
     if args.command == "run":
         from jobs.personalization import main as job_main
-        job_main([*(["--bounded"] if args.bounded else []), *(a for o in args.overrides for a in ("--set", o))])
+        job_main([*(["--bounded"] if args.bounded else []), *(["--quiet"] if args.quiet else []),
+                  *(a for o in args.overrides for a in ("--set", o))])
         return 0
+    if args.command == "status":
+        return _status(args)
     if args.command == "demo":
         from persona.demo import DemoOptions, run_demo
         return run_demo(DemoOptions(records=args.records, users=args.users, rate=args.rate))
@@ -292,6 +305,23 @@ def _loader(rebuild: bool, overrides: list[str]) -> int:
         return 130
     print(format_progress(stats, None), flush=True)
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from persona.status import StatusError, collect, format_status
+    settings = load_job_settings(parse_overrides(args.overrides))
+    while True:
+        try:
+            status = collect(settings, args.rest)
+        except StatusError as e:
+            raise StackError(str(e)) from None
+        print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status), flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(5)   # the refresh cadence of --watch
+        print()
 
 
 def _time_arg(text: str | None, flag: str) -> int | None:
