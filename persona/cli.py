@@ -187,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _positive(parser, f"--{name}", getattr(args, name, None))
     if args.command == "bench-layouts" and not 0 < args.layout_events[0] < args.layout_events[1]:
         parser.error("--events: SMALL must be positive and less than LARGE")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    log_file = _setup_logging()
     try:
         return _dispatch(args)
     except (ConfigError, StackError) as e:
@@ -196,6 +195,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+OUR_LOGGERS = ("persona", "jobs", "bench", "operators", "state")
+
+
+class _OursOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] in OUR_LOGGERS
+
+
+def _setup_logging() -> logging.Handler | None:
+    """Our own messages on the terminal; every library's (kafka-python, py4j, Beam) in the log file only
+    (``{run_dir}/logs/persona-cli.log``), so they do not mix into a command's output."""
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.addFilter(_OursOnly())
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(console)
+    try:
+        folder = load_stack_settings().run_path / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(folder / "persona-cli.log")
+    except (OSError, ConfigError):
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    return handler
 
 
 def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command switch reads best

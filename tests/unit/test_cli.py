@@ -53,3 +53,27 @@ def test_cluster_stop_without_a_savepoint_dir_prints_usage(capsys: pytest.Captur
     with pytest.raises(SystemExit) as exit_info:
         main(["cluster", "stop", "0123"])
     assert exit_info.value.code == 2 and "--savepoint" in capsys.readouterr().err
+
+
+def test_library_logs_go_to_the_log_file_and_ours_to_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from persona.cli import _setup_logging
+    from persona.settings import load_stack_settings
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    handler = _setup_logging()
+    try:
+        logging.getLogger("kafka.cluster").error("Topic t not found in cluster metadata")
+        logging.getLogger("persona.loader").warning("the loader says so")
+    finally:
+        for h in root.handlers[:]:
+            if h not in before:
+                root.removeHandler(h)
+        if handler is not None:
+            handler.close()
+    err = capsys.readouterr().err
+    assert "the loader says so" in err and "cluster metadata" not in err
+    text = (load_stack_settings().run_path / "logs" / "persona-cli.log").read_text()
+    assert "Topic t not found in cluster metadata" in text
