@@ -214,6 +214,8 @@ class Personalize(KeyedProcessFunction):
             yield self._reject(raw, event, record, user_id or None)
             return
         self._counts["valid"] += 1
+        if not self._flush_armed:   # the counts reach Flink's counters at the next flush, even if the stream stops
+            self._arm_flush(ctx, now)
         if not record[5]:
             self._untrusted_timestamp(event, record)
         self._refresh_models()

@@ -168,11 +168,12 @@ class Personalizer:
             counts = pending_counts(state)
         fresh = UserState()
         _remember(fresh.seen_events, event_hash, self.rules.dedup_event_ids)   # a redelivery stays a duplicate
-        outcome: dict[str, dict[str, Any]] = {"flink_state": {"status": "cleared"},
-                   "released_before_erasure": {"status": "sent", "count": len(triggers)},
-                   "pending_triggers": {"status": "dropped", "count": counts[0]},
-                   "pending_matches": {"status": "dropped", "count": counts[1]},
-                   "pending_labels": {"status": "dropped", "count": counts[2]}}
+        outcome: dict[str, dict[str, Any]] = {
+            "flink_state": {"status": "cleared"},
+            "released_before_erasure": {"status": "sent", "count": len(triggers)},
+            "pending_triggers": {"status": "dropped", "count": counts[0]},
+            "pending_matches": {"status": "dropped", "count": counts[1]},
+            "pending_labels": {"status": "dropped", "count": counts[2]}}
         return Step(fresh, store=True, erase=True, triggers=triggers, suppressed=suppressed,
                     audit=AuditEntry("erasure", outcome))
 

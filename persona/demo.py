@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
+from operators.pattern_spec import load_patterns
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override, send_to_kafka
-from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings
+from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, resolve_path
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
 from persona.stack.topics import ensure_topics
+from persona.status import flink_status
 from state.keys import RedisKeys
 from state.model_registry import model_info
 
@@ -58,12 +64,12 @@ def run_demo(opts: DemoOptions) -> int:
         print(line)
     run_id = time.strftime("%Y%m%d%H%M%S")
     topics = {"events": f"demo-{run_id}.events", "dead_letter": f"demo-{run_id}.dlq", "triggers": f"demo-{run_id}.triggers",
-              "models": f"demo-{run_id}.models", "profiles": f"demo-{run_id}.profiles"}
+              "models": f"demo-{run_id}.models", "profiles": f"demo-{run_id}.profiles", "audit": f"demo-{run_id}.audit"}
     prefix = f"demo:{run_id}:"
     bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
     job = load_job_settings({"kafka.bootstrap_servers": bootstrap, "redis.url": redis_url})
-    # The profile changelog is created (compacted) by the job itself.
-    ensure_topics(bootstrap, [t for k, t in topics.items() if k != "profiles"], job.kafka.partitions)
+    # The profile changelog (compacted) and the audit topic are created by the job itself.
+    ensure_topics(bootstrap, [t for k, t in topics.items() if k not in ("profiles", "audit")], job.kafka.partitions)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
         "kafka.starting_offsets=earliest", f"kafka.group_id=demo-{run_id}",
@@ -77,7 +83,7 @@ def run_demo(opts: DemoOptions) -> int:
     client = redis.Redis.from_url(redis_url)
     keys = RedisKeys(prefix)
     try:
-        return _feed_and_watch(opts, job_proc, client, keys, bootstrap, topics)
+        return _feed_and_watch(opts, job_proc, client, keys, bootstrap, topics, log_path)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up")
         return 130
@@ -92,7 +98,7 @@ def run_demo(opts: DemoOptions) -> int:
 
 
 def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client: redis.Redis, keys: RedisKeys,
-                    bootstrap: str, topics: dict[str, str]) -> int:
+                    bootstrap: str, topics: dict[str, str], log_path: Path) -> int:
     gen = load_generator_settings({"users": opts.users, "seed": opts.seed})
     sent: Counter[str] = Counter()
     producer = threading.Thread(
@@ -107,6 +113,7 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
     start = prev_t = time.monotonic()
     prev_done = 0
     deadline, last, steady = None, None, 0
+    first_profile: float | None = None
     while True:
         time.sleep(2)  # refresh cadence of the live summary
         if job_proc.poll() is not None:
@@ -115,6 +122,9 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
             if msg.value is not None:   # a tombstone: an erased user's key
                 by_pattern[json.loads(msg.value)["pattern"]] += 1
         applied = _applied_events(client, keys)
+        if first_profile is None and applied:
+            first_profile = time.monotonic() - start
+            print(f"first profile in Redis {first_profile:.1f} s after the stream started", flush=True)
         dlq = _topic_end(offsets, topics["dead_letter"])
         produced = _topic_end(offsets, topics["events"])
         now = time.monotonic()
@@ -135,8 +145,44 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
                 return 1
     triggers.close()
     offsets.close()
-    _print_summary(client, keys, sent, by_pattern)
+    counters = _job_counters(log_path)
+    _print_summary(client, keys, sent, by_pattern, counters)
     return 0
+
+
+def _job_counters(log_path: Path) -> dict[str, Any] | None:
+    """The job's own counters (``persona status``), from the REST address its log announced."""
+    text = log_path.read_text(errors="replace")
+    match = re.search(r"web UI and REST API: (http://\S+)", text)
+    if match is None:
+        return None
+    try:
+        return dict(flink_status(match.group(1))["counters"])
+    except Exception as e:  # noqa: BLE001 - the summary goes on without them
+        print(f"could not read the job's counters: {e}", file=sys.stderr)
+        return None
+
+
+def accounting(sent: int, counters: Mapping[str, Any], in_profiles: int) -> list[str]:
+    """Lines that account for every record sent: each side is counted on its own (the producer, the job's
+    validation, its per-user step, Redis), so the sums are checks, not definitions.
+
+    >>> c = {"valid": 95, "dead_letters": {"bad_json": 3, "not_utf8": 2, "late_event": 4}, "late_events": 4,
+    ...      "duplicates": 1, "erasures": 2, "consent_changes": 3}
+    >>> print("\\n".join(accounting(100, c, 80)))
+    sent 100 = valid 95 + refused at validation 5 (bad_json 3, not_utf8 2): adds up
+    valid 95 = applied 90 + late 4 + duplicates 1
+    applied 90 = in profiles 80 + forgotten 10 (2 erasure requests; withdrawn analytics consent clears a profile too)
+    """
+    refused = {k: v for k, v in counters["dead_letters"].items() if k != "late_event"}
+    valid, late, dup = counters["valid"], counters["late_events"], counters["duplicates"]
+    applied = valid - late - dup
+    check = "adds up" if sent == valid + sum(refused.values()) else f"DOES NOT ADD UP (off by {sent - valid - sum(refused.values())})"
+    return [f"sent {sent:,} = valid {valid:,} + refused at validation {sum(refused.values()):,} ("
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())) + f"): {check}",
+            f"valid {valid:,} = applied {applied:,} + late {late:,} + duplicates {dup:,}",
+            f"applied {applied:,} = in profiles {in_profiles:,} + forgotten {applied - in_profiles:,} "
+            f"({counters['erasures']:,} erasure requests; withdrawn analytics consent clears a profile too)"]
 
 
 def _applied_events(client: redis.Redis, keys: RedisKeys) -> int:
@@ -146,9 +192,17 @@ def _applied_events(client: redis.Redis, keys: RedisKeys) -> int:
     return total
 
 
-def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_pattern: Counter[str]) -> None:
+def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_pattern: Counter[str],
+                   counters: Mapping[str, Any] | None) -> None:
     print(f"\nsent: {dict(sent)}")
-    print(f"triggers by pattern: {dict(by_pattern)}")
+    if counters is not None:
+        for line in accounting(sum(sent.values()), counters, _applied_events(client, keys)):
+            print(line)
+    # Every pattern of the file, escalations included, with its count (0 too).
+    for spec in load_patterns(resolve_path(load_job_settings().patterns_file)).patterns:
+        print(f"  triggers {spec.name:<32} {by_pattern.get(spec.name, 0):>6}")
+    if counters is not None:
+        print("suppressed: " + (", ".join(f"{k} {v:,}" for k, v in sorted(counters["suppressed"].items())) or "none"))
     users = [k.decode().removeprefix(keys.profile("")) for k in client.scan_iter(match=keys.profile_pattern(), count=1000)]
     print(f"profiles in Redis: {len(users)}")
     for stage in ("browsing", "considering", "cart_abandoned", "purchased", "loyal"):
@@ -160,8 +214,11 @@ def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_
         print(f"model {name}: " + ("not published yet" if info is None else
               f"version {info['version']}, {info['examples']:,} examples"
               + "".join(f", {k} {v:.3f}" for k, v in sorted(info["metrics"].items()))))
-    if users:
-        busiest = max(users, key=lambda u: int(client.hget(keys.profile(u), "events_total") or 0))
+    # The sample: the busiest active human (a bot, or a profile with only consent flags, says little).
+    humans = [u for u in users if client.hget(keys.profile(u), "bot") != b"true"
+              and client.hget(keys.profile(u), "events_total") is not None]
+    if humans:
+        busiest = max(humans, key=lambda u: int(client.hget(keys.profile(u), "events_total") or 0))
         profile = {k.decode(): v.decode() for k, v in client.hgetall(keys.profile(busiest)).items()}
         print(f"\nsample profile ({keys.profile(busiest)}):")
         for name in sorted(profile):

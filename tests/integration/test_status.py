@@ -49,7 +49,7 @@ def test_status_json_counts_what_the_job_was_sent(kafka_bootstrap: str, redis_ur
             if s is None or s["counters"]["valid"] != valid:
                 return False
             sent = Counter(t["pattern"] for t in read_all_json(kafka_bootstrap, topics.triggers))
-            return s["counters"]["triggers"] == dict(sent) and s["kafka"]["lag"] == 0
+            return s["counters"]["triggers"] == dict(sent) and s["kafka"]["lag"] == 0 and s["checkpoint"] is not None
         wait_until(settled, 180, "status counters equal to the stream", interval_s=2)
         final = status()
         assert final is not None
