@@ -283,7 +283,8 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
         # The drained events are generated history from conf/generator.yaml's start (the live phases are now).
         history_override(),
         *(f"{k}={v}" for k, v in extra.items())]
-    cmd = [sys.executable, "-m", "jobs.personalization", *(a for o in overrides for a in ("--set", o))]
+    # --quiet: no live line (its REST polls would be measured with the job).
+    cmd = [sys.executable, "-m", "jobs.personalization", "--quiet", *(a for o in overrides for a in ("--set", o))]
     with _system_process("job", cmd, out / "bench-job.log", redis_url, prefix) as (proc, client, keys):
         drain, live = _drain_and_live("job", proc, client, keys, bootstrap, topics, events, final, tail, plan,
                                       out / "bench-job.log")

@@ -398,7 +398,7 @@ class LiveLine:
         previous, at = None, time.monotonic()
         while not self._stop.wait(self._every):
             try:
-                status = flink_status(self._url)
+                status = flink_status(self._url, only="personalize")
             except Exception:   # noqa: BLE001 - not up yet, or ending: the next tick tries again
                 continue
             now = time.monotonic()

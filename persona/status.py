@@ -92,7 +92,8 @@ def _sum_metrics(rest_url: str, job: str, vertex: str, wanted: list[str]) -> dic
     return out
 
 
-def flink_status(rest_url: str) -> dict[str, Any]:
+def flink_status(rest_url: str, only: str | None = None) -> dict[str, Any]:
+    """``only``: the vertex whose name starts with it (the live line reads the personalize operator only)."""
     job = _job_id(rest_url)
     detail = _get(f"{rest_url}/jobs/{job}")
     restarts = _get(f"{rest_url}/jobs/{job}/metrics?get=numRestarts")
@@ -102,6 +103,8 @@ def flink_status(rest_url: str) -> dict[str, Any]:
     counters: dict[str, Any] = {"valid": 0, "late_events": 0, "dead_letters": {}, "triggers": {}, "suppressed": {},
                                 "erasures": 0, "consent_changes": 0, "duplicates": 0}
     for v in detail["vertices"]:
+        if only is not None and not v["name"].startswith(only):
+            continue
         ids = [m["id"] for m in _get(f"{rest_url}/jobs/{job}/vertices/{v['id']}/subtasks/metrics")]
         rates = [i for i in ids if i in ("numRecordsInPerSecond", "numRecordsOutPerSecond")]
         own = [i for i in ids if i.startswith(("personalize.ingest.", "personalize.personalize."))]
@@ -133,6 +136,8 @@ def flink_status(rest_url: str) -> dict[str, Any]:
                          "personalize.personalize.duplicates"):
                 counters[parts[-1]] += n
     out["counters"] = counters
+    if only is not None:
+        return out
     cp = _get(f"{rest_url}/jobs/{job}/checkpoints")
     latest = (cp.get("latest") or {}).get("completed")
     out["checkpoint"] = None if not latest else {
