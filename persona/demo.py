@@ -9,9 +9,7 @@ services it started, and deletes its topics.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +29,7 @@ from persona.generator.shoppers import generate
 from persona.generator.sink import history_override, send_to_kafka
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, resolve_path
 from persona.stack.prereqs import check_all
-from persona.stack.procs import StackError, wait_until
+from persona.stack.procs import StackError, stop_process_group
 from persona.stack.services import LocalServices
 from persona.stack.topics import ensure_topics
 from persona.status import flink_status
@@ -226,25 +224,9 @@ def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    # The mini-cluster's JVM is in the same process group; wait until the group is gone.
-    wait_until(lambda: not _group_alive(proc.pid), 20, "stopping the job's JVM")
-    print("job stopped")
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    # The mini-cluster's JVM is in the job's process group: stopped with it.
+    if stop_process_group(proc):
+        print("job stopped")
 
 
 def _delete_topics(bootstrap: str, names: list[str]) -> None:

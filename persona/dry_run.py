@@ -25,6 +25,7 @@ from operators.events import Event
 from operators.personalize import Step
 from operators.validation import parse_event
 from persona.settings import JobSettings
+from persona.stack.topics import read_to_end
 
 END_OF_INPUT = 2**62
 HOUR_MS = 3_600_000
@@ -71,14 +72,9 @@ def read_topic(settings: JobSettings, topic: str) -> Iterator[tuple[bytes, int]]
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not parts:
             raise ValueError(f"topic {topic!r} does not exist")
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            for msgs in consumer.poll(timeout_ms=1000).values():
-                for m in msgs:
-                    if m.offset < ends[TopicPartition(m.topic, m.partition)] and m.value is not None:
-                        yield m.value, m.timestamp
+        for m in read_to_end(consumer, parts, timeout_s=3600):
+            if m.value is not None:
+                yield m.value, m.timestamp
     finally:
         consumer.close()
 

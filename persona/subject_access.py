@@ -26,31 +26,20 @@ from operators.consent import consent_flags
 from operators.profile_fold import consent_log_of
 from persona.rules import consent_policy
 from persona.settings import JobSettings
+from persona.stack.topics import read_to_end
 from state.keys import RedisKeys
 from state.profile_changelog import read_change
 from state.profile_store import read_profile
 
 
-def _records_of(consumer: KafkaConsumer, topic: str, key: str, timeout_s: float = 60) -> list[tuple[int, bytes | None]]:
+def _records_of(consumer: KafkaConsumer, topic: str, key: str) -> list[tuple[int, bytes | None]]:
     """(timestamp ms, value) of every record of ``key`` in ``topic``, in order; [] when the topic is missing."""
-    import time
-
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         return []
     raw_key = key.encode()
     tp = TopicPartition(topic, (murmur2(raw_key) & 0x7FFFFFFF) % len(partitions))
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    end = consumer.end_offsets([tp])[tp]
-    out: list[tuple[int, bytes | None]] = []
-    deadline = time.monotonic() + timeout_s
-    while consumer.position(tp) < end:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"could not read {topic} partition {tp.partition} to offset {end}")
-        for msgs in consumer.poll(timeout_ms=1000).values():
-            out.extend((m.timestamp, m.value) for m in msgs if m.key == raw_key and m.offset < end)
-    return out
+    return [(m.timestamp, m.value) for m in read_to_end(consumer, [tp]) if m.key == raw_key]
 
 
 def _json_values(records: list[tuple[int, bytes | None]]) -> list[Any]:

@@ -121,6 +121,29 @@ def stop_pid(pid_file: Path, timeout_s: float = 20.0) -> bool:
     return True
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> bool:
+    """SIGTERM the process group a child leads (``start_new_session=True``), SIGKILL after the timeout, and wait
+    until the whole group is gone (a mini-cluster's JVM is in it). True if it was still running."""
+    if proc.poll() is not None and not _group_alive(proc.pid):
+        return False
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    wait_until(lambda: not _group_alive(proc.pid), 20, f"stopping process group {proc.pid}")
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -135,3 +137,17 @@ def delete_job_topics(job: JobSettings) -> list[str]:
         return doomed
     finally:
         admin.close()
+
+
+def read_to_end(consumer: KafkaConsumer, partitions: list[TopicPartition], timeout_s: float = 60) -> Iterator[Any]:
+    """Every record of ``partitions`` from the first offset up to the end offsets at the call, in order per
+    partition (tools that read a whole topic once: the dry-run, the subject-access export)."""
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not read {partitions} to the end offsets {ends}")
+        for msgs in consumer.poll(timeout_ms=1000).values():
+            yield from (m for m in msgs if m.offset < ends[TopicPartition(m.topic, m.partition)])

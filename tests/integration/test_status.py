@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -15,7 +13,7 @@ import pytest
 
 from persona.generator.shoppers import generate
 from persona.settings import ROOT, load_generator_settings
-from persona.stack.procs import wait_until
+from persona.stack.procs import stop_process_group, wait_until
 from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.personalization_oracle import expected
 from tests.fixtures.services import TopicNames
@@ -63,11 +61,6 @@ def test_status_json_counts_what_the_job_was_sent(kafka_bootstrap: str, redis_ur
                               text=True, timeout=60, check=True).stdout
         assert f"valid {valid:,}" in text and "kafka lag 0" in text
     finally:
-        os.killpg(job.pid, signal.SIGTERM)
-        try:
-            job.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(timeout=30)
+        stop_process_group(job, timeout_s=60)
     log_text = (tmp_path / "run.log").read_text(errors="replace")
     assert "web UI and REST API: http://127.0.0.1:" in log_text and f"live: {valid:,} valid" in log_text
