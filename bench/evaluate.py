@@ -72,6 +72,18 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 25
     return w
 
 
+def bootstrap_interval(scores: np.ndarray, labels: np.ndarray, rounds: int = 200, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the AUC: examples resampled with replacement, ``rounds`` times."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        i = rng.integers(0, len(scores), len(scores))
+        if 0 < labels[i].sum() < len(i):
+            values.append(auc(scores[i], labels[i]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return round(float(low), 4), round(float(high), 4)
+
+
 def tree_scores(X: np.ndarray, y: np.ndarray, folds: int = 5) -> np.ndarray | None:
     """Out-of-fold probabilities of gradient-boosted trees (scikit-learn, a dev extra): a stronger batch model in
     hindsight, each example scored by trees that did not see it (in-sample, trees would just remember it).
@@ -101,20 +113,27 @@ def bot_quality(flags: dict[str, str | None], bots: set[str], users: set[str]) -
     return out
 
 
-def _records(events: Path | None, records: int, users: int, seed: int) -> tuple[Iterable[bytes], set[str] | None]:
+# The noisier stream (``persona evaluate --noisy``): a third of product views say nothing of intent, dwell
+# times vary twice as much, the signal fades by half over the span, and buying swings by 60% over the day.
+NOISY: dict[str, Any] = {"signal_strength": 0.65, "dwell_noise": 0.6, "drift": 0.5, "seasonality": 0.6}
+
+
+def _records(events: Path | None, records: int, users: int, seed: int, generator: dict[str, Any] | None = None
+             ) -> tuple[Iterable[bytes], set[str] | None]:
     """The stream to replay, and the generator's bots when it is generated (a recorded file has no labels)."""
     if events is not None:
         from persona.dry_run import read_lines
         return read_lines(events), None
-    gen = load_generator_settings({"users": users, "seed": seed, "span_hours": 96})
+    gen = load_generator_settings({"users": users, "seed": seed, "span_hours": 96, **(generator or {})})
     return (rec.value for rec in generate(gen, max_records=records)), bot_users(gen)
 
 
-def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path | None = None) -> int:
+def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path | None = None,
+                   generator: dict[str, Any] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     examples: list[Example] = []
     replay = Replay(load_job_settings(), on_example=lambda ex: examples.append(ex) if ex.model == "propensity" else None)
-    stream, bots = _records(events, records, users, seed)
+    stream, bots = _records(events, records, users, seed, generator)
     t0 = time.monotonic()
     n = 0
     for n, raw in enumerate(stream, 1):
@@ -123,7 +142,8 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
             print(f"  replayed {n:,} records, {len(examples):,} labelled examples "
                   f"({n / (time.monotonic() - t0):,.0f} records/s)", flush=True)
     replay.advance(2**62)   # the end of the input: the last label windows close
-    source = str(events) if events is not None else f"generated: {records:,} records, {users:,} users, seed {seed}"
+    source = str(events) if events is not None else f"generated: {records:,} records, {users:,} users, seed {seed}" + (
+        "; " + ", ".join(f"{k}={v}" for k, v in sorted(generator.items())) if generator else "")
     if len(examples) < 100 or len({e.label for e in examples}) < 2:
         print(f"persona evaluate: error: too few labelled examples ({len(examples)}) in {source}", file=sys.stderr)
         return 2
@@ -139,12 +159,19 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
     window = 2_000
     recent = [auc(scores[max(0, k - window):k], labels[max(0, k - window):k]) for k in checkpoints]
     trainer = replay.trainers["propensity"]
+    intervals = {"prequential": bootstrap_interval(scores, labels), "batch_logistic": bootstrap_interval(batch_scores, labels)}
+    if trees is not None:
+        intervals["batch_trees"] = bootstrap_interval(trees, labels)
+    segments = replay.trainers.get("segments")
     result: dict[str, Any] = {
         "source": source, "records": n, "examples": len(examples), "positives": int(labels.sum()),
         "prequential_auc": prequential, "prequential_auc_last_2000": recent[-1], "batch_hindsight_auc": hindsight,
         "gap": hindsight - prequential, "batch_trees_auc": tree_auc,
         "gap_trees": None if tree_auc is None else tree_auc - prequential,
-        "online_log_loss": trainer.metric_values()["log_loss"], "users": users, "seed": seed}
+        "online_log_loss": trainer.metric_values()["log_loss"], "users": users, "seed": seed,
+        "auc_ci95": intervals,
+        "segments": {k: segments.metric_values()[k] for k in ("churn", "churn_n", "label_switching", "silhouette")}
+        if segments is not None and segments.examples else None}
     if bots is not None:
         flags = {u: s.models.bot_by if s.models.bot else None for u, s in replay.states.items()}
         result["bots"] = bot_quality(flags, bots, set(replay.states))
@@ -161,14 +188,20 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
     ax.set_xlabel("labelled examples (stream order)")
     ax.set_ylabel("ROC AUC (cumulative)")
     ax.set_ylim(0.4, 1.0)
-    ax.set_title(f"Purchase propensity: online vs batch in hindsight\n{source}", fontsize=10)
+    ax.set_title(f"Purchase propensity: online vs batch in hindsight\n{source.replace('; ', chr(10))}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "evaluate.png", dpi=110)
     trees_text = "not installed (scikit-learn, dev extra)" if tree_auc is None else f"{tree_auc:.3f}"
-    print(f"prequential AUC {prequential:.3f} (last {window:,}: {recent[-1]:.3f}); batch logistic regression "
-          f"{hindsight:.3f} (gap {hindsight - prequential:+.3f}); batch trees {trees_text}; "
-          f"over {len(examples):,} examples")
+    ci = intervals
+    print(f"prequential AUC {prequential:.3f} {list(ci['prequential'])} (last {window:,}: {recent[-1]:.3f}); batch "
+          f"logistic regression {hindsight:.3f} {list(ci['batch_logistic'])} (gap {hindsight - prequential:+.3f}); "
+          f"batch trees {trees_text}" + (f" {list(ci['batch_trees'])}" if "batch_trees" in ci else "")
+          + f"; over {len(examples):,} examples ({int(labels.sum()):,} bought)")
+    if result["segments"]:
+        seg = result["segments"]
+        print(f"segments: user churn {seg['churn']:.3f} per session end (n={seg['churn_n']:,.0f}), label switching "
+              f"{seg['label_switching']:.3f}, silhouette {seg['silhouette']:.3f}")
     if "bots" in result:
         b = result["bots"]
         print(f"bot flag vs the generator's {b['bots']} bots: " + "; ".join(

@@ -23,7 +23,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from operators.model_scoring import ExampleBatch
-from operators.online_models import MODEL_NAMES, ModelTrainer
+from operators.online_models import MODEL_NAMES, ModelTrainer, describe_segments
 from state.keys import RedisKeys
 from state.model_registry import newest_version, record_snapshot
 
@@ -106,8 +106,9 @@ class TrainModels(KeyedProcessFunction):
         record = t.snapshot(int(time.time() * 1000)).to_record()
         self._model.update(t)
         self._log.clear()
+        descriptions = describe_segments(record) if t.name == "segments" else None
         try:
-            record_snapshot(self._client, self._keys, record, self._keep)
+            record_snapshot(self._client, self._keys, record, self._keep, descriptions)
         except redis.RedisError as e:   # scorers keep the version they serve; the next publication retries
             log.warning("could not record %s version %d in Redis (%s); the models topic has it", t.name, t.version, e)
         self._push_metrics(t)

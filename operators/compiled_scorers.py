@@ -82,14 +82,67 @@ class CompiledKMeans:
         return cls(tuple(doc.scaler), tuple(tuple(c) for c in doc.centers), doc.p)
 
     def predict_one(self, x: dict[str, float]) -> int:
+        return self.assign(x, None, 0.0)
+
+    def distances(self, x: dict[str, float]) -> list[float]:
+        """River's KMeans distance (sum of |coordinate difference|^p) from the scaled ``x`` to each center."""
         z = {k: (x[k] - mean) / std if std else 0.0 for k, mean, std in self.scaler}
-        best, best_d = 0, None
         p = self.p
-        for i, center in enumerate(self.centers):
-            d = sum(abs(c - z.get(k, 0)) ** p for k, c in center)
-            if best_d is None or d < best_d:
-                best, best_d = i, d
-        return best
+        return [sum(abs(c - z.get(k, 0)) ** p for k, c in center) for center in self.centers]
+
+    def assign(self, x: dict[str, float], current: int | None, margin: float) -> int:
+        """The nearest center, unless the user's ``current`` one is nearly as near: a user moves only when the
+        new center is nearer by more than ``margin`` (a share of the current distance). Hysteresis: a shopper
+        near a boundary does not flip between segments session after session."""
+        return hysteresis(self.distances(x), current, margin)
+
+    def reordered(self, order: list[int]) -> CompiledKMeans:
+        """The same model with center ``order[i]`` at index ``i`` (stable segment identities)."""
+        return CompiledKMeans(self.scaler, tuple(self.centers[i] for i in order), self.p)
+
+    def describe(self, top: int = 2) -> list[str]:
+        """Per segment, its most distinctive features against the mean (centers are in standard deviations).
+
+        >>> CompiledKMeans((("a", 0.0, 1.0), ("b", 0.0, 1.0)), ((("a", 1.8), ("b", -0.2)),), 2.0).describe()
+        ['a +1.8σ, b -0.2σ']
+        """
+        out = []
+        for center in self.centers:
+            ranked = sorted(center, key=lambda kc: -abs(kc[1]))[:top]
+            out.append(", ".join(f"{k} {c:+.1f}σ" for k, c in ranked))
+        return out
+
+
+def hysteresis(distances: list[float], current: int | None, margin: float) -> int:
+    """The index of the smallest distance, or ``current`` if the smallest is not below (1 - margin) times its.
+
+    >>> hysteresis([1.0, 0.9], 0, 0.25), hysteresis([1.0, 0.7], 0, 0.25), hysteresis([1.0, 0.7], None, 0.25)
+    (0, 1, 1)
+    """
+    best = min(range(len(distances)), key=distances.__getitem__)
+    if current is not None and 0 <= current < len(distances) and best != current \
+            and distances[best] >= (1 - margin) * distances[current]:
+        return current
+    return best
+
+
+def match_centers(previous: list[list[float]], new: list[list[float]]) -> list[int]:
+    """For each previous center, the new center that keeps its identity: the assignment of least total squared
+    distance (exhaustive up to 8 centers, greedy beyond). ``order[i]`` is the new index of identity ``i``.
+
+    >>> match_centers([[0.0, 0.0], [5.0, 5.0]], [[5.1, 4.9], [0.2, 0.1]])
+    [1, 0]
+    """
+    import itertools
+    k = len(new)
+    cost = [[sum((a - b) ** 2 for a, b in zip(p, n, strict=True)) for n in new] for p in previous]
+    if k <= 8:
+        best = min(itertools.permutations(range(k)), key=lambda perm: sum(cost[i][perm[i]] for i in range(k)))
+        return list(best)
+    order: list[int] = []
+    for i in range(k):
+        order.append(min((j for j in range(k) if j not in order), key=lambda j: cost[i][j]))
+    return order
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from operators.model_features import (
     segment_features,
     session_rate_features,
 )
-from operators.online_models import MODEL_SCHEMA, CompiledLogistic, ModelSnapshot, restore
+from operators.online_models import MODEL_SCHEMA, SEGMENT_MARGIN, CompiledLogistic, ModelSnapshot, restore
 from state.model_registry import kept_record, kept_versions
 from state.model_state import ModelOutputs
 from state.user_state import UserState
@@ -202,8 +202,11 @@ class ModelStep:
             # A new session: the previous one ended. Learn its segment vector (and its rate features).
             if out.session_start_ms is not None and sessions.recent and not out.bot:
                 last_events = sessions.recent[-1][2]
-                examples.append(Example("segments", event.user_id, segment_features(view, last_events),
-                                        previous=out.segment))
+                ended = segment_features(view, last_events)
+                examples.append(Example("segments", event.user_id, ended, previous=out.segment))
+                # A segment describes a kind of shopper: judged once per session, on the session that just ended
+                # (the vector the trainer learns), with hysteresis (README "Models": stable segments).
+                self._segment(out, ended, served)
                 # One rate vector per whole session, never a bot's (flagged sessions are not learnt).
                 if out.session_rate is not None and last_events >= self.rules.bot_min_events:
                     examples.append(Example("bots", event.user_id, dict(zip(BOT_LIMITS, out.session_rate, strict=True))))
@@ -212,12 +215,11 @@ class ModelStep:
             out.session_page_views += 1
         n = sessions.current_events
         if n == 1 or n % self.rules.score_every == 0:
-            self._segment(out, view, n, served)
             self._bots(out, user, n, served)
-        elif out.segment is None and not out.bot and served.get("segments"):
+        if out.segment is None and not out.bot and served.get("segments"):
             # A first segment as soon as a model exists; a bot gets none, so this must not run for bots on
             # every event (bots are few users but many events).
-            self._segment(out, view, n, served)
+            self._segment(out, segment_features(view, n), served)
 
         t = event.event_time_ms
         labelled: list[LabelledExample] = []
@@ -246,10 +248,12 @@ class ModelStep:
         labelled = self.join.release(out.labels, watermark_ms)
         return [] if out.bot else [_propensity_example("", e) for e in labelled]
 
-    def _segment(self, out: ModelOutputs, view: Mapping[str, Any], events: int, served: ServedModels) -> None:
+    def _segment(self, out: ModelOutputs, features: dict[str, float], served: ServedModels) -> None:
         model = served.get("segments")
         if model is not None and not out.bot:
-            out.segment, out.segment_version = int(model[1].predict_one(segment_features(view, events))), model[0]
+            # Hysteresis: the user stays in their segment unless another is clearly nearer (README "Models").
+            segment = model[1].assign(features, out.segment, SEGMENT_MARGIN)
+            out.segment, out.segment_version = int(segment), model[0]
 
     def _bots(self, out: ModelOutputs, user: UserState, events: int, served: ServedModels) -> None:
         s = user.sessions

@@ -32,7 +32,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.slot_state import restore_slots
+
 CLIP = 1e12
+ADAGRAD_EPS = 1e-8
 
 
 def sigmoid(z: float) -> float:
@@ -69,12 +72,22 @@ class PropensityLearner:
     categories: dict[str, float] = field(default_factory=dict)  # "device_mobile" -> weight, every one seen
     intercept: float = 0.0
     names: tuple[str, ...] = ()                                # categorical feature names, in order
+    # "sgd" (River's optim.SGD) or "adagrad" (River's optim.AdaGrad: a step per weight that shrinks with the
+    # squared gradients it has seen, eps 1e-8): sums of squared gradients per numeric weight and per category.
+    optimizer: str = "sgd"
+    g2: list[float] = field(default_factory=list)
+    g2_categories: dict[str, float] = field(default_factory=dict)
+
+    def __setstate__(self, state: Any) -> None:
+        restore_slots(self, state)   # a learner pickled before AdaGrad (in the trainer's Flink state) is SGD
 
     @classmethod
     def new(cls, numeric: int, categorical: tuple[str, ...] = ("device",), lr: float = 0.005, l2: float = 1e-4,
-            intercept_lr: float = 0.01) -> PropensityLearner:
+            intercept_lr: float = 0.01, optimizer: str = "sgd") -> PropensityLearner:
+        if optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"optimizer {optimizer!r} is not sgd or adagrad")
         return cls(lr, l2, intercept_lr, 0, [0.0] * numeric, [0.0] * numeric, [0.0] * numeric, {}, 0.0,
-                   categorical)
+                   categorical, optimizer, [0.0] * numeric, {})
 
     def _scaled(self, x: tuple[float, ...]) -> list[float]:
         out = []
@@ -113,9 +126,20 @@ class PropensityLearner:
         self.intercept -= self.intercept_lr * g
         lr, l2 = self.lr, self.l2
         w = self.weights
+        active = set(keys)
+        if self.optimizer == "adagrad":
+            g2, g2c = self.g2, self.g2_categories
+            for i, zi in enumerate(z):
+                gi = g * zi + l2 * w[i]
+                g2[i] += gi * gi
+                w[i] -= lr / (g2[i] + ADAGRAD_EPS) ** 0.5 * gi
+            for k, wk in weights.items():
+                gk = (g if k in active else 0.0) + l2 * wk
+                g2c[k] = g2c.get(k, 0.0) + gk * gk
+                weights[k] = wk - lr / (g2c[k] + ADAGRAD_EPS) ** 0.5 * gk
+            return
         for i, zi in enumerate(z):
             w[i] -= lr * (g * zi + l2 * w[i])
-        active = set(keys)
         for k, wk in weights.items():
             weights[k] = wk - lr * ((g if k in active else 0.0) + l2 * wk)
 
@@ -133,11 +157,14 @@ class PropensityLearner:
         """Plain numbers and strings (a snapshot that cannot execute code when loaded)."""
         return {"lr": self.lr, "l2": self.l2, "intercept_lr": self.intercept_lr, "n": self.n, "means": self.means,
                 "variances": self.variances, "weights": self.weights, "categories": self.categories,
-                "intercept": self.intercept, "names": list(self.names)}
+                "intercept": self.intercept, "names": list(self.names), "optimizer": self.optimizer, "g2": self.g2,
+                "g2_categories": self.g2_categories}
 
     @classmethod
     def from_numbers(cls, doc: dict[str, Any]) -> PropensityLearner:
         return cls(float(doc["lr"]), float(doc["l2"]), float(doc["intercept_lr"]), int(doc["n"]),
                    [float(v) for v in doc["means"]], [float(v) for v in doc["variances"]],
                    [float(v) for v in doc["weights"]], {str(k): float(v) for k, v in doc["categories"].items()},
-                   float(doc["intercept"]), tuple(str(n) for n in doc["names"]))
+                   float(doc["intercept"]), tuple(str(n) for n in doc["names"]), str(doc.get("optimizer", "sgd")),
+                   [float(v) for v in doc.get("g2", [0.0] * len(doc["weights"]))],
+                   {str(k): float(v) for k, v in doc.get("g2_categories", {}).items()})

@@ -48,3 +48,19 @@ class HistogramAUC:
             wins += p * (neg_below + n / 2)
             neg_below += n
         return wins / (n_pos * n_neg)
+
+
+def auc_interval(auc: float, positives: float, negatives: float, z: float = 1.959963984540054) -> tuple[float, float]:
+    """A 95% interval of an AUC from its sample (Hanley and McNeil, 1982: the standard error from the AUC and the
+    class counts), for live metrics where the examples are not kept.
+
+    >>> low, high = auc_interval(0.8, 300, 700)
+    >>> round(low, 3), round(high, 3)
+    (0.767, 0.833)
+    """
+    if positives < 1 or negatives < 1:
+        return 0.0, 1.0
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    se = max(var, 0.0) ** 0.5
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)

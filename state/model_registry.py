@@ -16,14 +16,19 @@ import redis
 from state.keys import RedisKeys
 
 
-def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any], keep: int) -> None:
+def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any], keep: int,
+                    descriptions: list[str] | None = None) -> None:
+    """``descriptions``: per segment, a readable description (the segments model), kept beside the metrics."""
     name, version = record["model"], int(record["version"])
     pipe = client.pipeline(transaction=True)
     pipe.set(keys.model_blob(name, version), json.dumps(record))
     pipe.zadd(keys.model_versions(name), {str(version): version})
-    pipe.hset(keys.model(name), mapping={
+    fields: dict[str, Any] = {
         "version": version, "model_schema": record["model_schema"], "examples": record["examples"],
-        "created_at": record["created_at"], "metrics": json.dumps(record["metrics"], sort_keys=True)})
+        "created_at": record["created_at"], "metrics": json.dumps(record["metrics"], sort_keys=True)}
+    if descriptions is not None:
+        fields["descriptions"] = json.dumps(descriptions)
+    pipe.hset(keys.model(name), mapping=fields)
     pipe.execute()
     # redis-py types every reply as "awaitable or value" (one API for sync and async clients): these are sync.
     old = cast(list[bytes], client.zrange(keys.model_versions(name), 0, -keep - 1))
@@ -46,6 +51,8 @@ def model_info(client: redis.Redis, keys: RedisKeys, name: str) -> dict[str, Any
         return None
     out: dict[str, Any] = {k: int(v) for k, v in raw.items() if k in ("version", "model_schema", "examples", "created_at")}
     out["metrics"] = json.loads(raw.get("metrics", "{}"))
+    if raw.get("descriptions"):
+        out["descriptions"] = json.loads(raw["descriptions"])
     out["pinned"] = int(raw["pinned"]) if raw.get("pinned") else None
     out["versions"] = [int(v) for v in cast(list[bytes], client.zrange(keys.model_versions(name), 0, -1))]
     return out

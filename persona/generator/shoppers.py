@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,16 @@ class GeneratedRecord:
     delay: str = "in_order"
     malformed: str | None = None
     expected_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Signal:
+    """The noisier stream's knobs (``GeneratorSettings``); the defaults are the default stream."""
+
+    signal_strength: float = 1.0
+    dwell_noise: float = 0.3
+    drift: float = 0.0
+    seasonality: float = 0.0
 
 
 @dataclass
@@ -106,8 +117,10 @@ def _new_user(idx: int, seed: int, bot_fraction: float = 0.0) -> _User:
 class _SessionWalk:
     """Yields one user's events, session after session, in event-time order."""
 
-    def __init__(self, user: _User, start_ms: int, end_ms: int) -> None:
+    def __init__(self, user: _User, start_ms: int, end_ms: int, signal: Signal | None = None, seed: int = 0) -> None:
         self.user, self.end_ms = user, end_ms
+        self.start_ms, self.signal = start_ms, signal or Signal()
+        self.noise = random.Random(f"{seed}:noise:{user.idx}")   # the noisier stream's draws only
         self.t = start_ms + int(user.rng.random() * min(user.mean_gap_ms, end_ms - start_ms))
 
     def events(self) -> Iterator[dict[str, Any]]:
@@ -149,7 +162,10 @@ class _SessionWalk:
                 # Mobile shoppers with high intent linger on product pages.
                 # Buyers read longer (the signal the propensity model can find).
                 typical = 200 if u.device == "mobile" and u.buy_prob > 0.35 else 15 + 150 * u.buy_prob
-                dwell = int(typical * rng.uniform(0.7, 1.3) * 1000)
+                if not self._informative():
+                    typical = 15 + 150 * self.noise.uniform(0.0, 0.6)
+                noise = self.signal.dwell_noise
+                dwell = int(typical * rng.uniform(1 - noise, 1 + noise) * 1000)
                 yield self._event("page_view", session_id, referrer,
                                   {"page_type": "product", "product_id": product["product_id"],
                                    "category": category, "dwell_ms": dwell})
@@ -162,11 +178,26 @@ class _SessionWalk:
                 yield self._event("remove_from_cart", session_id, referrer, u.cart.pop(pid))
             elif u.cart:
                 break
-        if u.cart and rng.random() < u.buy_prob * 1.6:
+        if u.cart and rng.random() < u.buy_prob * 1.6 * self._season():
             self._advance()
             yield self._event("page_view", session_id, referrer, {"page_type": "checkout", "dwell_ms": self._dwell(20, 120)})
             self._advance()
             yield self._event("purchase", session_id, referrer, self._purchase_payload())
+
+    def _informative(self) -> bool:
+        """Whether this product view's dwell follows the user's intent (always, in the default stream)."""
+        sig = self.signal
+        if sig.signal_strength >= 1 and sig.drift == 0:
+            return True
+        progress = min(max((self.t - self.start_ms) / max(self.end_ms - self.start_ms, 1), 0.0), 1.0)
+        return self.noise.random() < sig.signal_strength * (1 - sig.drift * progress)
+
+    def _season(self) -> float:
+        """The daily swing of buying (1 in the default stream): people buy more in the evening."""
+        if self.signal.seasonality == 0:
+            return 1.0
+        hour = (self.t // 3_600_000) % 24
+        return 1 + self.signal.seasonality * math.cos(2 * math.pi * (hour - 20) / 24)
 
     def _crawl(self, session_id: str) -> Iterator[dict[str, Any]]:
         """A bot's session: 30-120 pages about a second apart, a few items put in the cart, never a purchase."""
@@ -251,7 +282,9 @@ def replay_age_override(settings: GeneratorSettings, now_ms: int, default_ms: in
 
 def _time_ordered(settings: GeneratorSettings, start_ms: int) -> Iterator[dict[str, Any]]:
     end_ms = start_ms + int(settings.span_hours * 3_600_000)
-    walks = (_SessionWalk(_new_user(i, settings.seed, settings.bot_fraction), start_ms, end_ms).events()
+    signal = Signal(settings.signal_strength, settings.dwell_noise, settings.drift, settings.seasonality)
+    walks = (_SessionWalk(_new_user(i, settings.seed, settings.bot_fraction), start_ms, end_ms, signal,
+                          settings.seed).events()
              for i in range(settings.users))
     heap: list[tuple[int, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
     for i, it in enumerate(walks):

@@ -88,3 +88,35 @@ def test_a_restarted_scorer_serves_the_newest_valid_version(redis_url: str, redi
     served.refresh(client, keys)
     assert served.get("segments")[0] == 2 and served.refused == 1
     client.close()
+
+
+def test_models_list_shows_sample_sizes_intervals_trends_and_segment_descriptions(
+        redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import random
+
+    from operators.online_models import describe_segments
+    client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(f"{redis_prefix}list:")
+    rng = random.Random(5)
+    propensity, segments = ModelTrainer.new("propensity"), ModelTrainer.new("segments")
+    x = (0.0,) * 13 + (1.0,) + (0.0,) * 3 + ("mobile", "h3", "add_to_cart")
+    for version in (1, 2):
+        for i in range(400):   # the second version's scores separate better: its AUC goes up
+            label = rng.random() < 0.3
+            propensity.learn(x, label=label, score=(0.7 if label else 0.3) if version == 2 and i % 2 else rng.random())
+            segments.learn({"recency_days": rng.uniform(0, 30 * version), "frequency_90d": rng.randint(0, 5),
+                            "monetary_90d_log": rng.uniform(0, 8), "sessions_7d": rng.randint(0, 9),
+                            "views_24h": rng.randint(0, 40), "carts_24h": rng.randint(0, 5),
+                            "session_events": rng.uniform(0, 4)}, previous=rng.randrange(5))
+        record_snapshot(client, keys, propensity.snapshot(created_at_ms=version).to_record(), keep=5)
+        record = segments.snapshot(created_at_ms=version).to_record()
+        record_snapshot(client, keys, record, keep=5, descriptions=describe_segments(record))
+    client.close()
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["models", "--set", f"redis.key_prefix={redis_prefix}list:", "list"]) == 0
+    out = capsys.readouterr().out
+    auc_line = next(line for line in out.splitlines() if line.strip().startswith("roc_auc "))
+    assert "n=800" in auc_line and "↑ (better)" in auc_line and " bought, " in auc_line and "[0." in auc_line
+    print(out)
+    assert "churn" in out and "label_switching" in out and "n=800" in out
+    assert "  seg0: " in out and "σ" in out and "propensity v2" in out and "segments v2" in out

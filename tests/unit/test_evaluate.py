@@ -35,6 +35,12 @@ def test_evaluate_writes_the_plot_and_prints_both_aucs(tmp_path: Path, capsys: p
     assert result["examples"] > 1000 and 0 < result["positives"] < result["examples"]
     assert 0.5 < result["prequential_auc"] <= result["batch_hindsight_auc"]
     assert 0.5 < result["batch_trees_auc"] < 1
+    # Every AUC with its bootstrap interval; the segments' churn with its sample and the label switching.
+    for name, value in (("prequential", result["prequential_auc"]), ("batch_logistic", result["batch_hindsight_auc"])):
+        low, high = result["auc_ci95"][name]
+        assert low < value < high
+    assert result["segments"]["churn_n"] > 0 and 0 <= result["segments"]["churn"] < 1
+    assert result["segments"]["label_switching"] is not None
     # The generator's bots against the bot flag: its precision and recall, rule and model apart.
     bots = result["bots"]
     assert bots["bots"] > 0 and {"rule", "model", "either"} <= set(bots)

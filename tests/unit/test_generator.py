@@ -91,3 +91,18 @@ def test_malformed_records_keep_no_event_and_valid_ones_round_trip(records) -> N
             assert r.event is None and r.expected_reason
         else:
             assert json.loads(r.value) == r.event and r.key == r.event["user_id"].encode()
+
+
+def test_the_noisier_stream_weakens_the_buying_signal() -> None:
+    """Buyers read product pages longer: the signal of the default stream. ``signal_strength`` 0 removes it."""
+    def dwell_gap(**knobs: float) -> float:
+        records = list(generate(load_generator_settings({"users": 200, "seed": 9, "bot_fraction": 0.0, **knobs}),
+                                max_records=20_000))
+        buyers = {r.event["user_id"] for r in records if r.event and r.event["event_type"] == "purchase"}
+        dwell: dict[bool, list[int]] = {True: [], False: []}
+        for r in records:
+            if r.event and r.event["event_type"] == "page_view" and r.event["payload"].get("page_type") == "product":
+                dwell[r.event["user_id"] in buyers].append(r.event["payload"]["dwell_ms"])
+        return sum(dwell[True]) / len(dwell[True]) - sum(dwell[False]) / len(dwell[False])
+    strong, none = dwell_gap(), dwell_gap(signal_strength=0.0)
+    assert strong > 20_000 and abs(none) < strong / 4

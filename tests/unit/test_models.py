@@ -279,3 +279,23 @@ def test_a_malformed_blob_is_refused_and_counted(name: str, mutate: Callable[[di
     assert _refused(served, bad) and served.get(name) is None
     assert _refused(served, {**record, "blob": "not base64!"})
     assert served.apply(record) and served.get(name)[0] == 1
+
+
+def test_trainers_pickled_before_new_fields_restore_with_their_defaults() -> None:
+    """A savepoint of the previous build holds trainers and learners without the fields added since (AdaGrad's
+    sums, the segment identities): they restore, the learner as plain SGD, and keep learning."""
+    propensity, segments = ModelTrainer.new("propensity"), ModelTrainer.new("segments")
+    learner_state = propensity.model.__reduce_ex__(2)[2]
+    old_learner = {k: v for k, v in learner_state[1].items() if k not in ("optimizer", "g2", "g2_categories")}
+    restored = type(propensity.model).__new__(type(propensity.model))
+    restored.__setstate__((None, old_learner))
+    assert (restored.optimizer, restored.g2, restored.g2_categories) == ("sgd", [], {})
+    x = (0.0,) * 13 + (1.0,) + (0.0,) * 3 + ("mobile", "h3", "add_to_cart")
+    restored.learn(x[:17], x[17:], True)
+    assert restored.n == 1
+    trainer_state = segments.__reduce_ex__(2)[2]
+    old_trainer = {k: v for k, v in trainer_state[1].items() if k not in ("order", "published", "switches", "matched")}
+    back = ModelTrainer.__new__(ModelTrainer)
+    back.__setstate__((None, old_trainer))
+    assert (back.order, back.published, back.switches, back.matched) == ([], [], 0, 0)
+    assert back.snapshot(0).version == 1 and back.order == [0, 1, 2, 3, 4]

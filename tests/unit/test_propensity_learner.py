@@ -6,6 +6,7 @@ import math
 import pickle
 import random
 
+import pytest
 from river import compose, linear_model, optim, preprocessing
 
 from operators.propensity_learner import PropensityLearner
@@ -14,11 +15,13 @@ NUMERIC = tuple(f"n{i}" for i in range(17))
 CATEGORICAL = ("device", "hour_block", "decision")
 
 
-def river_reference(numeric: tuple[str, ...], categorical: tuple[str, ...], lr: float = 0.005, l2: float = 1e-4):
+def river_reference(numeric: tuple[str, ...], categorical: tuple[str, ...], lr: float = 0.005, l2: float = 1e-4,
+                    optimizer: str = "sgd"):
     """The River pipeline the learner reproduces."""
     num = compose.Select(*numeric) | preprocessing.StandardScaler()
     cat = compose.Select(*categorical) | preprocessing.OneHotEncoder()
-    return (num + cat) | linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2)
+    opt = optim.SGD(lr) if optimizer == "sgd" else optim.AdaGrad(lr)
+    return (num + cat) | linear_model.LogisticRegression(optimizer=opt, l2=l2)
 
 
 def _examples(n: int, seed: int) -> list[tuple[tuple[float, ...], tuple[str, ...], bool]]:
@@ -33,8 +36,10 @@ def _examples(n: int, seed: int) -> list[tuple[tuple[float, ...], tuple[str, ...
     return out
 
 
-def test_weights_and_predictions_equal_rivers_after_thousands_of_examples() -> None:
-    river, ours = river_reference(NUMERIC, CATEGORICAL), PropensityLearner.new(len(NUMERIC), CATEGORICAL)
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.005), ("adagrad", 0.03)])
+def test_weights_and_predictions_equal_rivers_after_thousands_of_examples(optimizer: str, lr: float) -> None:
+    river = river_reference(NUMERIC, CATEGORICAL, lr=lr, optimizer=optimizer)
+    ours = PropensityLearner.new(len(NUMERIC), CATEGORICAL, lr=lr, optimizer=optimizer)
     for x, cats, y in _examples(3000, seed=1):
         river.learn_one({**dict(zip(NUMERIC, x, strict=True)), **dict(zip(CATEGORICAL, cats, strict=True))}, y)
         ours.learn(x, cats, y)
@@ -51,8 +56,9 @@ def test_weights_and_predictions_equal_rivers_after_thousands_of_examples() -> N
         assert math.isclose(river.predict_proba_one(features)[True], ours.predict(x, cats), rel_tol=1e-9, abs_tol=1e-12)
 
 
-def test_snapshot_numbers_and_pickle_round_trip_continue_identically() -> None:
-    a = PropensityLearner.new(len(NUMERIC), CATEGORICAL)
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_snapshot_numbers_and_pickle_round_trip_continue_identically(optimizer: str) -> None:
+    a = PropensityLearner.new(len(NUMERIC), CATEGORICAL, optimizer=optimizer)
     data = _examples(600, seed=3)
     for x, cats, y in data[:300]:
         a.learn(x, cats, y)
