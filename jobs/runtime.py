@@ -18,11 +18,39 @@ from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 from persona.settings import FlinkSettings, load_stack_settings
 
 Deployment = Literal["local", "cluster"]
+PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
 
-def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: int | None = None
-                     ) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
-    """``rest_port``: the embedded mini-cluster's REST API and web UI on 127.0.0.1 at this port (else random)."""
+def use_lib_with_prometheus() -> None:
+    """The mini-cluster finds metric reporters on the JVM's classpath only (not in the plugins folder, which a
+    cluster reads): start it with a lib folder of its own, the wheel's jars plus the Prometheus reporter that the
+    wheel ships in plugins/. Must run before the first Java call starts PyFlink's gateway."""
+    from pyflink import java_gateway
+
+    from persona.stack.flink_cluster import FLINK_HOME
+    if getattr(java_gateway, "_gateway", None) is not None:
+        logging.getLogger(__name__).warning("the Flink gateway runs already: no Prometheus reporter in this process")
+        return
+    lib = load_stack_settings().run_path / "flink-lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    jars = [*(FLINK_HOME / "lib").glob("*.jar"), *(FLINK_HOME / "plugins" / "metrics-prometheus").glob("*.jar")]
+    for jar in jars:
+        link = lib / jar.name
+        if link.is_symlink() and link.resolve() != jar.resolve():   # left by another installation
+            link.unlink()
+        try:
+            link.symlink_to(jar)
+        except FileExistsError:   # made by an earlier run, or by a job starting beside this one
+            pass
+    # With FLINK_HOME unset, PyFlink's launcher finds the wheel itself and overwrites FLINK_LIB_DIR with its lib/.
+    os.environ.setdefault("FLINK_HOME", str(FLINK_HOME))
+    os.environ["FLINK_LIB_DIR"] = str(lib)
+
+
+def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: int | None = None,
+                     prometheus_port: int | None = None) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    """``rest_port``: the embedded mini-cluster's REST API and web UI on 127.0.0.1 at this port (else random).
+    ``prometheus_port``: Flink's Prometheus reporter on this port (the plugin ships in the wheel's plugins/)."""
     # Python workers start `python` from PATH; make it this interpreter (the venv) whatever the caller's PATH.
     bin_dir = os.path.dirname(sys.executable)
     if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
@@ -36,11 +64,19 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
     if deployment == "local":
         logging.getLogger(__name__).info("job log (Flink and the Python operators): %s/flink-*-python-*.log",
                                          os.environ["FLINK_LOG_DIR"])
+    if deployment == "local" and prometheus_port is not None:
+        use_lib_with_prometheus()
     conf = Configuration()
     if deployment == "local" and rest_port is not None:
+        # The REST API serves metrics fetched from the TaskManagers this often (Flink's default: 10 s): `persona
+        # status` and the live line read them.
+        conf.set_string("metrics.fetcher.update-interval", "2 s")
         conf.set_string("rest.port", str(rest_port))
         conf.set_string("rest.address", "127.0.0.1")
         conf.set_string("rest.bind-address", "127.0.0.1")
+    if deployment == "local" and prometheus_port is not None:
+        conf.set_string("metrics.reporter.prom.factory.class", PROMETHEUS_FACTORY)
+        conf.set_string("metrics.reporter.prom.port", str(prometheus_port))
     conf.set_string("python.execution-mode", flink.execution_mode)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)

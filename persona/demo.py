@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
     prev_done = 0
     deadline, last, steady = None, None, 0
     first_profile: float | None = None
+    timeline: list[tuple[float, float, float | None, int]] = []   # (s since start, ev/s, freshness s, triggers)
     while True:
         time.sleep(2)  # refresh cadence of the live summary
         if job_proc.poll() is not None:
@@ -131,6 +133,7 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
         prev_done, prev_t = done, now
         print(f"[{now - start:5.0f}s] produced {produced:,}  job {rate:,.0f} ev/s  in profiles {applied:,}  "
               f"dead-lettered {dlq:,}  triggers {dict(by_pattern) or 0}", flush=True)
+        timeline.append((now - start, rate, _freshness(log_path), sum(by_pattern.values())))
         if not producer.is_alive():
             deadline = deadline or time.monotonic() + opts.drain_timeout_s
             # Caught up: the job has written something, and that stopped changing for three refreshes.
@@ -143,22 +146,74 @@ def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client
                 return 1
     triggers.close()
     offsets.close()
-    counters = _job_counters(log_path)
+    counters = _job_counters(log_path, sum(sent.values()))
     _print_summary(client, keys, sent, by_pattern, counters)
+    png = ROOT / "reports" / f"demo-{log_path.stem.removeprefix('demo-job-')}.png"
+    plot_run(timeline, first_profile, png)
+    print(f"\nthe run as a plot: {png}")
     return 0
 
 
-def _job_counters(log_path: Path) -> dict[str, Any] | None:
-    """The job's own counters (``persona status``), from the REST address its log announced."""
+def _freshness(log_path: Path) -> float | None:
+    """The embedded loader's freshness (seconds), from the Prometheus endpoint the job's log announced."""
+    match = re.search(r"loader metrics \(Prometheus\): (http://\S+/metrics)", log_path.read_text(errors="replace"))
+    if match is None:
+        return None
+    try:
+        with urllib.request.urlopen(match.group(1), timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = re.search(r"^persona_loader_freshness_seconds (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def plot_run(timeline: list[tuple[float, float, float | None, int]], first_profile: float | None, path: Path) -> None:
+    """Events/s, freshness and triggers over the run, one panel each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = [x[0] for x in timeline]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    axes[0].plot(t, [x[1] for x in timeline])
+    axes[0].set_ylabel("events/s (job)")
+    axes[1].plot([x[0] for x in timeline if x[2] is not None], [x[2] for x in timeline if x[2] is not None])
+    axes[1].set_ylabel("freshness, s\n(change to Redis)")
+    axes[2].plot(t, [x[3] for x in timeline])
+    axes[2].set_ylabel("triggers (total)")
+    axes[2].set_xlabel("seconds since the stream started")
+    if first_profile is not None:
+        for ax in axes:
+            ax.axvline(first_profile, color="grey", linestyle=":", linewidth=1)
+        axes[0].annotate(f"first profile {first_profile:.0f} s", (first_profile, 0), fontsize=8)
+    fig.suptitle("persona demo: the run", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _job_counters(log_path: Path, sent: int) -> dict[str, Any] | None:
+    """The job's own counters (``persona status``), from the REST address its log announced. The REST API serves
+    metrics it fetched from the TaskManagers up to ``metrics.fetcher.update-interval`` ago, so this polls until
+    the job has counted every record sent (valid or refused), for up to 40 s, and returns the last reading."""
     text = log_path.read_text(errors="replace")
     match = re.search(r"web UI and REST API: (http://\S+)", text)
     if match is None:
         return None
-    try:
-        return dict(flink_status(match.group(1))["counters"])
-    except Exception as e:  # noqa: BLE001 - the summary goes on without them
-        print(f"could not read the job's counters: {e}", file=sys.stderr)
-        return None
+    deadline, last, error = time.monotonic() + 40, None, None
+    while time.monotonic() < deadline:
+        try:
+            last = dict(flink_status(match.group(1))["counters"])
+            refused = sum(v for k, v in last["dead_letters"].items() if k != "late_event")
+            if last["valid"] + refused >= sent:
+                return last
+        except Exception as e:  # noqa: BLE001 - the summary goes on without them
+            error = e
+        time.sleep(1)   # the poll's pace
+    if last is None:
+        print(f"could not read the job's counters: {error}", file=sys.stderr)
+    return last
 
 
 def accounting(sent: int, counters: Mapping[str, Any], in_profiles: int) -> list[str]:

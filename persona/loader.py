@@ -29,6 +29,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from operators.profile_fold import ProfileRules, profile_record, profile_sets
+from persona.loader_metrics import serve_loader_metrics
 from persona.rules import profile_rules
 from persona.settings import JobSettings
 from state.keys import RedisKeys
@@ -48,6 +49,8 @@ class LoaderStats:
     malformed: int = 0        # records this code cannot read (logged, skipped)
     redis_errors: int = 0     # failed flushes (retried with backoff)
     batches: int = 0
+    freshness_ms: int = 0     # the last batch: how old its newest change was when Redis acknowledged it
+    last_batch_at_ms: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -226,6 +229,11 @@ class ProfileLoader:
                                  partial(profile_record, user_id, state, self._rules, change.updated_at_ms),
                                  now_ms, epoch=state.epoch_ms)
         self._flush_until_acknowledged()
+        done_ms = int(time.time() * 1000)
+        newest = max((c.updated_at_ms for c in changes if c.state is not None), default=None)
+        if newest is not None:
+            self.stats.freshness_ms = max(done_ms - newest, 0)
+        self.stats.last_batch_at_ms = done_ms
         self._next_offsets |= offsets
         if not self._rebuild and time.monotonic() >= self._next_commit:   # at most twice a second; at close too
             self._next_commit = time.monotonic() + 0.5
@@ -284,6 +292,8 @@ class EmbeddedLoader:
     def __init__(self, settings: JobSettings) -> None:
         self._stop = threading.Event()
         self.loader = ProfileLoader(settings)
+        self.metrics_port = serve_loader_metrics(self.loader.stats, settings.loader.metrics_host,
+                                                 settings.loader.metrics_port)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="persona-loader", daemon=True)
 

@@ -234,3 +234,24 @@ def live_line(s: Mapping[str, Any], previous: Mapping[str, Any] | None, seconds:
     rate = (c["valid"] - previous["counters"]["valid"]) / seconds if previous and seconds > 0 else 0.0
     return (f"live: {c['valid']:,} valid ({rate:,.0f}/s), {sum(c['dead_letters'].values()):,} dead letters, "
             f"{sum(c['triggers'].values()):,} triggers")
+
+
+def follow(rest_url: str, job_id: str, every_s: float = 5.0) -> None:
+    """``persona cluster submit``: a live line every few seconds until the job ends or Ctrl-C (the job goes on)."""
+    previous, at = None, time.monotonic()
+    try:
+        while True:
+            time.sleep(every_s)   # the live line's own pace
+            try:
+                state = _get(f"{rest_url}/jobs/{job_id}")["state"]
+                status = flink_status(rest_url, only="personalize")
+            except (StatusError, urllib.error.URLError, OSError, KeyError):
+                continue   # not up yet, or a restart: the next tick tries again
+            if state in ("FINISHED", "FAILED", "CANCELED"):
+                print(f"job {job_id} {state.lower()}", flush=True)
+                return
+            now = time.monotonic()
+            print(live_line(status, previous, now - at), flush=True)
+            previous, at = status, now
+    except KeyboardInterrupt:
+        print(f"stopped following; job {job_id} goes on (persona status, persona cluster cancel {job_id})", flush=True)

@@ -87,6 +87,10 @@ class FlinkCluster:
         conf["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
         conf["env"] = {**conf.get("env", {}), "pid": {"dir": str(self.pid_dir)}}
         conf["io"] = {"tmp": {"dirs": str(self.tmp_dir)}}
+        # Flink's Prometheus reporter, from the wheel's plugins/ folder (the cluster's processes read it).
+        conf["metrics"] = {**conf.get("metrics", {}), "reporter": {"prom": {
+            "factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+            "port": s.prometheus_ports}}}
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
         (self.conf_dir / "masters").write_text(f"127.0.0.1:{s.rest_port}\n")
         (self.conf_dir / "workers").write_text("127.0.0.1\n" * s.taskmanagers)   # start-cluster.sh starts one per line

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_the_demo_summary_adds_up() -> None:
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     text = out.stdout
     sent = re.search(r"^sent ([\d,]+) = valid ([\d,]+) \+ refused at validation ([\d,]+) \((.*)\): adds up$", text, re.M)
-    assert sent is not None, text[-3000:]
+    assert sent is not None, text[:3000] + "\n--- stderr:\n" + out.stderr[-3000:]
     total, valid, refused = (_number(g) for g in sent.groups()[:3])
     assert total == 3_000
     assert refused == sum(_number(n) for n in re.findall(r" ([\d,]+)(?:,|$)", sent.group(4) + ","))
@@ -50,5 +51,8 @@ def test_the_demo_summary_adds_up() -> None:
                     "repeat_visitor_not_converting"):
         assert re.search(rf"^  triggers {pattern} +\d+$", text, re.M), pattern
     assert "first profile in Redis" in text and "sample profile" in text and "suppressed:" in text
+    # It ends with a plot of the run.
+    png = re.search(r"the run as a plot: (\S+\.png)", text)
+    assert png is not None and Path(png.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sample = text[text.index("sample profile"):]
     assert re.search(r"^  bot +false$", sample, re.M) and re.search(r"^  events_total +\d+$", sample, re.M)
