@@ -26,6 +26,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext, TimeDomain
 from pyflink.datastream.state import ValueStateDescriptor
 
+from jobs.experiment_tally import TallyExperiments, experiment_key
 from jobs.job_cli import fail, parse_job_args, setup_logging
 from jobs.kafka_io import kafka_timestamp_ms, keyed_json_sink, keyed_raw_events, pin_kafka_uids
 from jobs.model_training import TrainModels, example_key
@@ -40,13 +41,14 @@ from operators.pattern_spec import PatternBook
 from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
 from persona.loader import EmbeddedLoader
-from persona.rules import check_patterns, input_limits, personalizer
+from persona.rules import check_book, check_patterns, input_limits, personalizer, rule_set_in_force
 from persona.settings import ConfigError, JobSettings
 from persona.stack.procs import free_port
 from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
 from persona.status import announce, flink_status, live_line, withdraw
 from state.keys import RedisKeys
 from state.profile_changelog import changelog_value
+from state.rule_registry import current_version, record_applied, rule_set
 from state.state_cache import StateCache
 from state.user_state import USER_STATE, UserState, decode_state, encode_state
 
@@ -56,9 +58,21 @@ DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 # Consent changes and erasures (schemas/audit.v1.json), keyed by user.
 AUDIT = OutputTag("audit", KEYED_JSON)
+# Resolved exposures of experiments (README "Experiments"), keyed by experiment name.
+OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
 # The profile changelog (state/profile_changelog.py): (user id, value or None for an erasure).
 CHANGES = OutputTag("profile-changes", Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
 END_OF_INPUT = 2**63 - 1   # the watermark at the end of a bounded input
+
+
+def subtask_of(runtime_context: RuntimeContext) -> tuple[int, int]:
+    """(index, parallelism) of this subtask. PyFlink 2.2's thread-mode context still calls the Flink 1.x methods that
+    Flink 2 moved to ``getTaskInfo()`` (an AttributeError), so that is asked first when there."""
+    java = getattr(runtime_context, "_runtime_context", None)
+    if java is not None and hasattr(java, "getTaskInfo"):
+        info = java.getTaskInfo()
+        return int(info.getIndexOfThisSubtask()), int(info.getNumberOfParallelSubtasks())
+    return runtime_context.get_index_of_this_subtask(), runtime_context.get_number_of_parallel_subtasks()
 
 
 class Personalize(KeyedProcessFunction):
@@ -77,7 +91,9 @@ class Personalize(KeyedProcessFunction):
     def __init__(self, core: Personalizer, redis_url: str, key_prefix: str, flush_interval_ms: int,
                  state_ttl_s: int, state_cache_users: int, models_refresh_ms: int,
                  models_refresh_events: int, limits: InputLimits, max_timestamp_skew_ms: int = 300_000,
-                 example_batch: int = 50) -> None:
+                 example_batch: int = 50, rules_refresh_ms: int = 1000, allowed_lateness_ms: int = 0) -> None:
+        self._rules_refresh_s = rules_refresh_ms / 1000
+        self._allowed_lateness_ms = allowed_lateness_ms
         self._limits = limits
         self._skew_ms = max_timestamp_skew_ms
         self._example_batch = example_batch
@@ -102,12 +118,15 @@ class Personalize(KeyedProcessFunction):
         self._model_keys = RedisKeys(prefix)
         self._next_refresh = 0.0
         self._until_refresh = 0
+        self._next_rules_check = 0.0
+        self._refused_rules = 0
+        self._subtask = subtask_of(runtime_context)
+        self._tick_due: int | None = None
         # Examples wait here for their trainer: one side-output record per model and batch, not per example
         # (each record costs a Java/Python crossing and a pickle). Sent when a batch fills, at the flush timer
         # (every flush_interval_ms) and when the input ends.
         self._batches: dict[str, list[Example]] = {}
         self._waiting = 0
-        self._flush_armed = False
         metrics = runtime_context.get_metrics_group()
         ingest = metrics.add_group("ingest")
         self._valid = ingest.counter("valid")
@@ -122,16 +141,26 @@ class Personalize(KeyedProcessFunction):
         self._suppressed = {r: group.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap", "bot")}
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
+        self._bots_by: dict[str, Any] = {}
         self._duplicates = group.counter("duplicates")
         self._erasures = group.counter("erasures")
         self._consent_changes = group.counter("consent_changes")
         self._models_refused = group.counter("models_refused")
         self._timer_errors = group.counter("timer_errors")
+        rules = group.add_group("rules")
+        self._rules_switches = rules.counter("switches")
+        self._rules_refused = rules.counter("refused")
+        # The version in force, as a counter moved by the difference: a Python gauge is called from Flink's
+        # metric-reporter thread, which crashed a TaskManager (jobs/model_training.py).
+        self._rules_version = rules.counter("version")
+        self._rules_version.inc(self._core.engine.book.version)
         self._dropped = {d: group.add_group("dropped").counter(d)
                          for d in ("cart_item", "demographic_attribute", "pii_attribute")}
         self._counts: dict[str, int] = dict.fromkeys(["valid", "late", *self._examples], 0)
         # Every record of this subtask, accounted once: applied, duplicate, or dead-lettered (by reason).
         self._ledger: dict[str, int] = {}
+        # The rule set in force now, before any timer fires: after a restore the job graph holds the start-up one.
+        self._refresh_rules(time.monotonic())
 
     def _load(self, user_id: str) -> UserState | None:
         state = self._cache.get(user_id)
@@ -141,11 +170,53 @@ class Personalize(KeyedProcessFunction):
                 state = decode_state(data)
         return state
 
+    def _refresh_rules(self, now: float) -> None:
+        """Every ``rules.refresh_ms``: switch to a newly published rule set (README "Rules at runtime"). A rule set
+        that fails the start-up checks here is refused and counted; the one in force goes on."""
+        self._next_rules_check = now + self._rules_refresh_s
+        try:
+            version = current_version(self._model_client, self._model_keys)
+            if version is None or version in (self._core.engine.book.version, self._refused_rules):
+                return
+            published = rule_set(self._model_client, self._model_keys, version)
+            if published is None:
+                return
+            try:
+                book = check_book(published.book(), self._allowed_lateness_ms, f"rule set v{version}")
+            except ConfigError as e:
+                self._refused_rules = version
+                self._rules_refused.inc()
+                log.error("refused rule set v%d (v%d stays in force): %s", version, self._core.engine.book.version, e)
+                return
+            was = self._core.engine.book.version
+            self._core.use_rules(book)
+            self._rules_version.inc(version - was)
+            self._rules_switches.inc()
+            log.info("rule set v%d in force (was v%d)", version, was)
+            record_applied(self._model_client, self._model_keys, *self._subtask, version)
+        except redis.RedisError as e:   # the rule set in force goes on; the next check retries
+            log.warning("could not check the rule-set registry: %s", e)
+
+    def _refresh_experiments(self) -> None:
+        """The tallies of the Thompson-sampled experiments, for assigning new users (at the models' pace)."""
+        for name in self._core.engine.thompson_experiments():
+            try:
+                raw = self._model_client.hget(self._model_keys.experiment(name), "summary")
+            except redis.RedisError as e:
+                log.warning("could not read experiment %s: %s", name, e)
+                return
+            if raw:
+                summary = json.loads(raw)
+                self._core.engine.experiment_stats[name] = {v: (int(x["exposed"]), int(x["converted"]))
+                                                            for v, x in summary.items()}
+
     def _refresh_models(self) -> None:
         # Every refresh_ms, and every refresh_every_events: in a catch-up replay one second holds hours of
         # event time, and a model served that stale would score (and be judged on) old knowledge.
         self._until_refresh -= 1
         now = time.monotonic()
+        if now >= self._next_rules_check:
+            self._refresh_rules(now)
         if now >= self._next_refresh or self._until_refresh <= 0:
             self._next_refresh = now + self._refresh_s
             self._until_refresh = self._refresh_events
@@ -154,6 +225,7 @@ class Personalize(KeyedProcessFunction):
                 self._served.refresh(self._model_client, self._model_keys)
             except redis.RedisError as e:   # keep serving what we have; the next refresh retries
                 log.warning("could not refresh the served models: %s", e)
+            self._refresh_experiments()
             if self._served.refused > refused:   # a malformed snapshot in Redis: refused, the last good one serves
                 self._models_refused.inc(self._served.refused - refused)
                 log.warning("refused a model snapshot (the last good one keeps serving): %s", self._served.last_refusal)
@@ -214,8 +286,8 @@ class Personalize(KeyedProcessFunction):
             yield self._reject(raw, event, record, user_id or None)
             return
         self._counts["valid"] += 1
-        if not self._flush_armed:   # the counts reach Flink's counters at the next flush, even if the stream stops
-            self._arm_flush(ctx, now)
+        if self._tick_due is None:   # the counts reach Flink's counters at the next tick, even if the stream stops
+            self._arm_tick(ctx, now)
         if not record[5]:
             self._untrusted_timestamp(event, record)
         self._refresh_models()
@@ -272,9 +344,7 @@ class Personalize(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-            self._flush_armed = False
-            self._push_counts()
-            yield from self._send_examples()
+            yield from self._tick(timestamp, ctx)
             return
         user_id = ctx.get_current_key()
         step = self._core.on_timer(self._load(user_id), user_id, timestamp)
@@ -303,14 +373,19 @@ class Personalize(KeyedProcessFunction):
             self._counter(self._suppressed, "suppressed", reason).inc()
         if step.bot_flagged:
             self._bots.inc()
+            if state is not None and state.models.bot_by:   # which one flagged: rule or model (README "Models")
+                self._counter(self._bots_by, "bot_flags_by", state.models.bot_by).inc()
         if step.examples:
-            self._arm_flush(ctx, now)
+            self._arm_tick(ctx, now)
             for ex in step.examples:
                 self._counts[ex.model] += 1
                 self._batches.setdefault(ex.model, []).append(ex)
             self._waiting += len(step.examples)
             if self._waiting >= self._example_batch:
                 yield from self._send_examples()
+        for outcome in step.experiments:
+            spec = self._core.engine.experiment(outcome.experiment)
+            yield OUTCOMES, Row(outcome.experiment, outcome.to_json(spec is not None and outcome.variant == spec.holdout))
         for trigger in step.triggers:
             # A deferred trigger restored from a savepoint may name a pattern the new pattern file renamed or removed.
             self._counter(self._triggers, "triggers", trigger.pattern).inc()
@@ -335,12 +410,24 @@ class Personalize(KeyedProcessFunction):
                 counters[name].inc(n)
         self._counts = dict.fromkeys(counters, 0)
 
-    def _arm_flush(self, ctx: Any, now: int) -> None:
-        """The first example of a batch arms a processing-time timer, so the batch goes out even if
-        the stream stops."""
-        if not self._flush_armed:
-            self._flush_armed = True
-            ctx.timer_service().register_processing_time_timer(now + self._interval)
+    def _arm_tick(self, ctx: Any, now: int) -> None:
+        """A processing-time timer every ``flush_interval_ms`` once the first record came: the counts and example
+        batches go out, and a newly published rule set is switched to, even while no record comes."""
+        if self._tick_due is None:
+            self._tick_due = now + self._interval
+            ctx.timer_service().register_processing_time_timer(self._tick_due)
+
+    def _tick(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+        self._push_counts()
+        yield from self._send_examples()
+        now = time.monotonic()
+        if now >= self._next_rules_check:
+            self._refresh_rules(now)
+        # One chain of ticks: a timer restored from a checkpoint, beside the one armed since, does not re-arm.
+        if self._tick_due is None or timestamp == self._tick_due:
+            self._tick_due = None
+            if ctx.timer_service().current_watermark() < END_OF_INPUT:
+                self._arm_tick(ctx, int(time.time() * 1000))
 
     def _send_examples(self) -> Iterator[Any]:
         for model, examples in self._batches.items():
@@ -364,7 +451,9 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook
         keyed.process(Personalize(personalizer(settings, book), r.connection_url(), r.key_prefix,
                                   r.flush_interval_ms, settings.flink.state_ttl_s,
                                   settings.flink.state_cache_users, m.refresh_ms, m.refresh_every_events,
-                                  input_limits(settings), settings.source.max_timestamp_skew_ms),
+                                  input_limits(settings), settings.source.max_timestamp_skew_ms,
+                                  rules_refresh_ms=settings.rules.refresh_ms,
+                                  allowed_lateness_ms=settings.profile.allowed_lateness_ms),
                       output_type=KEYED_JSON)
         .name("personalize").uid("personalize")
     )
@@ -375,8 +464,15 @@ def build(keyed: KeyedStream, settings: JobSettings, book: PatternBook
                              r.connection_url(), r.key_prefix), output_type=KEYED_JSON)
         .name("train-models").uid("train-models")
     )
-    return (personalized, personalized.get_side_output(DEAD_LETTERS), published, personalized.get_side_output(CHANGES),
-            personalized.get_side_output(AUDIT))
+    tallied = (
+        personalized.get_side_output(OUTCOMES)
+        .key_by(experiment_key, key_type=Types.STRING())
+        .process(TallyExperiments(r.connection_url(), r.key_prefix), output_type=KEYED_JSON)
+        .name("tally-experiments").uid("tally-experiments")
+    )
+    # The tallies emit nothing; joined to the model updates' stream only to be part of the job graph.
+    return (personalized, personalized.get_side_output(DEAD_LETTERS), published.union(tallied),
+            personalized.get_side_output(CHANGES), personalized.get_side_output(AUDIT))
 
 
 class LiveLine:
@@ -436,12 +532,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging()
     args, settings = parse_job_args("personalization", __doc__.splitlines()[0], argv)
     try:
-        book = check_patterns(settings)
+        check_patterns(settings)   # a broken file is named before any service is reached
         check_topics(settings)
+        book = rule_set_in_force(settings)
     except ConfigError as e:
         fail("personalization", str(e))
     rest_port = free_port() if args.deployment == "local" else None
-    env, t_env = make_environment(settings.flink, args.deployment, rest_port)
+    prometheus_port = free_port() if args.deployment == "local" and settings.flink.prometheus else None
+    env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port)
+    if prometheus_port is not None:
+        print(f"job metrics (Prometheus): http://127.0.0.1:{prometheus_port}/metrics", flush=True)
     live = None
     if rest_port is not None:
         rest_url = f"http://127.0.0.1:{rest_port}"
@@ -471,6 +571,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # On the mini-cluster the loader runs here, beside the JVM that runs the job (another core); on a cluster
     # `flink run` returns at submission, and `persona loader` runs as its own service.
     loader = EmbeddedLoader(settings).start() if args.deployment == "local" and settings.loader.embedded else None
+    if loader is not None and loader.metrics_port is not None:
+        print(f"loader metrics (Prometheus): http://{settings.loader.metrics_host}:{loader.metrics_port}/metrics",
+              flush=True)
     try:
         env.execute("persona-personalization")
     finally:

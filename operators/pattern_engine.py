@@ -8,20 +8,23 @@ typed part ``UserState.patterns`` (``state/pattern_state.py``), so the user stil
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from operators.absence import AbsencePattern, Match, match_id
 from operators.events import Event
+from operators.experiments import ExperimentOutcome, ExperimentSpec, assign
+from operators.label_join import LabelJoin, LabelledExample
 from operators.pattern_spec import PatternBook, PatternSpec, Step
 from operators.profile_fold import ProfileRules, consent_at
 from operators.trigger_gate import TriggerGate
-from state.pattern_state import TRIGGER_SCHEMA_VERSION, AnchorInfo, PatternState, Trigger, anchor_key
+from state.pattern_state import TRIGGER_SCHEMA_VERSION, AnchorInfo, ExperimentState, PatternState, Trigger, anchor_key
 from state.user_state import UserState
 
 __all__ = ["TRIGGER_SCHEMA_VERSION", "Outcome", "PatternEngine", "PatternState", "Trigger"]
 
 CANCEL_MEMORY_MS = 86_400_000   # cancel marks older than this (quiet hours are shorter) cannot matter any more
+MAX_PENDING_EXPOSURES = 20      # per user and experiment (the frequency cap keeps far fewer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,7 @@ class Outcome:
     triggers: list[Trigger]
     timers: list[int]
     suppressed: list[tuple[str, str]]   # (pattern, reason)
+    experiments: list[ExperimentOutcome] = field(default_factory=list)   # exposures whose outcome is now known
 
 
 def _cart_rows(state: UserState) -> AnchorInfo:
@@ -68,6 +72,14 @@ class PatternEngine:
             for event_type in {c.event_type for c in steps}:
                 self._cancels_by_type.setdefault(event_type, []).append((name, steps))
         self._max_marks = max_marks
+        self._specs = {p.name: p for p in book.patterns}
+        self._experiments: dict[str, ExperimentSpec] = {p.experiment.name: p.experiment for p in book.patterns
+                                                        if p.experiment is not None}
+        self._joins = {name: LabelJoin(x.window_ms, MAX_PENDING_EXPOSURES) for name, x in self._experiments.items()}
+        self._outcome_types = {x.outcome.event_type for x in self._experiments.values()}
+        # Experiment -> variant -> (exposed, converted) so far, for Thompson sampling: set by the caller (the job
+        # reads the tallies from Redis as it reads the served models).
+        self.experiment_stats: dict[str, dict[str, tuple[int, int]]] = {}
 
     @staticmethod
     def state_of(user: UserState) -> PatternState:
@@ -78,7 +90,8 @@ class PatternEngine:
         ps = user.patterns
         triggers: list[Trigger] = []
         timers: list[int] = []
-        suppressed: list[tuple[str, str]] = []
+        outcomes: list[ExperimentOutcome] = []
+        suppressed = self.reconcile(ps) if ps.rules_version != self.book.version else []
         for spec in self._ordered:
             if spec.kind == "absence":
                 assert spec.anchor is not None
@@ -102,9 +115,25 @@ class PatternEngine:
                 if now_on and not was_on:
                     tid = match_id(event.user_id, spec.name, event.event_id)
                     cart = _cart_snapshot(user) if spec.include_cart else None
-                    self._gate(user, event.user_id, ps, spec, tid, event.event_time_ms, cart, triggers, timers, suppressed)
+                    self._gate(user, event.user_id, ps, spec, tid, event.event_time_ms, cart, triggers, timers, suppressed,
+                               outcomes)
         self._mark_cancels(ps, event, view, suppressed)
-        return Outcome(triggers, timers, suppressed)
+        if event.event_type in self._outcome_types:
+            outcomes += self._converted(ps, event, view)
+        return Outcome(triggers, timers, suppressed, outcomes)
+
+    def _converted(self, ps: PatternState, event: Event, view: Mapping[str, Any]) -> list[ExperimentOutcome]:
+        """An outcome event converts the exposures whose window holds it, and is remembered for one window: the
+        watermark may release a match after the events that followed it were read (an exposure opened later
+        looks back)."""
+        out: list[ExperimentOutcome] = []
+        for name, spec in self._experiments.items():
+            if spec.outcome.matches(event, view):
+                xs = ps.experiments.get(name)
+                if xs is None:   # not assigned yet: the variant is drawn at the first trigger
+                    xs = ps.experiments[name] = ExperimentState("")
+                out += [_outcome(name, x) for x in self._joins[name].purchase(xs.outcomes, event.event_time_ms)]
+        return out
 
     def _mark_cancels(self, ps: PatternState, event: Event, view: Mapping[str, Any],
                       suppressed: list[tuple[str, str]]) -> None:
@@ -136,7 +165,8 @@ class PatternEngine:
         ps = user.patterns
         triggers: list[Trigger] = []
         timers: list[int] = []
-        suppressed: list[tuple[str, str]] = []
+        outcomes: list[ExperimentOutcome] = []
+        suppressed = self.reconcile(ps) if ps.rules_version != self.book.version else []
         for name, pattern in self._absence.items():
             state, matches = pattern.on_timer(ps.absence.get(name), user_id, watermark_ms)
             if state is None:
@@ -144,7 +174,7 @@ class PatternEngine:
             else:
                 ps.absence[name] = state
             for m in matches:
-                self._released(user, ps, self.book.by_name(name), m, triggers, timers, suppressed)
+                self._released(user, ps, self._specs[name], m, triggers, timers, suppressed, outcomes)
             if matches:
                 user.version += 1   # the profile changed (stage, abandonment time) without an event
         due = [t for t in ps.deferred if t.emitted_at <= watermark_ms]
@@ -154,14 +184,26 @@ class PatternEngine:
             # (its frequency-cap slot stays taken, as the gate decided at match time). So is consent at the match
             # time, with what arrived since: a withdrawal of the same instant may have come just after the match.
             if consent_at(user, t.event_time, self.rules) and consent_at(user, t.emitted_at, self.rules):
-                triggers.append(t)
+                self._emit(ps, t, triggers, timers, suppressed, outcomes)
             else:
                 suppressed.append((t.pattern, "no_consent_at_release"))
         self._forget_anchors(ps)
-        return Outcome(triggers, timers, suppressed)
+        if ps.experiments:
+            self._resolve(ps, watermark_ms, outcomes)
+        return Outcome(triggers, timers, suppressed, outcomes)
+
+    def _resolve(self, ps: PatternState, watermark_ms: int, outcomes: list[ExperimentOutcome]) -> None:
+        """Exposures whose outcome window closed without the outcome: not converted."""
+        for name, xs in ps.experiments.items():
+            join = self._joins.get(name)
+            if join is None:   # the experiment left the rule set: its pending exposures are not judged
+                xs.outcomes.pending, xs.outcomes.purchases = [], []
+                continue
+            if xs.outcomes.pending or xs.outcomes.purchases:
+                outcomes += [_outcome(name, x) for x in join.release(xs.outcomes, watermark_ms)]
 
     def _released(self, user: UserState, ps: PatternState, spec: PatternSpec, m: Match, triggers: list[Trigger],
-                  timers: list[int], suppressed: list[tuple[str, str]]) -> None:
+                  timers: list[int], suppressed: list[tuple[str, str]], outcomes: list[ExperimentOutcome]) -> None:
         info = ps.anchors.pop(anchor_key(spec.name, m.anchor_event_id), None)
         session, cart = (info.session_start_ms, info.cart_doc()) if info is not None else (0, None)
         if spec.include_cart:
@@ -177,11 +219,11 @@ class PatternEngine:
                 m = Match(match_id(m.user_id, spec.name, m.anchor_event_id), spec.name, m.user_id,
                           m.anchor_event_id, m.anchor_time_ms, m.deadline_ms)
         self._gate(user, m.user_id, ps, spec, m.match_id, m.deadline_ms, cart if spec.include_cart else None,
-                   triggers, timers, suppressed)
+                   triggers, timers, suppressed, outcomes)
 
     def _gate(self, user: UserState, user_id: str, ps: PatternState, spec: PatternSpec, trigger_id: str, at_ms: int,
               cart: dict[str, Any] | None, triggers: list[Trigger], timers: list[int],
-              suppressed: list[tuple[str, str]]) -> None:
+              suppressed: list[tuple[str, str]], outcomes: list[ExperimentOutcome]) -> None:
         # Consent as of the match time: a timer may fire after later consent events were applied.
         ps.gate.marketing_consent = consent_at(user, at_ms, self.rules)
         if user.models.bot:
@@ -192,9 +234,13 @@ class PatternEngine:
         if decision.outcome == "suppressed":
             suppressed.append((spec.name, decision.reason or "suppressed"))
             return
-        trigger = Trigger(trigger_id, spec.name, spec.reason, user_id, at_ms, decision.release_at_ms, cart)
+        experiment, variant = None, None
+        if spec.experiment is not None:
+            experiment, variant = spec.experiment.name, self._variant(ps, user_id, spec.experiment)
+        trigger = Trigger(trigger_id, spec.name, spec.reason, user_id, at_ms, decision.release_at_ms, cart,
+                          self.book.version, spec.version, experiment, variant)
         if decision.outcome == "send":
-            triggers.append(trigger)
+            self._emit(ps, trigger, triggers, timers, suppressed, outcomes)
             return
         # Deferred: a cancel step already seen between the match and the release drops it now (its cap slot stays
         # taken, as when it is cancelled later). It may have been read before the watermark made this match.
@@ -205,9 +251,76 @@ class PatternEngine:
         ps.deferred.append(trigger)
         timers.append(decision.release_at_ms)
 
+    def experiment(self, name: str) -> ExperimentSpec | None:
+        return self._experiments.get(name)
+
+    def thompson_experiments(self) -> list[str]:
+        return [name for name, x in self._experiments.items() if x.policy == "thompson"]
+
+    def _variant(self, ps: PatternState, user_id: str, spec: ExperimentSpec) -> str:
+        """The user's variant: assigned at their first trigger of the experiment, then kept (sticky)."""
+        xs = ps.experiments.get(spec.name)
+        if xs is None or xs.variant not in {v for v, _ in spec.variants}:   # new, or the variant left the rule set
+            variant = assign(spec, user_id, self.experiment_stats.get(spec.name, {}))
+            xs = ps.experiments[spec.name] = ExperimentState(variant, xs.outcomes) if xs else ExperimentState(variant)
+        return xs.variant
+
+    def _emit(self, ps: PatternState, trigger: Trigger, triggers: list[Trigger], timers: list[int],
+              suppressed: list[tuple[str, str]], outcomes: list[ExperimentOutcome]) -> None:
+        """A trigger goes out now (or, for an experiment's holdout, is counted as if it had) and its outcome
+        window opens: the delayed-label join, with the trigger id as the example id."""
+        if trigger.experiment is not None and trigger.experiment in self._joins:
+            xs = ps.experiments[trigger.experiment]
+            done, deadline = self._joins[trigger.experiment].snapshot(
+                xs.outcomes, trigger.trigger_id, trigger.emitted_at, (trigger.variant,), 0.0, trigger.rules_version)
+            outcomes += [_outcome(trigger.experiment, x) for x in done]
+            if deadline is not None:
+                timers.append(deadline)
+            spec = self._experiments[trigger.experiment]
+            if trigger.variant == spec.holdout:
+                suppressed.append((trigger.pattern, "experiment_holdout"))
+                return
+        triggers.append(trigger)
+
+    def reconcile(self, ps: PatternState) -> list[tuple[str, str]]:
+        """Bring a user's pattern state, built under an older rule set, up to this one (README "Rules at runtime").
+
+        The state of a removed pattern goes, and so does that of a pattern whose state-defining part changed since
+        (its ``state_version`` is newer than the state's rule set); each pending match dropped is returned as
+        ``(pattern, "pattern_removed" | "pattern_reset")`` for counting. Triggers already deferred by quiet hours
+        passed the gate and are still released. The frequency-cap history of a pattern that stays is kept: it
+        records messages sent. A state from before the registry (version 0) loses only removed patterns.
+        """
+        since = ps.rules_version
+        dropped: list[tuple[str, str]] = []
+        names = ps.absence.keys() | ps.threshold_on.keys() | ps.escalations.keys() | ps.cancel_marks.keys()
+        for name in names | ps.gate.sent.keys():
+            spec = self._specs.get(name)
+            if spec is None:
+                reason = "pattern_removed"
+                ps.gate.sent.pop(name, None)
+            elif since and spec.state_version > since and name in names:
+                reason = "pattern_reset"
+            else:
+                continue
+            absence = ps.absence.pop(name, None)
+            if absence is not None:
+                dropped += [(name, reason)] * len(absence.armed)
+            ps.threshold_on.pop(name, None)
+            ps.escalations.pop(name, None)
+            ps.cancel_marks.pop(name, None)
+        ps.rules_version = self.book.version
+        if dropped:
+            self._forget_anchors(ps)
+        return dropped
+
     @staticmethod
     def _forget_anchors(ps: PatternState) -> None:
         if ps.anchors:
             live = {anchor_key(name, a.anchor_event_id) for name, st in ps.absence.items() for a in st.armed}
             if live != ps.anchors.keys():
                 ps.anchors = {k: v for k, v in ps.anchors.items() if k in live}
+
+
+def _outcome(experiment: str, x: LabelledExample) -> ExperimentOutcome:
+    return ExperimentOutcome(experiment, str(x.features[0]), x.example_id, x.t_ms, x.label)

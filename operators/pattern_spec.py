@@ -20,12 +20,13 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from operators.config_files import ConfigError, read_yaml
 from operators.events import EVENT_TYPES, Event
+from operators.experiments import POLICIES, ExperimentSpec
 from operators.profile_fold import PROFILE_FIELD_NAMES, WINDOWS
 from state.windows import MEASURES
 
@@ -88,6 +89,11 @@ class PatternSpec:
     of: str | None = None                   # escalation
     count: int = 0                          # escalation
     include_cart: bool = False
+    # From the rule-set registry (operators/rule_sets.py; 0 for a file read directly): the rule-set version in
+    # which this pattern's definition last changed, and the one in which its state-defining part last changed.
+    version: int = 0
+    state_version: int = 0
+    experiment: ExperimentSpec | None = None   # variants of this pattern's trigger (README "Experiments")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,7 @@ class GateSpec:
 class PatternBook:
     patterns: tuple[PatternSpec, ...]
     gate: GateSpec
+    version: int = 0        # the rule-set version (operators/rule_sets.py); 0 for a file read directly
 
     def by_name(self, name: str) -> PatternSpec:
         return next(p for p in self.patterns if p.name == name)
@@ -163,9 +170,47 @@ def _step(doc: Any, where: str) -> Step:
     return Step(event_type, _conditions(doc.get("where", {}), f"{where}.where"))
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _experiment(doc: Any, where: str, pattern: str) -> ExperimentSpec:
+    doc = _mapping(doc, where)
+    _only(doc, {"name", "variants", "holdout", "policy", "outcome"}, where)
+    name = doc.get("name", pattern)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{where}.name: {name!r} is not a name of letters, digits, '_', '.' or '-'")
+    variants = _mapping(doc.get("variants"), f"{where}.variants")
+    for variant, weight in variants.items():
+        if not isinstance(variant, str) or not _NAME.match(variant):
+            raise ConfigError(f"{where}.variants: {variant!r} is not a name of letters, digits, '_', '.' or '-'")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            raise ConfigError(f"{where}.variants.{variant}: expected a positive weight")
+    holdout = doc.get("holdout")
+    if holdout is not None and holdout not in variants:
+        raise ConfigError(f"{where}.holdout: {holdout!r} is not one of the variants")
+    if len(variants) < 2 or len([v for v in variants if v != holdout]) < 1:
+        raise ConfigError(f"{where}.variants: expected at least two variants, one of them sent")
+    policy = doc.get("policy", "fixed")
+    if policy not in POLICIES:
+        raise ConfigError(f"{where}.policy: {policy!r} is not one of {', '.join(POLICIES)}")
+    outcome = _mapping(doc.get("outcome"), f"{where}.outcome")
+    _only(outcome, {"event", "where", "within"}, f"{where}.outcome")
+    step = _step({k: v for k, v in outcome.items() if k != "within"}, f"{where}.outcome")
+    return ExperimentSpec(name, tuple((v, float(w)) for v, w in variants.items()), holdout, policy,
+                          parse_duration(outcome.get("within"), f"{where}.outcome.within"), step)
+
+
 def _pattern(name: str, doc: Any, names: set[str]) -> PatternSpec:
+    spec = _pattern_kind(name, doc, names)
+    if isinstance(doc, dict) and doc.get("experiment") is not None:
+        spec = replace(spec, experiment=_experiment(doc["experiment"], f"patterns.{name}.experiment", name))
+    return spec
+
+
+def _pattern_kind(name: str, doc: Any, names: set[str]) -> PatternSpec:
     where = f"patterns.{name}"
     doc = _mapping(doc, where)
+    doc = {k: v for k, v in doc.items() if k != "experiment"}
     kind = doc.get("kind")
     common = {"kind", "reason"}
     reason = str(doc.get("reason", name.replace("_", " ")))
@@ -236,7 +281,12 @@ def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBoo
             priority = tuple(order)
         gate_spec = GateSpec(cap["max"], parse_duration(cap.get("per"), "gate.frequency_cap.per"), quiet["start"],
                              quiet["end"], user_cap, user_window, priority)
-        return PatternBook(tuple(_pattern(n, d, names) for n, d in patterns.items()), gate_spec)
+        specs = tuple(_pattern(n, d, names) for n, d in patterns.items())
+        experiments = [p.experiment.name for p in specs if p.experiment is not None]
+        if len(set(experiments)) != len(experiments):
+            twice = sorted({e for e in experiments if experiments.count(e) > 1})[0]
+            raise ConfigError(f"patterns: experiment {twice!r} is declared by more than one pattern")
+        return PatternBook(specs, gate_spec)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

@@ -32,6 +32,7 @@ from typing import Any
 from operators.audit import AuditEntry
 from operators.consent import ANALYTICS, PERSONALIZATION, PURPOSES
 from operators.events import Event, Rejection
+from operators.experiments import ExperimentOutcome
 from operators.model_scoring import Example, ModelRules, ModelStep, ServedModels
 from operators.pattern_engine import PatternEngine, Trigger
 from operators.pattern_spec import PatternBook
@@ -71,6 +72,7 @@ class Step:
     duplicate: bool = False                          # an event id (or order id) seen before: nothing changed
     dropped: Sequence[str] = ()                      # what a limit kept out (README "Limits"), for counting
     audit: AuditEntry | None = None                  # a consent change or an erasure, for the audit topic
+    experiments: Sequence[ExperimentOutcome] = ()    # resolved exposures of experiments (README "Experiments")
     failed: bool = False                             # an exception: ``state`` is None and the caller's copy may be
                                                      # half-updated, so it reloads the last stored state
 
@@ -93,6 +95,13 @@ class Personalizer:
         self.engine = PatternEngine(book, profile_rules.max_pattern_marks, profile_rules)
         self.segment_names = segment_names(segments)
         self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
+
+    def use_rules(self, book: PatternBook) -> None:
+        """Switch to another rule set (README "Rules at runtime"): each user's pattern state is reconciled with
+        it at their next event or timer (``PatternEngine.reconcile``)."""
+        stats = self.engine.experiment_stats
+        self.engine = PatternEngine(book, self.rules.max_pattern_marks, self.rules)
+        self.engine.experiment_stats = stats
 
     def on_event(self, state: UserState | None, event: Event, served: ServedModels) -> Step:
         """Never raises: an exception becomes a ``processing_error`` dead letter (a bug must not stop the stream)."""
@@ -149,7 +158,7 @@ class Personalizer:
             timers += outcome.timers
         return Step(state, store=True, write_profile=True, examples=examples, triggers=outcome.triggers,
                     timers=timers, suppressed=outcome.suppressed, bot_flagged=state.models.bot and not was_bot,
-                    dropped=drops, audit=audit)
+                    dropped=drops, audit=audit, experiments=outcome.experiments)
 
     def _erase(self, state: UserState | None, event: Event, event_hash: int) -> Step:
         """Forget everything about the user, the consent record too, and say what went (README "Privacy").
@@ -161,10 +170,11 @@ class Personalizer:
         """
         triggers: Sequence[Trigger] = ()
         suppressed: Sequence[tuple[str, str]] = ()
+        outcomes: Sequence[ExperimentOutcome] = ()
         counts = (0, 0, 0)
         if state is not None:
             due = self.engine.on_timer(state, event.user_id, event.event_time_ms)
-            triggers, suppressed = due.triggers, due.suppressed
+            triggers, suppressed, outcomes = due.triggers, due.suppressed, due.experiments
             counts = pending_counts(state)
         fresh = UserState()
         _remember(fresh.seen_events, event_hash, self.rules.dedup_event_ids)   # a redelivery stays a duplicate
@@ -175,7 +185,7 @@ class Personalizer:
             "pending_matches": {"status": "dropped", "count": counts[1]},
             "pending_labels": {"status": "dropped", "count": counts[2]}}
         return Step(fresh, store=True, erase=True, triggers=triggers, suppressed=suppressed,
-                    audit=AuditEntry("erasure", outcome))
+                    audit=AuditEntry("erasure", outcome), experiments=outcomes)
 
     def _consent_audit(self, state: UserState, event: Event, before: tuple[int, int, int] | None) -> AuditEntry:
         in_force = {p: has_consent(state, p, state.newest_event_ms, self.rules) for p in PURPOSES}
@@ -201,9 +211,10 @@ class Personalizer:
         released = state.version != version   # a released match changed the profile (stage, abandonment time)
         # A timer that only pruned expired entries need not be stored: the next write persists that, and
         # restoring the unpruned value gives the same results (the entries were expired).
-        store = released or bool(examples or outcome.triggers or outcome.timers or outcome.suppressed)
+        store = released or bool(examples or outcome.triggers or outcome.timers or outcome.suppressed
+                                 or outcome.experiments)
         return Step(state, store=store, write_profile=released, examples=examples, triggers=outcome.triggers,
-                    timers=outcome.timers, suppressed=outcome.suppressed)
+                    timers=outcome.timers, suppressed=outcome.suppressed, experiments=outcome.experiments)
 
     def profile(self, user_id: str, state: UserState, now_ms: int) -> tuple[dict[str, str], tuple[str, ...]]:
         """The Redis hash fields and the sets the user belongs to (stage, segment), computed when written."""

@@ -70,14 +70,33 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--from-savepoint", metavar="PATH", help="restore state and offsets from a savepoint")
     submit.add_argument("--allow-non-restored-state", action="store_true",
                         help="with --from-savepoint: drop state of operators the new job does not have")
+    submit.add_argument("--quiet", action="store_true", help="return at submission: no live line (events/s, dead "
+                        "letters, triggers) while the job runs")
     cancel = cl_sub.add_parser("cancel", help="cancel a job (its last checkpoint is kept)")
     cancel.add_argument("job_id")
     stop = cl_sub.add_parser("stop", help="stop a job with a savepoint (for upgrades)")
     stop.add_argument("job_id")
     stop.add_argument("--savepoint", required=True, metavar="DIR", help="savepoint directory (path or Flink URI)")
 
-    rules = sub.add_parser("rules", help="check a pattern file against recorded events before it goes live")
+    rules = sub.add_parser("rules", help="rule sets at runtime: publish, list, show, diff, roll back, and dry-run over "
+                           "recorded events (README \"Rules at runtime\")")
     r_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    publish = r_sub.add_parser("publish", help="check a pattern file as the job would, store it as the next version "
+                               "and put it in force (running jobs switch within rules.refresh_ms)")
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--note", default="", help="why, shown by list and show")
+    r_sub.add_parser("list", help="every published version, the one in force, and what each job subtask applied")
+    show = r_sub.add_parser("show", help="one version: who, when, pattern versions, diff and source")
+    show.add_argument("version", type=int)
+    diff = r_sub.add_parser("diff", help="what changed from version A to version B")
+    diff.add_argument("a", type=int)
+    diff.add_argument("b", type=int)
+    rollback = r_sub.add_parser("rollback", help="publish version N's rule set again, as a new version")
+    rollback.add_argument("version", type=int)
+    rollback.add_argument("--note", default="")
+    for registry_command in (publish, r_sub.choices["list"], show, diff, rollback):
+        registry_command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="job setting, e.g. redis.key_prefix=demo:")
     dry = r_sub.add_parser("dry-run", help="run a candidate pattern file beside the live one over recorded events "
                            "(README \"Rules at runtime\")")
     dry.add_argument("file", type=Path, help="the candidate pattern file")
@@ -87,9 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--topic", metavar="T", help="a Kafka topic of events (read to its end)")
     dry.add_argument("--from", dest="start", metavar="TIME", help="only events at or after this time (RFC 3339)")
     dry.add_argument("--to", dest="end", metavar="TIME", help="only events before this time (RFC 3339)")
+    dry.add_argument("--live", metavar="FILE|vN|current", help="the live rule set: a pattern file, a published version, "
+                     "or the one in force (default: patterns_file)")
     dry.add_argument("--out", type=Path, default=Path("reports"), help="folder for dry-run.json and dry-run.png")
     dry.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="job setting of both runs, e.g. patterns_file=live.yaml (the live rule set)")
+
+    exps = sub.add_parser("experiments", help="experiments on triggers: per-variant conversion with 95%% intervals "
+                          "(README \"Experiments\")")
+    x_sub = exps.add_subparsers(dest="action", required=True, metavar="ACTION")
+    x_show = x_sub.add_parser("show", help="one experiment's tallies per variant")
+    x_show.add_argument("name")
+    x_show.add_argument("--json", action="store_true", help="the Redis summary as JSON")
+    x_list = x_sub.add_parser("list", help="the experiments of the rule set in force, with their tallies")
+    for x_command in (x_show, x_list):
+        x_command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                               help="job setting, e.g. redis.key_prefix=demo:")
 
     events = sub.add_parser("events", help="put recorded events into Kafka")
     e_sub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -125,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="job setting, e.g. redis.key_prefix=demo:")
     m_sub = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    m_sub.add_parser("list", help="each model's newest version, metrics, kept versions and pin")
+    m_list = m_sub.add_parser("list", help="each model's newest version, metrics with their sample size and interval, "
+                              "trend against the previous version, segment descriptions, kept versions and pin")
+    m_list.add_argument("--json", action="store_true")
     pin = m_sub.add_parser("pin", help="serve this kept version (a rollback if it is older) until unpinned")
     pin.add_argument("model", choices=("propensity", "segments", "bots"))
     pin.add_argument("version", type=int)
@@ -141,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--events", dest="events_file", type=Path, metavar="PATH",
                     help="replay this recorded stream (the event contract, one record per line) instead of a "
                          "generated one")
+    ev.add_argument("--noisy", action="store_true", help="the noisier generated stream: weaker, noisier, drifting and "
+                    "seasonal buying signals (README \"Models\")")
+    ev.add_argument("--generator", dest="generator_overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="generator setting of the generated stream, e.g. signal_strength=0.5 (conf/generator.yaml)")
 
     bench = sub.add_parser("bench", help="benchmark the job, a peer engine and the plain-Python baseline on the local stack")
     bench.add_argument("--events", type=int, default=40_000, help="pre-loaded events to drain (default 40000)")
@@ -265,7 +303,16 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
     if args.command == "topics":
         return _topics(args.action, args.overrides, args.yes)
     if args.command == "rules":
-        return _dry_run(args)
+        if args.action == "dry-run":
+            return _dry_run(args)
+        from persona.rule_commands import run_rules_command
+        versions = (args.a, args.b) if args.action == "diff" else (getattr(args, "version", 0),)
+        return run_rules_command(args.action, load_job_settings(parse_overrides(args.overrides)),
+                                 getattr(args, "file", None), versions, getattr(args, "note", ""))
+    if args.command == "experiments":
+        from persona.experiment_commands import run_experiments_command
+        return run_experiments_command(args.action, load_job_settings(parse_overrides(args.overrides)),
+                                       getattr(args, "name", None), getattr(args, "json", False))
     if args.command == "events":
         return _load_events(args.path, args.topic, args.overrides)
     if args.command == "loader":
@@ -276,7 +323,9 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         from bench.evaluate import run_evaluation
         if args.events_file is not None and not args.events_file.is_file():
             raise ConfigError(f"--events: {args.events_file}: no such file")
-        return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file)
+        from bench.evaluate import NOISY
+        generator = {**(NOISY if args.noisy else {}), **parse_overrides(args.generator_overrides)}
+        return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator)
     if args.command == "bench":
         from bench.harness import LivePlan, run_bench
         plan = LivePlan(args.rate, args.seconds, args.rate_high, args.seconds_high, args.ladder, args.step_seconds)
@@ -322,9 +371,14 @@ def _loader(rebuild: bool, overrides: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        from persona.loader_metrics import serve_loader_metrics
         loader = ProfileLoader(settings, rebuild=rebuild)
         print(f"loader: {settings.kafka.topics.profiles} -> {settings.redis.masked_url} "
               f"(prefix {settings.redis.key_prefix!r}){', rebuild' if rebuild else ''}", flush=True)
+        port = None if rebuild else serve_loader_metrics(loader.stats, settings.loader.metrics_host,
+                                                         settings.loader.metrics_port)
+        if port is not None:
+            print(f"loader metrics (Prometheus): http://{settings.loader.metrics_host}:{port}/metrics", flush=True)
         stats = loader.run(stop, until_end=rebuild, progress=lambda st, total: print(format_progress(st, total),
                                                                                     flush=True),
                            progress_every_s=2 if rebuild else 10)
@@ -370,6 +424,9 @@ def _dry_run(args: argparse.Namespace) -> int:
     live = load_job_settings(parse_overrides(args.overrides))
     if not args.file.is_file():
         raise ConfigError(f"{args.file}: no such pattern file")
+    if args.live is not None:
+        from persona.rule_commands import live_rules_file
+        live = live.model_copy(update={"patterns_file": str(live_rules_file(live, args.live, args.out))})
     candidate = live.model_copy(update={"patterns_file": str(args.file.resolve())})
     check_patterns(candidate)   # the start-up checks, with the file named in the message
     start, end = _time_arg(args.start, "--from"), _time_arg(args.end, "--to")
@@ -460,7 +517,12 @@ def _cluster(args: argparse.Namespace) -> int:
             raise ConfigError("--allow-non-restored-state needs --from-savepoint")
         job_id = cluster.submit(args.job, job_args, job.flink.connector_jars(), from_savepoint=args.from_savepoint,
                                 allow_non_restored_state=args.allow_non_restored_state)
-        print(f"submitted job {job_id}; web UI {cluster.rest_url}/#/job/running/{job_id}/overview")
+        print(f"submitted job {job_id}; web UI {cluster.rest_url}/#/job/running/{job_id}/overview", flush=True)
+        print(f"Prometheus: the cluster's JobManager and TaskManagers on 127.0.0.1 ports "
+              f"{stack.flink_cluster.prometheus_ports} (/metrics)", flush=True)
+        if not args.quiet:
+            from persona.status import follow
+            follow(cluster.rest_url, job_id)
     elif args.action == "stop":
         print(f"stopped {args.job_id}; savepoint {cluster.stop_with_savepoint(args.job_id, args.savepoint)}")
     elif args.action == "cancel":
@@ -511,9 +573,8 @@ def _models(args: argparse.Namespace) -> int:
     keys = RedisKeys(settings.redis.key_prefix)
     try:
         if args.action == "list":
-            for name in ("propensity", "segments", "bots"):
-                info = model_info(client, keys, name)
-                print(f"{name}: " + ("never published" if info is None else json.dumps(info, sort_keys=True)))
+            from persona.model_listing import model_listing
+            print(model_listing(client, keys, as_json=args.json))
             return 0
         if args.action == "pin":
             record = kept_record(client, keys, args.model, args.version)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
 from operators.config_files import ConfigError
 from operators.consent import ConsentPolicy
 from operators.input_limits import InputLimits
 from operators.model_scoring import ModelRules
-from operators.pattern_spec import PatternBook, load_patterns
+from operators.pattern_spec import PatternBook, compile_patterns, load_patterns
 from operators.personalize import Personalizer
 from operators.profile_fold import ProfileRules
+from operators.rule_sets import RuleSet, next_rule_set, parse_source
 from persona.settings import JobSettings, resolve_path
+from state.keys import RedisKeys
+from state.rule_registry import all_rule_sets, current_rule_set, publish
 
 
 def model_rules(settings: JobSettings) -> ModelRules:
@@ -50,12 +60,71 @@ def input_limits(settings: JobSettings) -> InputLimits:
 
 def check_patterns(settings: JobSettings) -> PatternBook:
     """Compile the pattern file and check it against the lateness contract of absence patterns."""
-    book = load_patterns(resolve_path(settings.patterns_file))
+    return check_book(load_patterns(resolve_path(settings.patterns_file)), settings.profile.allowed_lateness_ms,
+                      settings.patterns_file)
+
+
+def check_book(book: PatternBook, allowed_lateness_ms: int, source: str) -> PatternBook:
+    """The start-up checks beyond compiling: an absence window must outlast the allowed lateness."""
     for spec in book.patterns:
-        if spec.kind == "absence" and spec.within_ms <= settings.profile.allowed_lateness_ms:
-            raise ConfigError(f"{settings.patterns_file}: patterns.{spec.name}.within must exceed "
-                              f"profile.allowed_lateness_ms ({settings.profile.allowed_lateness_ms} ms)")
+        if spec.kind == "absence" and spec.within_ms <= allowed_lateness_ms:
+            raise ConfigError(f"{source}: patterns.{spec.name}.within must exceed "
+                              f"profile.allowed_lateness_ms ({allowed_lateness_ms} ms)")
     return book
+
+
+def publish_rules(settings: JobSettings, source: str, origin: str, published_by: str, note: str = "",
+                  rollback_of: int | None = None) -> RuleSet:
+    """Check ``source`` as the job would at start-up, then store it as the next version and put it in force."""
+    check_book(compile_patterns(parse_source(source, origin), origin), settings.profile.allowed_lateness_ms, origin)
+    client = redis_client(settings)
+    try:
+        return publish(client, RedisKeys(settings.redis.key_prefix),
+                       lambda newest: next_rule_set(newest, source, published_by, int(time.time() * 1000), note,
+                                                    rollback_of))
+    finally:
+        client.close()
+
+
+def rule_set_in_force(settings: JobSettings) -> PatternBook:
+    """The rule set the job starts with: the registry's, after publishing the pattern file if its text was never
+    published (a deployment with a changed file is a publication; a restart keeps what was published at runtime)."""
+    path = resolve_path(settings.patterns_file)
+    source = read_text(path)
+    check_patterns(settings)
+    client = redis_client(settings)
+    keys = RedisKeys(settings.redis.key_prefix)
+    try:
+        with redis_reachable(settings):
+            known = {r.source for r in all_rule_sets(client, keys)}
+            if source not in known or current_rule_set(client, keys) is None:
+                publish(client, keys, lambda newest: next_rule_set(
+                    newest, source, f"job start-up ({settings.patterns_file})", int(time.time() * 1000)))
+            current = current_rule_set(client, keys)
+    finally:
+        client.close()
+    assert current is not None
+    return check_book(current.book(), settings.profile.allowed_lateness_ms, f"rule set v{current.version}")
+
+
+@contextmanager
+def redis_reachable(settings: JobSettings) -> Iterator[None]:
+    """A Redis error inside becomes the one-line ConfigError that names ``redis.url``."""
+    try:
+        yield
+    except redis.RedisError as e:
+        raise ConfigError(f"redis.url: {settings.redis.masked_url} did not answer ({e})") from None
+
+
+def redis_client(settings: JobSettings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis.connection_url(), socket_timeout=10, socket_connect_timeout=10)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
 
 
 def personalizer(settings: JobSettings, book: PatternBook | None = None) -> Personalizer:

@@ -175,6 +175,7 @@ class FlinkSettings(_Strict):
     state_ttl_s: int = Field(gt=0)
     state_cache_users: int = Field(ge=0)
     buffer_timeout_ms: int = Field(ge=0)
+    prometheus: bool = True   # Flink's Prometheus reporter on the mini-cluster (a free port, printed)
     connector_jars_dir: str = Field(min_length=1)
     # Upgrading from a build before the Kafka source had a uid (README "Failures and upgrades"): that job's
     # source vertex id (web UI, 32 hex digits), so its savepoint's offsets map to the source.
@@ -310,6 +311,12 @@ class PrivacySettings(_Strict):
 
 class LoaderSettings(_Strict):
     embedded: bool = True         # `persona run` (mini-cluster) runs the profile loader in its own process
+    metrics_port: int = Field(default=0, ge=-1, le=65535)   # its Prometheus endpoint: 0 a free port, -1 none
+    metrics_host: str = "127.0.0.1"
+
+
+class RulesSettings(_Strict):
+    refresh_ms: int = Field(default=1000, gt=0, le=5000)   # the job looks for a newly published rule set this often
 
 
 class JobSettings(_Strict):
@@ -323,6 +330,7 @@ class JobSettings(_Strict):
     dedup: DedupSettings
     loader: LoaderSettings = LoaderSettings()
     privacy: PrivacySettings = PrivacySettings()
+    rules: RulesSettings = RulesSettings()
 
     def model_post_init(self, _: Any) -> None:
         # Process mode's Python workers dump their whole environment into the log at job end (STACK-FACTS):
@@ -360,6 +368,8 @@ class FlinkClusterSettings(_Strict):
     taskmanagers: int = Field(ge=1)
     taskmanager_slots: int = Field(ge=1)
     start_timeout_s: float = Field(gt=0)
+    # Flink's Prometheus reporter: the JobManager and each TaskManager take a port of this range (README "Running it").
+    prometheus_ports: str = Field(default="9250-9260", pattern=r"^\d+(-\d+)?$")
 
 
 class StackSettings(_Strict):
@@ -396,6 +406,12 @@ class GeneratorSettings(_Strict):
     malformed_fraction: float = Field(ge=0, lt=1)
     malformed_kinds: tuple[MalformedKind, ...] = Field(min_length=1)
     bot_fraction: float = Field(ge=0, le=1)
+    # How much of the buying signal the stream carries (README "Models": the noisier stream). Defaults keep the
+    # default stream as it was; extra draws come from a generator of their own.
+    signal_strength: float = Field(default=1.0, ge=0, le=1)   # share of product views whose dwell follows intent
+    dwell_noise: float = Field(default=0.3, ge=0, lt=1)       # dwell times vary by this factor either way
+    drift: float = Field(default=0.0, ge=0, le=1)             # share of the signal lost by the end of the span
+    seasonality: float = Field(default=0.0, ge=0, le=1)       # daily swing of the purchase probability (peak 20h UTC)
 
 
 # --------------------------------------------------------------------------- loading

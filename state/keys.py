@@ -36,5 +36,22 @@ class RedisKeys:
         """The models-topic record of one kept snapshot (JSON), for pinning and rollback."""
         return f"{self.prefix}model:{name}:v{version}"
 
+    def experiment(self, name: str) -> str:
+        """Hash of an experiment's tallies: ``summary`` (JSON per variant: exposed, converted, rate, ci95, share,
+        holdout) and ``updated_at``."""
+        return f"{self.prefix}experiment:{name}"
+
+    def rules_versions(self) -> str:
+        """Hash of every published rule set: version -> JSON (operators/rule_sets.py)."""
+        return f"{self.prefix}rules:versions"
+
+    def rules_current(self) -> str:
+        """The rule-set version in force."""
+        return f"{self.prefix}rules:current"
+
+    def rules_applied(self) -> str:
+        """Hash: job subtask -> the rule-set version it switched to, and when."""
+        return f"{self.prefix}rules:applied"
+
     def profile_pattern(self) -> str:
         return f"{self.prefix}profile:*"

@@ -11,11 +11,13 @@ from typing import Any
 
 import msgspec
 
-TRIGGER_SCHEMA_VERSION = 1
+from state.model_state import PendingLabels
+
+TRIGGER_SCHEMA_VERSION = 2
 
 
 class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A gated trigger (schemas/trigger.v1.json); kept in state while deferred by quiet hours."""
+    """A gated trigger (schemas/trigger.v2.json); kept in state while deferred by quiet hours."""
 
     trigger_id: str
     pattern: str
@@ -24,13 +26,20 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
     event_time: int
     emitted_at: int
     cart: dict[str, Any] | None = None
+    rules_version: int = 0      # the rule set, and the pattern's own version in it, that produced the trigger
+    pattern_version: int = 0
+    experiment: str | None = None   # README "Experiments": the user's variant of the pattern's experiment
+    variant: str | None = None
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {"schema_version": TRIGGER_SCHEMA_VERSION, "trigger_id": self.trigger_id,
                                "pattern": self.pattern, "reason": self.reason, "user_id": self.user_id,
-                               "event_time": self.event_time, "emitted_at": self.emitted_at}
+                               "event_time": self.event_time, "emitted_at": self.emitted_at,
+                               "rules_version": self.rules_version, "pattern_version": self.pattern_version}
         if self.cart is not None:
             doc["cart"] = self.cart
+        if self.experiment is not None:
+            doc["experiment"], doc["variant"] = self.experiment, self.variant
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
@@ -62,7 +71,7 @@ class AnchorInfo(msgspec.Struct, frozen=True, array_like=True):
     currency: str | None = None
 
     def cart_doc(self) -> dict[str, Any]:
-        """The trigger's ``cart`` (schemas/trigger.v1.json)."""
+        """The trigger's ``cart`` (schemas/trigger.v2.json)."""
         items = [{"product_id": p, "category": c, "price_minor": price, "quantity": q} for p, c, price, q in self.cart]
         return {"items": items, "value_minor": sum(price * q for _, _, price, q in self.cart), "currency": self.currency}
 
@@ -71,9 +80,19 @@ def anchor_key(pattern: str, anchor_event_id: str) -> str:
     return f"{pattern}\x1f{anchor_event_id}"
 
 
+class ExperimentState(msgspec.Struct, omit_defaults=True, rename={"variant": "v", "outcomes": "o"}):
+    """A user's sticky variant of one experiment, and the exposures waiting for their outcome (the delayed-label
+    join's state: example id = trigger id, features = (variant,)). ``variant`` is empty until the first trigger
+    (outcome events are remembered from before it)."""
+
+    variant: str
+    outcomes: PendingLabels = msgspec.field(default_factory=PendingLabels)
+
+
 class PatternState(msgspec.Struct, omit_defaults=True,
                    rename={"absence": "a", "threshold_on": "t", "anchors": "i", "escalations": "e", "gate": "g",
-                           "deferred": "d", "cancel_marks": "c"}):
+                           "deferred": "d", "cancel_marks": "c", "rules_version": "v",
+                           "experiments": "x"}):
     absence: dict[str, AbsenceState] = {}
     threshold_on: dict[str, bool] = {}
     anchors: dict[str, AnchorInfo] = {}              # anchor_key(pattern, anchor id) -> info
@@ -83,3 +102,7 @@ class PatternState(msgspec.Struct, omit_defaults=True,
     # pattern -> event times of its cancel steps in the last day: a trigger deferred by quiet hours is dropped
     # if one falls between its match and its release, in whatever order the event and the match were processed.
     cancel_marks: dict[str, list[int]] = {}
+    # The rule-set version this state was last brought up to (0: before the registry); a newer rule set resets or
+    # drops the state of the patterns it changed or removed (PatternEngine.reconcile).
+    rules_version: int = 0
+    experiments: dict[str, ExperimentState] = {}     # experiment name -> the user's variant and pending outcomes

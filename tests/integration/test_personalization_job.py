@@ -17,6 +17,7 @@ import redis
 
 from persona.dry_run import dry_run
 from persona.generator.shoppers import generate
+from persona.rule_commands import live_rules_file
 from persona.settings import ROOT, RedisServiceSettings, load_generator_settings, load_job_settings
 from persona.stack.procs import free_port, wait_until
 from persona.stack.redis_server import RedisServer
@@ -93,8 +94,11 @@ def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: st
     sent = read_all_json(kafka_bootstrap, topics.triggers)
     assert trigger_mismatches(sent, want) == {}
     if parallelism == 1:
-        # `persona rules dry-run` runs the same core over the same events: the same triggers, id for id.
-        settings = load_job_settings({"models.bot_min_session_events": 1_000_000})
+        # `persona rules dry-run --live current` runs the same core, with the rule set in force (the one the job
+        # published at start-up), over the same events: the same triggers, id for id.
+        settings = load_job_settings({"models.bot_min_session_events": 1_000_000, "redis.url": redis_url,
+                                      "redis.key_prefix": redis_prefix})
+        settings = settings.model_copy(update={"patterns_file": str(live_rules_file(settings, "current", tmp_path))})
         live, _, n = dry_run(settings, settings, (r.value for r in records), progress=False)
         assert n == len(records)
         assert {p: ids for p, ids in live.trigger_ids.items() if ids} == triggers_by_pattern(sent)

@@ -28,8 +28,13 @@ def test_profile_hash_follows_profile_schema() -> None:
 def test_trigger_follows_trigger_schema() -> None:
     t = Trigger("abc", "cart_abandonment", "why", "u1", 10, 20,
                 {"items": [{"product_id": "p", "category": "c", "price_minor": 1, "quantity": 1}], "value_minor": 1,
-                 "currency": "EUR"})
-    jsonschema.validate(json.loads(t.to_json()), schema("trigger.v1.json"))
+                 "currency": "EUR"}, rules_version=3, pattern_version=2)
+    doc = json.loads(t.to_json())
+    jsonschema.validate(doc, schema("trigger.v2.json"))
+    assert (doc["schema_version"], doc["rules_version"], doc["pattern_version"]) == (2, 3, 2)
+    # Version 2 only adds fields: a v1 reader's fields keep their meaning.
+    v1 = schema("trigger.v1.json")
+    jsonschema.validate({**{k: doc[k] for k in v1["properties"] if k in doc}, "schema_version": 1}, v1)
 
 
 def test_model_updates_follow_the_model_update_schema() -> None:
