@@ -97,16 +97,22 @@ def tree_scores(X: np.ndarray, y: np.ndarray, folds: int = 5) -> np.ndarray | No
     return np.asarray(cross_val_predict(model, X, y, cv=folds, method="predict_proba")[:, 1])
 
 
-def bot_quality(flags: dict[str, str | None], bots: set[str], users: set[str]) -> dict[str, Any]:
-    """Precision and recall of the bot flag (rule, model, either) against the generator's own bots.
+def bot_quality(flags: dict[str, str | None], bots: set[str], users: set[str],
+                model_verdicts: set[str] | None = None) -> dict[str, Any]:
+    """Precision and recall of the bot flag against the generator's own bots: by the rule, by the model where the
+    rule had not flagged, either, and the model's own verdicts whatever the rule said (``model_alone``).
 
-    >>> q = bot_quality({"a": "rule", "b": "model", "c": None, "d": "model"}, {"a", "b", "c"}, {"a", "b", "c", "d"})
-    >>> q["either"]["precision"], q["either"]["recall"], q["rule"]["recall"]
-    (0.667, 0.667, 0.333)
+    >>> q = bot_quality({"a": "rule", "b": "model", "c": None, "d": "model"}, {"a", "b", "c"}, {"a", "b", "c", "d"},
+    ...                 model_verdicts={"a", "b", "d"})
+    >>> q["either"]["precision"], q["either"]["recall"], q["rule"]["recall"], q["model_alone"]["recall"]
+    (0.667, 0.667, 0.333, 0.667)
     """
     out: dict[str, Any] = {"bots": len(bots & users), "users": len(users)}
-    for name, chosen in (("rule", {"rule"}), ("model", {"model"}), ("either", {"rule", "model"})):
-        flagged = {u for u, by in flags.items() if by in chosen}
+    chosen_sets = {name: {u for u, by in flags.items() if by in chosen}
+                   for name, chosen in (("rule", {"rule"}), ("model", {"model"}), ("either", {"rule", "model"}))}
+    if model_verdicts is not None:
+        chosen_sets["model_alone"] = model_verdicts & users
+    for name, flagged in chosen_sets.items():
         hit = len(flagged & bots)
         out[name] = {"flagged": len(flagged), "precision": round(hit / len(flagged), 3) if flagged else None,
                      "recall": round(hit / len(bots & users), 3) if bots & users else None}
@@ -174,7 +180,8 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
         if segments is not None and segments.examples else None}
     if bots is not None:
         flags = {u: s.models.bot_by if s.models.bot else None for u, s in replay.states.items()}
-        result["bots"] = bot_quality(flags, bots, set(replay.states))
+        judged = {u for u, s in replay.states.items() if s.models.model_judged_bot}
+        result["bots"] = bot_quality(flags, bots, set(replay.states), judged)
     (out / "evaluate.json").write_text(json.dumps(result, indent=2) + "\n")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     # Each model's AUC over the examples seen so far, in stream order: the batch models' curves are what a model
@@ -205,7 +212,8 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
     if "bots" in result:
         b = result["bots"]
         print(f"bot flag vs the generator's {b['bots']} bots: " + "; ".join(
-            f"{k} precision {b[k]['precision']} recall {b[k]['recall']}" for k in ("rule", "model", "either")))
+            f"{k} precision {b[k]['precision']} recall {b[k]['recall']}"
+            for k in ("rule", "model", "either", "model_alone") if k in b))
     print(f"wrote {out / 'evaluate.png'} and {out / 'evaluate.json'}")
     if math.isnan(prequential):
         return 1

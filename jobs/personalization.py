@@ -36,7 +36,7 @@ from operators.audit import audit_record
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, Rejection, SourceRef
 from operators.input_limits import InputLimits
-from operators.model_scoring import Example, ExampleBatch, ServedModels
+from operators.model_scoring import Example, ExampleBatch, ServedModels, bot_tally
 from operators.pattern_spec import PatternBook
 from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
@@ -141,7 +141,7 @@ class Personalize(KeyedProcessFunction):
         self._suppressed = {r: group.add_group("suppressed").counter(r) for r in ("no_consent", "frequency_cap", "bot")}
         self._examples = {n: group.add_group("examples").counter(n) for n in ("propensity", "segments", "bots")}
         self._bots = group.counter("bot_flags")
-        self._bots_by: dict[str, Any] = {}
+        self._bots_by: dict[str, dict[str, Any]] = {}   # group (bot_flags_by, bot_model) -> name -> counter
         self._duplicates = group.counter("duplicates")
         self._erasures = group.counter("erasures")
         self._consent_changes = group.counter("consent_changes")
@@ -373,8 +373,10 @@ class Personalize(KeyedProcessFunction):
             self._counter(self._suppressed, "suppressed", reason).inc()
         if step.bot_flagged:
             self._bots.inc()
-            if state is not None and state.models.bot_by:   # which one flagged: rule or model (README "Models")
-                self._counter(self._bots_by, "bot_flags_by", state.models.bot_by).inc()
+        if state is not None and (step.bot_flagged or step.bot_ruled or step.bot_judged):
+            # Which one flagged, and the model against the rule (README "Models": bots).
+            for group, name in bot_tally(state.models, step.bot_flagged, step.bot_ruled, step.bot_judged):
+                self._counter(self._bots_by.setdefault(group, {}), group, name).inc()
         if step.examples:
             self._arm_tick(ctx, now)
             for ex in step.examples:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 PROPENSITY_NUMERIC = ("views_10m", "dwell_10m_s", "carts_10m", "views_1h", "carts_1h", "carts_24h", "purchases_24h",
                       "session_length_min", "session_dwell_s", "sessions_7d", "frequency_90d", "monetary_90d_log",
-                      "recency_days", "cart_items", "cart_value_log", "dwell_per_view_10m_s", "dwell_per_view_1h_s")
+                      "recency_days", "cart_items", "cart_value_log", "dwell_per_view_10m_s", "dwell_per_view_1h_s",
+                      # the session's sequence, and the user's recency-weighted reading time per product page
+                      # over their last ~10 pages (README "Models": what paid)
+                      "session_product_views", "dwell_per_product_view_s", "minutes_since_add", "dwell_recent_s")
 PROPENSITY_CATEGORICAL = ("device", "hour_block", "decision")
 PROPENSITY_FEATURES = PROPENSITY_NUMERIC + PROPENSITY_CATEGORICAL
 SEGMENT_FEATURES = ("recency_days", "frequency_90d", "monetary_90d_log", "sessions_7d", "views_24h", "carts_24h",
@@ -31,6 +34,19 @@ SEGMENT_FEATURES = ("recency_days", "frequency_90d", "monetary_90d_log", "sessio
 BOT_LIMITS = {"events_per_min": (0.0, 60.0), "session_events_log": (0.0, 7.0), "dwell_per_view_s": (0.0, 300.0),
               "views_share": (0.0, 1.0)}
 NO_PURCHASE_DAYS = 365.0   # recency of a user who never bought
+NO_ADD_MIN = 1440        # minutes since the last add to cart, capped at a day (and for a user who never added)
+
+
+class SessionSequence(NamedTuple):
+    """What the session's sequence says at a decision point, from the user's state (not in the profile)."""
+
+    product_views: int = 0          # product pages viewed in this session
+    product_dwell_ms: int = 0       # time read on them
+    last_add_ms: int | None = None  # the user's last add to cart (event time)
+    dwell_recent_s: float = 0.0     # reading time per product page, recency-weighted over the user's history
+
+
+NO_SEQUENCE = SessionSequence()
 
 
 def _recency(view: Mapping[str, Any]) -> float:
@@ -43,7 +59,8 @@ def _recency_days(view: Mapping[str, Any]) -> int:
     return int(NO_PURCHASE_DAYS) if days is None else min(days, int(NO_PURCHASE_DAYS))
 
 
-def propensity_features(view: Mapping[str, Any], decision: str) -> tuple[int | float | str, ...]:
+def propensity_features(view: Mapping[str, Any], decision: str, sequence: SessionSequence = NO_SEQUENCE
+                        ) -> tuple[int | float | str, ...]:
     """The snapshot taken at a decision point (``decision`` is the event type: add_to_cart or page_view).
 
     A packed tuple in ``PROPENSITY_FEATURES`` order: it is stored in the user's state until labelled, and the
@@ -51,6 +68,10 @@ def propensity_features(view: Mapping[str, Any], decision: str) -> tuple[int | f
     """
     w10, w1h, w24 = view["windows"]["10m"], view["windows"]["1h"], view["windows"]["24h"]
     rfm = view["rfm"]
+    # Whole seconds and minutes: the tuple waits in the user's state (below), and a second is finer than the signal.
+    per_view = round(sequence.product_dwell_ms / 1000.0 / sequence.product_views) if sequence.product_views else 0
+    since_add = (NO_ADD_MIN if sequence.last_add_ms is None
+                 else min(round((view["last_event_time"] - sequence.last_add_ms) / 60_000.0), NO_ADD_MIN))
     # Counts stay integers: the tuple waits in the user's state until labelled, and MessagePack stores a
     # small integer in one byte instead of nine (the arithmetic of the model is the same).
     return (
@@ -61,6 +82,7 @@ def propensity_features(view: Mapping[str, Any], decision: str) -> tuple[int | f
         _recency_days(view), view["cart_items"], math.log1p(view["cart_value_minor"] / 100.0),
         # How long a page holds the user: the clearest sign of intent in a session.
         w10["product_dwell_ms"] / 1000.0 / max(w10["views"], 1), w1h["product_dwell_ms"] / 1000.0 / max(w1h["views"], 1),
+        sequence.product_views, per_view, since_add, round(sequence.dwell_recent_s),
         view["last_device"] or "unknown", f"h{view['local_hour'] // 3}", decision,
     )
 

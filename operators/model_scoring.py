@@ -19,6 +19,7 @@ from operators.events import Event
 from operators.label_join import LabelJoin, LabelledExample
 from operators.model_features import (
     BOT_LIMITS,
+    SessionSequence,
     propensity_features,
     segment_features,
     session_rate_features,
@@ -27,6 +28,10 @@ from operators.online_models import MODEL_SCHEMA, SEGMENT_MARGIN, CompiledLogist
 from state.model_registry import kept_record, kept_versions
 from state.model_state import ModelOutputs
 from state.user_state import UserState
+
+# The weight of a product page's dwell in the recency-weighted reading time falls by this much per later page
+# (about the last ten pages count).
+DWELL_DECAY = 0.8
 
 __all__ = ["Example", "ExampleBatch", "ModelOutputs", "ModelRules", "ModelStep", "ServedModels", "bot_verdict"]
 
@@ -96,6 +101,31 @@ def bot_verdict(rate: dict[str, float], events: int, score: float | None, rules:
     if score is not None and events >= rules.bot_min_events and score >= rules.bot_threshold:
         return True, "model"
     return False, None
+
+
+def bot_tally(out: ModelOutputs, flagged: bool, ruled: bool, judged: bool) -> list[tuple[str, str]]:
+    """The live bot counters (group, name) one step moves, given what changed at it: ``flagged`` the user became a
+    bot, ``ruled`` the rule flagged it (also a user the model had flagged), ``judged`` the model judged it a bot
+    for the first time. Live traffic has no ground truth, so the model is measured against the rule:
+    ``bot_model.agreed / bot_model.verdicts`` is its precision, ``bot_model.agreed / bot_flags_by.rule`` its
+    recall (README "Models").
+
+    >>> bot_tally(ModelOutputs(bot=True, bot_by="rule", model_judged_bot=True), flagged=True, ruled=True, judged=False)
+    [('bot_flags_by', 'rule'), ('bot_model', 'agreed')]
+    >>> bot_tally(ModelOutputs(bot=True, bot_by="model", model_judged_bot=True), flagged=True, ruled=False, judged=True)
+    [('bot_flags_by', 'model'), ('bot_model', 'verdicts')]
+    """
+    counts: list[tuple[str, str]] = []
+    if ruled:
+        counts.append(("bot_flags_by", "rule"))
+    elif flagged and out.bot_by:
+        counts.append(("bot_flags_by", out.bot_by))
+    if judged:
+        counts.append(("bot_model", "verdicts"))
+    # Agreement counts once per user, at the step of the later of the two verdicts (or of both).
+    if out.bot_by == "rule" and out.model_judged_bot and (ruled or judged):
+        counts.append(("bot_model", "agreed"))
+    return counts
 
 
 class ServedModels:
@@ -223,11 +253,16 @@ class ModelStep:
 
         t = event.event_time_ms
         labelled: list[LabelledExample] = []
+        product_view = event.event_type == "page_view" and event.payload.get("page_type") == "product"
+        if product_view:
+            out.dwell_weighted_ms = round(out.dwell_weighted_ms * DWELL_DECAY + int(event.payload.get("dwell_ms", 0)))
+            out.dwell_weight = round(out.dwell_weight * DWELL_DECAY + 1000)   # in thousandths
         if event.event_type == "purchase":
             labelled = self.join.purchase(out.labels, t)
-        elif event.event_type == "add_to_cart" or (event.event_type == "page_view"
-                                                    and event.payload.get("page_type") == "product"):
-            x = propensity_features(view, event.event_type)
+        elif event.event_type == "add_to_cart" or product_view:
+            sequence = SessionSequence(user.session_product_views, user.session_product_dwell_ms, user.last_add_ms,
+                                       out.dwell_weighted_ms / out.dwell_weight if out.dwell_weight else 0.0)
+            x = propensity_features(view, event.event_type, sequence)
             model = served.get("propensity")
             score = model[1].score(x) if model else 0.5
             out.propensity, out.propensity_version = score, model[0] if model else 0
@@ -263,6 +298,9 @@ class ModelStep:
         out.bot_score = float(model[1].score_one(rate)) if model is not None else None
         if out.bot_by != "rule":   # a rule's verdict sticks to the user; the model's is re-judged every session
             out.bot, out.bot_by = bot_verdict(rate, events, out.bot_score, self.rules)
+        if (not out.model_judged_bot and out.bot_score is not None and events >= self.rules.bot_min_events
+                and out.bot_score >= self.rules.bot_threshold):
+            out.model_judged_bot = True
         if out.bot:
             out.labels.pending.clear()   # a bot's examples never reach training
             # Nor does a bot stay in a segment set that campaigns target (it may have had one before the flag).

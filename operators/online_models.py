@@ -15,14 +15,14 @@ its snapshot is JSON numbers. Segments and bots are River models in the trainer'
 snapshots are the compiled scorers' numbers (``operators.compiled_scorers``), also JSON. No snapshot is
 ever unpickled: a blob from Redis or the models topic is data, checked on the way in (README "Security").
 
->>> def x(items): return (0.0,) * 13 + (items,) + (0.0,) * 3 + ("mobile", "h3", "add_to_cart")
+>>> def x(items): return (0.0,) * 13 + (items,) + (0.0,) * (N_NUMERIC - 14) + ("mobile", "h3", "add_to_cart")
 >>> t = ModelTrainer.new("propensity", seed=1)
 >>> for i in range(400):   # the serving model knew nothing for the first half, then was right
 ...     t.learn(x(float(i % 2)), label=bool(i % 2), score=0.5 if i < 200 else 0.9 * (i % 2))
 >>> snap = t.snapshot(created_at_ms=0)
 >>> snap.version, snap.examples, round(snap.metrics["roc_auc"], 3)   # by hand: (200*100 + 100*100 + 100*100/2) / 200**2
 (1, 400, 0.875)
->>> restore("propensity", snap.blob).predict(x(1.0)[:17], x(1.0)[17:]) > 0.5
+>>> restore("propensity", snap.blob).predict(x(1.0)[:N_NUMERIC], x(1.0)[N_NUMERIC:]) > 0.5
 True
 """
 
@@ -47,8 +47,10 @@ MODEL_NAMES = ("propensity", "segments", "bots")
 # Bumped when a model's features or structure change: snapshots of another schema are not loaded.
 # propensity 2: features as one packed tuple, snapshot as JSON numbers (1 was a pickled River pipeline).
 # segments 2, bots 2: the compiled scorer's JSON numbers (1 was a pickled River model).
-MODEL_SCHEMA = {"propensity": 2, "segments": 2, "bots": 2}
+# propensity 3: session-sequence and recency-weighted features (21 numbers, was 17).
+MODEL_SCHEMA = {"propensity": 3, "segments": 2, "bots": 2}
 N_NUMERIC = len(PROPENSITY_NUMERIC)
+N_FEATURES = N_NUMERIC + len(PROPENSITY_CATEGORICAL)
 # A user moves to another segment only when its center is nearer than the current one by this share of the
 # current distance (River's KMeans distance, squared: the new center must be within about 45% of the current
 # one's distance; README "Models": stable segments). The trainer's churn metric applies the same rule.
@@ -157,9 +159,13 @@ class ModelTrainer:
     published: list[list[float]] = field(default_factory=list)
     switches: int = 0
     matched: int = 0
+    stale: int = 0   # propensity examples of another build's features, not learnt
 
     def __setstate__(self, state: Any) -> None:
         restore_slots(self, state)   # a trainer pickled by an older build has fewer fields
+        if self.name == "propensity" and len(self.model.weights) != N_NUMERIC:
+            # A build with other features: its weights mean nothing here. Learn afresh; the version goes on.
+            self.model = new_model("propensity", 0)
 
     @classmethod
     def new(cls, name: str, seed: int = 42, segments: int = 5) -> ModelTrainer:
@@ -180,6 +186,9 @@ class ModelTrainer:
         segment before this session (None: first), for churn."""
         if self.name == "propensity":
             assert label is not None and score is not None
+            if len(x) != N_FEATURES:   # waited in a user's state since a build with other features
+                self.stale += 1
+                return
             p = min(max(score, 1e-6), 1 - 1e-6)
             self.meters["roc_auc"].update(label, p)
             self.meters["roc_auc_recent"].update(label, p)

@@ -69,6 +69,8 @@ class Step:
     timers: Sequence[int] = ()                       # event times to be woken at
     suppressed: Sequence[tuple[str, str]] = ()       # (pattern, reason)
     bot_flagged: bool = False                        # the user became a bot at this step
+    bot_ruled: bool = False                          # the bot rule flagged the user at this step
+    bot_judged: bool = False                         # the bot model judged the user a bot, first time, at this step
     duplicate: bool = False                          # an event id (or order id) seen before: nothing changed
     dropped: Sequence[str] = ()                      # what a limit kept out (README "Limits"), for counting
     audit: AuditEntry | None = None                  # a consent change or an erasure, for the audit topic
@@ -146,7 +148,7 @@ class Personalizer:
         if not has_consent(state, ANALYTICS, now, rules):   # the fold kept the consent record only
             return Step(state, store=True, write_profile=True, audit=audit, dropped=drops)
         view = ProfileView(event.user_id, state, rules)
-        was_bot = state.models.bot
+        was_bot, was_ruled, was_judged = state.models.bot, state.models.bot_by == "rule", state.models.model_judged_bot
         if has_consent(state, PERSONALIZATION, now, rules):
             examples, timers = self.models.on_event(state, event, view, served)
         else:   # no scoring, no segment, no training example; what the models said about the user goes
@@ -158,6 +160,8 @@ class Personalizer:
             timers += outcome.timers
         return Step(state, store=True, write_profile=True, examples=examples, triggers=outcome.triggers,
                     timers=timers, suppressed=outcome.suppressed, bot_flagged=state.models.bot and not was_bot,
+                    bot_ruled=state.models.bot_by == "rule" and not was_ruled,
+                    bot_judged=state.models.model_judged_bot and not was_judged,
                     dropped=drops, audit=audit, experiments=outcome.experiments)
 
     def _erase(self, state: UserState | None, event: Event, event_hash: int) -> Step:

@@ -101,7 +101,7 @@ def flink_status(rest_url: str, only: str | None = None) -> dict[str, Any]:
                            "uptime_s": round(detail.get("duration", 0) / 1000, 1),
                            "restarts": int(float(restarts[0]["value"])) if restarts else 0, "operators": {}}
     counters: dict[str, Any] = {"valid": 0, "late_events": 0, "dead_letters": {}, "triggers": {}, "suppressed": {},
-                                "erasures": 0, "consent_changes": 0, "duplicates": 0}
+                                "erasures": 0, "consent_changes": 0, "duplicates": 0, "bots": {}}
     for v in detail["vertices"]:
         if only is not None and not v["name"].startswith(only):
             continue
@@ -132,6 +132,10 @@ def flink_status(rest_url: str, only: str | None = None) -> dict[str, Any]:
                 counters["triggers"][parts[-1]] = counters["triggers"].get(parts[-1], 0) + n
             elif key.startswith("personalize.personalize.suppressed.") and n:
                 counters["suppressed"][parts[-1]] = counters["suppressed"].get(parts[-1], 0) + n
+            elif key == "personalize.personalize.bot_flags" or key.startswith(
+                    ("personalize.personalize.bot_flags_by.", "personalize.personalize.bot_model.")):
+                name = "flagged" if key.endswith(".bot_flags") else "_".join(parts[-2:])
+                counters["bots"][name] = counters["bots"].get(name, 0) + n
             elif key in ("personalize.personalize.erasures", "personalize.personalize.consent_changes",
                          "personalize.personalize.duplicates"):
                 counters[parts[-1]] += n
@@ -204,6 +208,19 @@ def _pairs(d: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(d.items())) or "none"
 
 
+def bot_line(b: Mapping[str, int]) -> str:
+    """Users flagged as bots, and the bot model measured against the rule (live traffic has no ground truth).
+
+    >>> bot_line({"flagged": 5, "bot_flags_by_rule": 5, "bot_model_verdicts": 4, "bot_model_agreed": 3})
+    'bots flagged 5 (rule 5, model 0); the model against the rule: precision 0.75, recall 0.60 (4 verdicts)'
+    """
+    rule, verdicts, agreed = b.get("bot_flags_by_rule", 0), b.get("bot_model_verdicts", 0), b.get("bot_model_agreed", 0)
+    precision = f"{agreed / verdicts:.2f}" if verdicts else "n/a"
+    recall = f"{agreed / rule:.2f}" if rule else "n/a"
+    return (f"bots flagged {b.get('flagged', 0):,} (rule {rule:,}, model {b.get('bot_flags_by_model', 0):,}); the model "
+            f"against the rule: precision {precision}, recall {recall} ({verdicts:,} verdicts)")
+
+
 def format_status(s: Mapping[str, Any]) -> str:
     c = s["counters"]
     lines = [f"job {s['job_id']} {s['state']}, up {s['uptime_s']:,.0f} s, {s['restarts']} restart(s); {s['rest_url']}"]
@@ -213,6 +230,7 @@ def format_status(s: Mapping[str, Any]) -> str:
     lines.append(f"valid {c['valid']:,}; dead letters {sum(c['dead_letters'].values()):,} ({_pairs(c['dead_letters'])})")
     lines.append(f"triggers {sum(c['triggers'].values()):,} ({_pairs(c['triggers'])}); suppressed "
                  f"{_pairs(c['suppressed'])}; erasures {c['erasures']:,}; duplicates {c['duplicates']:,}")
+    lines.append(bot_line(c.get("bots", {})))
     if s.get("watermark_lag_s") is not None:
         lines.append(f"watermark {s['watermark_ms']} ({s['watermark_lag_s']:,} s behind the wall clock)")
     cp = s.get("checkpoint")

@@ -16,14 +16,16 @@ from operators.model_features import (
     PROPENSITY_CATEGORICAL,
     PROPENSITY_FEATURES,
     PROPENSITY_NUMERIC,
+    SessionSequence,
     propensity_features,
     session_rate_features,
 )
-from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
+from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_tally, bot_verdict
 from operators.online_models import MODEL_NAMES, CompiledLogistic, ModelSnapshot, ModelTrainer, restore
 from operators.pattern_spec import compile_patterns
 from operators.personalize import Personalizer
 from operators.profile_fold import ProfileRules, ProfileView, apply_event, profile_view
+from operators.propensity_learner import PropensityLearner
 
 RULES = ProfileRules()
 MODEL_RULES = ModelRules(label_window_ms=30 * 60_000, max_pending=20, bot_threshold=0.95, bot_rule_events_per_min=30,
@@ -53,6 +55,27 @@ def test_propensity_features_are_read_from_the_profile() -> None:
     assert f["frequency_90d"] == 1 and math.isclose(f["monetary_90d_log"], math.log1p(40.0))
     assert f["recency_days"] == 0 and f["session_length_min"] == 3.0 and f["session_dwell_s"] == 90
     assert f["device"] == "mobile" and f["hour_block"] == "h0" and f["decision"] == "add_to_cart"   # 01:03 in Paris
+    # Without the session's sequence (a caller that has none), its features are neutral.
+    assert (f["session_product_views"], f["dwell_per_product_view_s"], f["minutes_since_add"]) == (0, 0, 1440)
+    seq = SessionSequence(product_views=2, product_dwell_ms=150_000, last_add_ms=60_000, dwell_recent_s=40.0)
+    g = dict(zip(PROPENSITY_FEATURES, propensity_features(profile_view("u1", s, RULES), "add_to_cart", seq), strict=True))
+    assert g["session_product_views"] == 2 and g["dwell_per_product_view_s"] == 75.0 and g["minutes_since_add"] == 2.0
+    assert g["dwell_recent_s"] == 40.0
+
+
+def test_the_session_sequence_reaches_the_snapshot_and_the_recent_dwell_weighs_recent_pages_more() -> None:
+    served, step, s = ServedModels(), ModelStep(MODEL_RULES), None
+    for i, dwell in enumerate((10_000, 10_000, 100_000)):
+        e = ev(i, "page_view", i * 60_000, {"page_type": "product", "category": "toys", "product_id": f"p{i}",
+                                            "dwell_ms": dwell})
+        s = apply_event(s, e, RULES)
+        step.on_event(s, e, profile_view("u1", s, RULES), served)
+    out = ModelStep.outputs(s)
+    # Weights 0.64, 0.8, 1 for the three pages: (6.4 + 8 + 100) / 2.44 seconds (stored in ms and thousandths).
+    assert (out.dwell_weighted_ms, out.dwell_weight) == (114_400, 2_440)
+    x = dict(zip(PROPENSITY_FEATURES, out.labels.pending[-1].features, strict=True))
+    assert x["session_product_views"] == 3 and x["dwell_per_product_view_s"] == 40
+    assert x["dwell_recent_s"] == round(114.4 / 2.44) and x["minutes_since_add"] == 1440
 
 
 def test_session_rate_features_clip_to_the_declared_limits() -> None:
@@ -290,8 +313,9 @@ def test_trainers_pickled_before_new_fields_restore_with_their_defaults() -> Non
     restored = type(propensity.model).__new__(type(propensity.model))
     restored.__setstate__((None, old_learner))
     assert (restored.optimizer, restored.g2, restored.g2_categories) == ("sgd", [], {})
-    x = (0.0,) * 13 + (1.0,) + (0.0,) * 3 + ("mobile", "h3", "add_to_cart")
-    restored.learn(x[:17], x[17:], True)
+    n = len(PROPENSITY_NUMERIC)
+    x = (0.0,) * 13 + (1.0,) + (0.0,) * (n - 14) + ("mobile", "h3", "add_to_cart")
+    restored.learn(x[:n], x[n:], True)
     assert restored.n == 1
     trainer_state = segments.__reduce_ex__(2)[2]
     old_trainer = {k: v for k, v in trainer_state[1].items() if k not in ("order", "published", "switches", "matched")}
@@ -299,3 +323,46 @@ def test_trainers_pickled_before_new_fields_restore_with_their_defaults() -> Non
     back.__setstate__((None, old_trainer))
     assert (back.order, back.published, back.switches, back.matched) == ([], [], 0, 0)
     assert back.snapshot(0).version == 1 and back.order == [0, 1, 2, 3, 4]
+
+
+def test_the_bot_model_is_judged_apart_from_the_rule_and_counted_against_it() -> None:
+    """A session both the rule (fast) and the model (scores 0.99) call a bot: the flag is the rule's, the model's
+    own verdict is kept, and the live tally counts the agreement once, when the second verdict arrives."""
+    served = ServedModels()
+    served.apply(ModelTrainer.new("bots").snapshot(1).to_record())
+    version, _ = served.get("bots")
+
+    class Sure:
+        def score_one(self, x: dict) -> float:
+            return 0.99
+    served._latest_models["bots"] = (version, Sure())
+    core = Personalizer(RULES, MODEL_RULES, compile_patterns(yaml.safe_load(PATTERNS), "test"), segments=5)
+    s, tallies = None, []
+    for i in range(25):   # 60 events/min: the model judges at event 10 (score_every 5), the rule flags at 20
+        step = core.on_event(s, ev(i, "page_view", i * 1_000, {"page_type": "category", "category": "toys",
+                                                                "dwell_ms": 500}), served)
+        s = step.state
+        tallies += [(i + 1, t) for t in bot_tally(s.models, step.bot_flagged, step.bot_ruled, step.bot_judged)]
+    assert s.models.model_judged_bot and s.models.bot_by == "rule"
+    # The model flagged the user at event 10 (the rule could not yet), the rule took over at 20.
+    assert tallies == [(10, ("bot_flags_by", "model")), (10, ("bot_model", "verdicts")),
+                       (20, ("bot_flags_by", "rule")), (20, ("bot_model", "agreed"))]
+
+
+def test_a_propensity_trainer_of_other_features_learns_afresh_and_skips_their_pending_examples() -> None:
+    """A savepoint of the build with 17 numeric features: the restored trainer keeps its version and metrics,
+    starts a new learner of this build's width, and examples that waited in users' state with the old width are
+    counted, not learnt (they would misalign every weight)."""
+    t = ModelTrainer.new("propensity")
+    t.version = 7
+    old = PropensityLearner.new(17, PROPENSITY_CATEGORICAL, lr=0.03, l2=1e-4, optimizer="adagrad")
+    state = t.__reduce_ex__(2)[2]
+    back = ModelTrainer.__new__(ModelTrainer)
+    back.__setstate__((None, {**state[1], "model": old}))
+    assert back.version == 7 and len(back.model.weights) == len(PROPENSITY_NUMERIC)
+    old_x = (0.0,) * 17 + ("mobile", "h3", "add_to_cart")
+    back.learn(old_x, label=True, score=0.5)
+    assert back.stale == 1 and back.model.n == 0
+    new_x = (0.0,) * len(PROPENSITY_NUMERIC) + ("mobile", "h3", "add_to_cart")
+    back.learn(new_x, label=True, score=0.5)
+    assert back.stale == 1 and back.model.n == 1
