@@ -60,6 +60,10 @@ def test_status_json_counts_what_the_job_was_sent(kafka_bootstrap: str, redis_ur
         text = subprocess.run([sys.executable, "-m", "persona.cli", "status", *sets], cwd=ROOT, capture_output=True,
                               text=True, timeout=60, check=True).stdout
         assert f"valid {valid:,}" in text and "kafka lag 0" in text
+        # The live line comes every 5 s from its own reads of the REST API: it reaches the final count on its
+        # next tick (under load, after the status commands above were done).
+        wait_until(lambda: f"live: {valid:,} valid" in (tmp_path / "run.log").read_text(errors="replace"), 60,
+                   "the live line with the final count", interval_s=1)
     finally:
         stop_process_group(job, timeout_s=60)
     log_text = (tmp_path / "run.log").read_text(errors="replace")
