@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -103,6 +104,16 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
         triggered = {r["user_id"] for r in read_all_json(kafka_bootstrap, topics.triggers)}
         assert triggered, "the stream must produce triggers for humans"
         assert not triggered & bots
+        # The same numbers live (README "Models"): the rule flagged each of the generator's bots once, and the bot
+        # model is measured against the rule.
+        out = subprocess.run([sys.executable, "-m", "persona.cli", "status", "--json",
+                              *(a for o in overrides for a in ("--set", o))], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, check=True)
+        live = json.loads(out.stdout)["counters"]["bots"]
+        print("live bot counters", live)
+        assert live["bot_flags_by_rule"] == len(seen_bots)
+        assert live.get("bot_model_agreed", 0) <= min(live.get("bot_model_verdicts", 0), len(seen_bots))
+        assert live["flagged"] >= len(seen_bots) + len(false_bots)
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=30)
