@@ -97,6 +97,27 @@ def tree_scores(X: np.ndarray, y: np.ndarray, folds: int = 5) -> np.ndarray | No
     return np.asarray(cross_val_predict(model, X, y, cv=folds, method="predict_proba")[:, 1])
 
 
+def calibration(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error (mean |predicted - observed| over equal-width score bins, weighted by their
+    examples) and each bin's figures: does a propensity of 0.3 mean 30% buy?
+
+    >>> c = calibration(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 0, 1, 0]))
+    >>> c["ece"], c["bins"][-1]
+    (0.25, {'from': 0.9, 'n': 2, 'predicted': 0.9, 'observed': 0.5})
+    """
+    which = np.minimum((scores * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        chosen = which == b
+        n = int(chosen.sum())
+        if n:
+            predicted, observed = float(scores[chosen].mean()), float(labels[chosen].mean())
+            ece += abs(predicted - observed) * n
+            table.append({"from": round(b / bins, 3), "n": n, "predicted": round(predicted, 3),
+                          "observed": round(observed, 3)})
+    return {"ece": round(ece / len(scores), 3), "bins": table}
+
+
 def bot_quality(flags: dict[str, str | None], bots: set[str], users: set[str],
                 model_verdicts: set[str] | None = None) -> dict[str, Any]:
     """Precision and recall of the bot flag against the generator's own bots: by the rule, by the model where the
@@ -175,7 +196,7 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
         "gap": hindsight - prequential, "batch_trees_auc": tree_auc,
         "gap_trees": None if tree_auc is None else tree_auc - prequential,
         "online_log_loss": trainer.metric_values()["log_loss"], "users": users, "seed": seed,
-        "auc_ci95": intervals,
+        "auc_ci95": intervals, "calibration": calibration(scores, labels),
         "segments": {k: segments.metric_values()[k] for k in ("churn", "churn_n", "label_switching", "silhouette")}
         if segments is not None and segments.examples else None}
     if bots is not None:
@@ -205,6 +226,10 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
           f"logistic regression {hindsight:.3f} {list(ci['batch_logistic'])} (gap {hindsight - prequential:+.3f}); "
           f"batch trees {trees_text}" + (f" {list(ci['batch_trees'])}" if "batch_trees" in ci else "")
           + f"; over {len(examples):,} examples ({int(labels.sum()):,} bought)")
+    cal = result["calibration"]
+    top = cal["bins"][-1]
+    print(f"calibration of the online model: ECE {cal['ece']:.3f}; scores from {top['from']}: predicted "
+          f"{top['predicted']:.3f}, observed {top['observed']:.3f} (n={top['n']:,})")
     if result["segments"]:
         seg = result["segments"]
         print(f"segments: user churn {seg['churn']:.3f} per session end (n={seg['churn_n']:,.0f}), label switching "
