@@ -229,6 +229,8 @@ class ModelTrainer:
             positives, negatives = sum(auc_meter.pos), sum(auc_meter.neg)
             out["positives"], out["negatives"] = float(positives), float(negatives)
             out["roc_auc_ci_low"], out["roc_auc_ci_high"] = auc_interval(out["roc_auc"], positives, negatives)
+            if self.stale:   # after an upgrade that changed the features: examples of the old ones, not learnt
+                out["stale_examples"] = float(self.stale)
         if self.name == "segments":
             out["churn"] = self.churned / self.assigned if self.assigned else 0.0
             out["churn_n"] = float(self.assigned)

@@ -14,7 +14,7 @@ from state.model_registry import kept_record, model_info
 # Per metric: the sample it stands on, and whether lower is better (for the arrow's meaning).
 SAMPLE = {"roc_auc": "examples", "roc_auc_recent": "examples", "log_loss": "examples", "churn": "churn_n",
           "silhouette": "examples", "label_switching": "label_switching_n"}
-LOWER_IS_BETTER = {"log_loss", "churn", "label_switching"}
+LOWER_IS_BETTER = {"log_loss", "churn", "label_switching", "stale_examples"}
 HIDDEN = {"positives", "negatives", "roc_auc_ci_low", "roc_auc_ci_high", "churn_n", "label_switching_n"}
 
 

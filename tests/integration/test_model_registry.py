@@ -94,12 +94,13 @@ def test_models_list_shows_sample_sizes_intervals_trends_and_segment_description
         redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import random
 
+    from operators.model_features import PROPENSITY_NUMERIC
     from operators.online_models import describe_segments
     client = redis.Redis.from_url(redis_url)
     keys = RedisKeys(f"{redis_prefix}list:")
     rng = random.Random(5)
     propensity, segments = ModelTrainer.new("propensity"), ModelTrainer.new("segments")
-    x = (0.0,) * 13 + (1.0,) + (0.0,) * 3 + ("mobile", "h3", "add_to_cart")
+    x = (0.0,) * 13 + (1.0,) + (0.0,) * (len(PROPENSITY_NUMERIC) - 14) + ("mobile", "h3", "add_to_cart")
     for version in (1, 2):
         for i in range(400):   # the second version's scores separate better: its AUC goes up
             label = rng.random() < 0.3

@@ -366,3 +366,4 @@ def test_a_propensity_trainer_of_other_features_learns_afresh_and_skips_their_pe
     new_x = (0.0,) * len(PROPENSITY_NUMERIC) + ("mobile", "h3", "add_to_cart")
     back.learn(new_x, label=True, score=0.5)
     assert back.stale == 1 and back.model.n == 1
+    assert back.metric_values()["stale_examples"] == 1.0 and "stale_examples" not in t.metric_values()
