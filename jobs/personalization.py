@@ -36,7 +36,7 @@ from operators.audit import audit_record
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, Rejection, SourceRef
 from operators.input_limits import InputLimits
-from operators.model_scoring import Example, ExampleBatch, ServedModels, bot_tally
+from operators.model_scoring import Example, ExampleBatch, ServedModels
 from operators.pattern_spec import PatternBook
 from operators.personalize import Personalizer, Step
 from operators.validation import parse_event
@@ -373,10 +373,8 @@ class Personalize(KeyedProcessFunction):
             self._counter(self._suppressed, "suppressed", reason).inc()
         if step.bot_flagged:
             self._bots.inc()
-        if state is not None and (step.bot_flagged or step.bot_ruled or step.bot_judged):
-            # Which one flagged, and the model against the rule (README "Models": bots).
-            for group, name in bot_tally(state.models, step.bot_flagged, step.bot_ruled, step.bot_judged):
-                self._counter(self._bots_by.setdefault(group, {}), group, name).inc()
+        for group, name in step.bot_counts:   # which one flagged, and the model against the rule (README "Models")
+            self._counter(self._bots_by.setdefault(group, {}), group, name).inc()
         if step.examples:
             self._arm_tick(ctx, now)
             for ex in step.examples:

@@ -33,7 +33,7 @@ from operators.audit import AuditEntry
 from operators.consent import ANALYTICS, PERSONALIZATION, PURPOSES
 from operators.events import Event, Rejection
 from operators.experiments import ExperimentOutcome
-from operators.model_scoring import Example, ModelRules, ModelStep, ServedModels
+from operators.model_scoring import Example, ModelRules, ModelStep, ServedModels, bot_tally
 from operators.pattern_engine import PatternEngine, Trigger
 from operators.pattern_spec import PatternBook
 from operators.profile_fold import (
@@ -69,8 +69,7 @@ class Step:
     timers: Sequence[int] = ()                       # event times to be woken at
     suppressed: Sequence[tuple[str, str]] = ()       # (pattern, reason)
     bot_flagged: bool = False                        # the user became a bot at this step
-    bot_ruled: bool = False                          # the bot rule flagged the user at this step
-    bot_judged: bool = False                         # the bot model judged the user a bot, first time, at this step
+    bot_counts: Sequence[tuple[str, str]] = ()       # live bot counters to move, (group, name): ``bot_tally``
     duplicate: bool = False                          # an event id (or order id) seen before: nothing changed
     dropped: Sequence[str] = ()                      # what a limit kept out (README "Limits"), for counting
     audit: AuditEntry | None = None                  # a consent change or an erasure, for the audit topic
@@ -160,9 +159,15 @@ class Personalizer:
             timers += outcome.timers
         return Step(state, store=True, write_profile=True, examples=examples, triggers=outcome.triggers,
                     timers=timers, suppressed=outcome.suppressed, bot_flagged=state.models.bot and not was_bot,
-                    bot_ruled=state.models.bot_by == "rule" and not was_ruled,
-                    bot_judged=state.models.model_judged_bot and not was_judged,
+                    bot_counts=self._bot_counts(state, was_bot, was_ruled, was_judged),
                     dropped=drops, audit=audit, experiments=outcome.experiments)
+
+    @staticmethod
+    def _bot_counts(state: UserState, was_bot: bool, was_ruled: bool, was_judged: bool) -> Sequence[tuple[str, str]]:
+        """What changed in the bot verdicts at this step, as live counters (README "Models": bots)."""
+        m = state.models
+        flagged, ruled, judged = m.bot and not was_bot, m.bot_by == "rule" and not was_ruled, m.model_judged_bot and not was_judged
+        return bot_tally(m, flagged, ruled, judged) if flagged or ruled or judged else ()
 
     def _erase(self, state: UserState | None, event: Event, event_hash: int) -> Step:
         """Forget everything about the user, the consent record too, and say what went (README "Privacy").

@@ -20,7 +20,7 @@ from operators.model_features import (
     propensity_features,
     session_rate_features,
 )
-from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_tally, bot_verdict
+from operators.model_scoring import ModelRules, ModelStep, ServedModels, bot_verdict
 from operators.online_models import MODEL_NAMES, CompiledLogistic, ModelSnapshot, ModelTrainer, restore
 from operators.pattern_spec import compile_patterns
 from operators.personalize import Personalizer
@@ -342,7 +342,7 @@ def test_the_bot_model_is_judged_apart_from_the_rule_and_counted_against_it() ->
         step = core.on_event(s, ev(i, "page_view", i * 1_000, {"page_type": "category", "category": "toys",
                                                                 "dwell_ms": 500}), served)
         s = step.state
-        tallies += [(i + 1, t) for t in bot_tally(s.models, step.bot_flagged, step.bot_ruled, step.bot_judged)]
+        tallies += [(i + 1, t) for t in step.bot_counts]
     assert s.models.model_judged_bot and s.models.bot_by == "rule"
     # The model flagged the user at event 10 (the rule could not yet), the rule took over at 20.
     assert tallies == [(10, ("bot_flags_by", "model")), (10, ("bot_model", "verdicts")),
