@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, Producer
 from bench.live_events import LiveTraffic
 from bench.replay import Replay, write_step
 from operators.personalize import Step
+from operators.runner import Record
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, parse_overrides
@@ -458,8 +459,8 @@ class Baseline:
             batches = self.consumer.poll(timeout_ms=50)
             self.now = int(time.time() * 1000)
             for records in batches.values():
-                for rec in records:
-                    self.replay.process(rec.value)
+                self.replay.process_batch([Record(None, rec.value or b"", rec.topic, rec.partition, rec.offset)
+                                           for rec in records], self.now)
             # Silent partitions: the wall clock stands in for an idle source's watermark.
             if not batches:
                 self.replay.advance(int(time.time() * 1000) - self.max_out_of_orderness - 2000)

@@ -1,13 +1,13 @@
-"""The benchmark's peer engine: Bytewax (``pip install '.[bench]'``) running the same per-event core.
+"""The benchmark's peer engine: Bytewax (``pip install '.[bench]'``) running the same per-event runner.
 
-Kafka (Bytewax's KafkaSource) -> parse -> key by user -> ``stateful`` (one ``Personalizer`` step per event,
-the user's state and event-time timers held by Bytewax per key) -> Redis through the same batching writer
-as the job. Models learn in line and are "published" to the scorer every ``publish_every_examples``, as in
-the plain-Python baseline. One worker, no recovery: like the baseline, it has no fault tolerance.
+Kafka (Bytewax's KafkaSource) -> ``stateful_batch`` (each batch Bytewax hands over goes through the job's runner,
+``operators/runner.py``: parsing, the core, timers in (time, user) order) -> Redis through the same batching
+writer as the job. Models learn in line and are "published" to the scorer every ``publish_every_examples``, as
+in the plain-Python baseline. One worker, no recovery: like the baseline, it has no fault tolerance.
 
-Event-time timers: the watermark is the newest event time less ``source.max_out_of_orderness_ms`` (or,
-while no events arrive, the wall clock less that and the idleness bound). A user's due timers fire at its
-next event, or when Bytewax wakes it at the wall-clock time its earliest timer is expected to come due.
+Event-time timers: the watermark is the newest event time less ``source.max_out_of_orderness_ms`` (or, while no
+events arrive, the wall clock less that and the idleness bound); the runner fires what it passes after each batch,
+and Bytewax wakes the step when the earliest timer is expected to come due.
 
 Run by ``persona bench`` as ``python -m bench.peer_bytewax --bootstrap ... --redis-url ... --prefix ...``.
 """
@@ -15,7 +15,6 @@ Run by ``persona bench`` as ``python -m bench.peer_bytewax --bootstrap ... --red
 from __future__ import annotations
 
 import argparse
-import bisect
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,34 +24,36 @@ from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import SimplePollingSource
-from bytewax.operators import StatefulLogic
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
 from bench.replay import InlineModels, write_step
-from operators.events import Event
 from operators.personalize import Step
-from operators.validation import parse_event
-from persona.rules import personalizer
+from operators.runner import TRIGGER, Record, Result, Runner
+from persona.rules import input_limits, personalizer
 from persona.settings import load_job_settings
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
-from state.user_state import UserState
+from state.user_timers import UserTimers
 
 IDLE_MS = 2_000
-TICK = "\x00tick"   # the key of the flush ticks (no user id is empty or starts with NUL)
+TICK = "\x00tick"   # a tick item (no Kafka message is a str)
 
 
 class _Runtime:
-    """What the one worker shares across keys: the core, the models, the writer, the watermark."""
+    """What the one worker holds: the runner, the models, the writer, the states, timers and watermark."""
 
     def __init__(self, bootstrap: str, redis_url: str, triggers_topic: str, prefix: str, heartbeat: Path) -> None:
         settings = load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000})
         self.settings = settings
         self.core = personalizer(settings)
         self.models = InlineModels(settings)
-        self.served = self.models.served
+        self.runner = Runner(self.core, input_limits(settings), settings.flink.state_cache_users,
+                             served=self.models.served, on_step=self._write)
+        self.store: dict[str, bytes] = {}
+        self.timers = UserTimers()
         r = settings.redis
         self.writer = ProfileWriter.from_url(redis_url, RedisKeys(prefix), r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.core.memberships_known)
@@ -60,18 +61,32 @@ class _Runtime:
         self.triggers_topic = triggers_topic
         self.bound = settings.source.max_out_of_orderness_ms
         self.watermark = 0
+        self.now = 0
         self.heartbeat = heartbeat
         self._beat_at = 0.0
 
-    def now_watermark(self) -> int:
-        idle = int(time.time() * 1000) - self.bound - IDLE_MS
-        return max(self.watermark, idle)
+    def _write(self, user: str, step: Step) -> None:
+        write_step(self.writer, self.core, user, step, self.now)
 
-    def carry_out(self, user: str, step: Step, now: int) -> None:
-        for trigger in step.triggers:
-            self.producer.produce(self.triggers_topic, key=user.encode(), value=trigger.to_json().encode())
-        self.models.learn(step.examples)
-        write_step(self.writer, self.core, user, step, now)
+    def idle_watermark(self) -> int:
+        return max(self.watermark, int(time.time() * 1000) - self.bound - IDLE_MS)
+
+    def run(self, records: list[Record]) -> None:
+        self.now = int(time.time() * 1000)
+        out = self.runner.on_batch(records, self.timers, self.store.get, self.now) if records else Result()
+        if out.newest_event_ms is not None:
+            self.watermark = max(self.watermark, out.newest_event_ms - self.bound)
+        self.fire(self.watermark, out)
+
+    def fire(self, watermark: int, out: Result | None = None) -> None:
+        out = self.runner.on_watermark(watermark, self.timers, self.store.get, self.now, out)
+        self.store.update(out.dirty)
+        for kind, key, value in out.emitted():
+            if kind == TRIGGER and value is not None and key is not None:
+                self.producer.produce(self.triggers_topic, key=key.encode(), value=value)
+        for examples in self.runner.examples.take().values():
+            self.models.learn(examples)
+        self.after()
 
     def after(self) -> None:
         """Flush the write batch when it is due; tell the harness this worker is alive and where it is."""
@@ -87,62 +102,35 @@ class _Runtime:
 RUNTIME: _Runtime | None = None
 
 
-Snapshot = tuple[str, UserState | None, list[int]]
+class _Everything(StatefulBatchLogic[Any, None, None]):
+    """The one key: every batch Bytewax hands over goes through the runner at once."""
 
+    def __init__(self, resume: None) -> None:
+        pass
 
-class _User(StatefulLogic[Event, None, Snapshot]):
-    """One user's state and timers (Bytewax builds one per key; the key arrives with the first event)."""
-
-    def __init__(self, resume: Snapshot | None) -> None:
-        self.user, self.state, self.timers = resume if resume is not None else ("", None, [])
-
-    def _fire(self, rt: _Runtime, watermark: int, now: int) -> None:
-        while self.timers and self.timers[0] <= watermark:
-            due = self.timers.pop(0)
-            step = rt.core.on_timer(self.state, self.user, due)
-            self._arm(step)
-            rt.carry_out(self.user, step, now)
-
-    def _arm(self, step: Step) -> None:
-        for t in step.timers:
-            i = bisect.bisect_left(self.timers, t)
-            if i == len(self.timers) or self.timers[i] != t:   # one timer per time, as in Flink
-                self.timers.insert(i, t)
-
-    def on_item(self, value: Event | str) -> tuple[list[None], bool]:
+    def on_batch(self, values: list[Any]) -> tuple[list[None], bool]:
         rt = RUNTIME
         assert rt is not None
-        if isinstance(value, str):   # a tick: the batch goes out even when no event comes
-            rt.after()
-            return [], StatefulLogic.RETAIN
-        now = int(time.time() * 1000)
-        self.user = value.user_id
-        rt.watermark = max(rt.watermark, value.event_time_ms - rt.bound)
-        self._fire(rt, rt.watermark, now)
-        step = rt.core.on_event(self.state, value, rt.served)
-        if step.dead_letter is None:
-            self.state = step.state
-            self._arm(step)
-            rt.carry_out(self.user, step, now)
-        rt.after()
-        return [], StatefulLogic.RETAIN
+        rt.run([Record(None, m.value or b"", m.topic, m.partition, m.offset) for m in values if not isinstance(m, str)])
+        return [], StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[None], bool]:
         rt = RUNTIME
         assert rt is not None
-        self._fire(rt, rt.now_watermark(), int(time.time() * 1000))
-        rt.after()
-        return [], StatefulLogic.RETAIN
+        rt.now = int(time.time() * 1000)
+        rt.fire(rt.idle_watermark())
+        return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         rt = RUNTIME
-        if not self.timers or rt is None:
+        due = rt.timers.next_due() if rt is not None else None
+        if due is None or rt is None:
             return None
-        wait_ms = max(0, self.timers[0] - rt.now_watermark())
+        wait_ms = max(0, due - rt.idle_watermark())
         return datetime.now(UTC) + timedelta(milliseconds=min(wait_ms, 60_000))
 
-    def snapshot(self) -> Snapshot:
-        return self.user, self.state, list(self.timers)
+    def snapshot(self) -> None:
+        return None
 
 
 class _Ticks(SimplePollingSource[str]):
@@ -162,19 +150,12 @@ class _Discard(DynamicSink[Any]):
         return _Discard._Part()
 
 
-def _parse(msg: Any) -> Event | None:
-    event = parse_event(msg.value or b"")
-    return event if isinstance(event, Event) else None
-
-
 def dataflow(bootstrap: str, events_topic: str) -> Dataflow:
     flow = Dataflow("persona-peer")
     raw = op.input("kafka", flow, KafkaSource([bootstrap], [events_topic], tail=True))
-    events = op.filter_map("parse", raw, _parse)
     ticks = op.input("ticks", flow, _Ticks())
-    keyed = op.key_on("user", op.merge("events-and-ticks", events, ticks),
-                      lambda e: TICK if isinstance(e, str) else e.user_id)
-    done = op.stateful("personalize", keyed, _User)
+    keyed = op.key_on("all", op.merge("events-and-ticks", raw, ticks), lambda _: "all")
+    done = op.stateful_batch("personalize", keyed, _Everything)
     op.output("discard", done, _Discard())
     return flow
 

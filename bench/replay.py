@@ -1,29 +1,30 @@
-"""The per-event core as a plain Python loop: the benchmark's logic-only run and baseline, and ``persona evaluate``.
+"""The per-event core as a plain Python loop: the benchmark's logic-only run and baseline, ``persona evaluate`` and
+``persona rules dry-run``.
 
-It calls the same ``Personalizer`` as the Flink job, in one process and with no fault tolerance. What
-Flink does around the core is done here by hand: a heap of event-time timers fired as a watermark
-(newest event time less the out-of-orderness bound) passes them, and trainers that learn the examples
-in line and "publish" a snapshot to the scorer every ``publish_every_examples`` examples, as the job's
-trainer does.
+It drives the core through the job's own runner (``operators/runner.py``): the same parsing with the job's
+limits, the same timers in (time, user) order, the same failure handling. What Flink does around it is done
+here by hand, in one process and with no fault tolerance: each record is a batch of one, followed by the
+watermark (newest event time less the out-of-orderness bound); the states live in a dict of encoded bytes, as
+in Flink's state; and trainers learn the examples in line and "publish" a snapshot to the scorer every
+``publish_every_examples`` examples, as the job's trainer does.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
-from operators.events import Event
 from operators.model_scoring import Example, ServedModels
 from operators.online_models import MODEL_NAMES, ModelTrainer
 from operators.pattern_engine import Trigger
 from operators.personalize import Personalizer, Step
-from operators.validation import parse_event
-from persona.rules import personalizer
+from operators.runner import Record, Result, Runner
+from persona.rules import input_limits, personalizer
 from persona.settings import JobSettings
 from state.profile_store import ProfileWriter
-from state.user_state import UserState
+from state.user_state import UserState, decode_state, encode_state
+from state.user_timers import UserTimers
 
 
 class InlineModels:
@@ -58,58 +59,61 @@ class Replay:
     on_example: Callable[[Example], None] | None = None
     on_trigger: Callable[[Trigger], None] | None = None
     on_step: Callable[[str, Step], None] | None = None   # every step of an event or timer (e.g. to write Redis)
-    states: dict[str, UserState] = field(default_factory=dict)
-    timers: list[tuple[int, str]] = field(default_factory=list)
+    store: dict[str, bytes] = field(default_factory=dict)   # user -> encoded state, as Flink's state holds it
 
     def __post_init__(self) -> None:
         self.core = personalizer(self.settings)
         self.models = InlineModels(self.settings)
         self.served, self.trainers = self.models.served, self.models.trainers
-        self._armed: set[tuple[int, str]] = set()   # Flink keeps one timer per (key, time); so does this loop
+        # Every state stays decoded in memory (no eviction): the replay's store is only read after ``states =``.
+        self.runner = Runner(self.core, input_limits(self.settings), cache_users=2**62, served=self.served,
+                             on_step=self._observe)
+        self.timers = UserTimers()
         self.watermark = 0
         self.triggers = 0
+        self._bound = self.settings.source.max_out_of_orderness_ms
 
-    def process(self, raw: bytes) -> tuple[str, Step] | None:
-        """One record; returns (user, step) for an applied event, None for a rejected or late one."""
-        e = parse_event(raw)
-        if not isinstance(e, Event):
-            return None
-        step = self.core.on_event(self.states.get(e.user_id), e, self.served)
-        if step.dead_letter is not None:
-            return None
-        assert step.state is not None
-        self.states[e.user_id] = step.state
-        self._carry_out(e.user_id, step)
-        self.advance(e.event_time_ms - self.settings.source.max_out_of_orderness_ms)
-        return e.user_id, step
+    def process(self, raw: bytes, now_ms: int | None = None) -> None:
+        """One record, then the watermark it moves (its event time less the out-of-orderness bound)."""
+        self.process_batch([Record(None, raw)], now_ms)
 
-    def advance(self, watermark_ms: int) -> None:
+    def process_batch(self, records: list[Record], now_ms: int | None = None) -> None:
+        """Records read together (a consumer's poll), then the watermark they move."""
+        out = self.runner.on_batch(records, self.timers, self.store.get, now_ms)
+        if out.newest_event_ms is not None:
+            self.watermark = max(self.watermark, out.newest_event_ms - self._bound)
+        self.runner.on_watermark(self.watermark, self.timers, self.store.get, now_ms, out)
+        self._finish(out)
+
+    def advance(self, watermark_ms: int, now_ms: int | None = None) -> None:
         """Move the watermark (also without an event: a silent stream), firing the timers it passes."""
         self.watermark = max(self.watermark, watermark_ms)
-        while self.timers and self.timers[0][0] <= self.watermark:
-            timer = heapq.heappop(self.timers)
-            self._armed.discard(timer)
-            due, user = timer
-            if user in self.states:
-                self._carry_out(user, self.core.on_timer(self.states[user], user, due))
+        self._finish(self.runner.on_watermark(self.watermark, self.timers, self.store.get, now_ms))
 
-    def _carry_out(self, user: str, step: Step) -> None:
+    @property
+    def states(self) -> dict[str, UserState]:
+        return {u: decode_state(data) for u, data in self.store.items()}
+
+    @states.setter
+    def states(self, states: dict[str, UserState]) -> None:
+        """Restore (as after a failover): the stored states are these, and nothing cached survives."""
+        self.store = {u: encode_state(s) for u, s in states.items()}
+        self.runner.forget()
+
+    def _observe(self, user: str, step: Step) -> None:
         if self.on_step is not None:
             self.on_step(user, step)
-        for t in step.timers:
-            if (t, user) not in self._armed:
-                self._armed.add((t, user))
-                heapq.heappush(self.timers, (t, user))
         if step.triggers:
             self.triggers += len(step.triggers)
             if self.on_trigger is not None:
                 for trigger in step.triggers:
                     self.on_trigger(trigger)
-        if step.examples:
-            self._learn(step.examples)
 
-    def _learn(self, examples: Sequence[Example]) -> None:
-        for ex in examples:
-            if self.on_example is not None:
-                self.on_example(ex)
-            self.models.learn((ex,))
+    def _finish(self, out: Result) -> None:
+        self.store.update(out.dirty)
+        examples = self.runner.examples.take()
+        for model_examples in examples.values():
+            for ex in model_examples:
+                if self.on_example is not None:
+                    self.on_example(ex)
+                self.models.learn((ex,))

@@ -125,6 +125,41 @@ def keyed_raw_events(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
     return KeyedStream(j_keyed, record_type, stream)
 
 
+def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings, bounded: bool,
+                    shards: int, batch_records: int, batch_ms: int, max_future_ms: int = 3_600_000) -> KeyedStream:
+    """The events topic as batches of records, one Python call per batch (README "Performance").
+
+    The user id is read on the Java side (``JSON_VALUE``; ``""`` when unreadable), the records are keyed by shard
+    (``floorMod(user_id.hashCode(), shards)``, the Java ``ShardKey``), and the Java operator ``BatchByShard``
+    (docker/jars/batcher) buffers each shard's records and flushes them as one MessagePack batch at
+    ``batch_records`` records, after ``batch_ms``, before any watermark and before any checkpoint barrier.
+    The batches are keyed by shard again without a shuffle (``reinterpretAsKeyedStream``: the batcher is chained
+    to the keyed function), so the Python function receives ``bytes`` (``operators.runner.decode_batch``) with
+    the shard as its key.
+    """
+    from pyflink.util.java_utils import load_java_class
+
+    raw_event_stream(t_env, kafka, source, bounded, select=False, max_future_ms=max_future_ms)
+    table = t_env.sql_query(
+        "SELECT COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '') AS `user_key`, "
+        "ROW(`value`, `topic`, `partition`, `offset`, `ts`, `wm_ts` = `ts`) AS `record` FROM raw_events")
+    record_type = Types.ROW([Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(),
+                             Types.INSTANT(), Types.BOOLEAN()])
+    stream = t_env.to_append_stream(table, Types.ROW([Types.STRING(), record_type]))
+    gateway = get_gateway()
+    key_type = Types.ROW([Types.INT()]).get_java_type_info()
+    shard_key = load_java_class("io.streampersona.batch.ShardKey").newInstance().configure(shards)
+    batcher = load_java_class("io.streampersona.batch.BatchByShard").newInstance().configure(
+        shards, batch_records, batch_ms)
+    batch_type = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+    j_batches = (stream._j_data_stream.keyBy(shard_key, key_type)
+                 .transform("batch-by-shard", batch_type.get_java_type_info(), batcher)
+                 .uid("batch-by-shard").name("batch-by-shard"))
+    j_keyed = gateway.jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
+        j_batches, gateway.jvm.KeyByKeySelector(), key_type)
+    return KeyedStream(j_keyed, Types.PRIMITIVE_ARRAY(Types.BYTE()), DataStream(j_batches))
+
+
 def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: str, topic: str,
                     exactly_once: bool = False, value_type: str = "STRING") -> str:
     """Declare a sink table (k STRING key, v STRING value) writing to ``topic``; returns the table name.

@@ -278,10 +278,12 @@ class ModelStep:
             examples += [_propensity_example(event.user_id, e) for e in labelled]
         return examples, timers
 
-    def on_timer(self, user: UserState, watermark_ms: int) -> list[Example]:
+    def on_timer(self, user: UserState, user_id: str, watermark_ms: int) -> list[Example]:
+        """Examples whose label window passed, tagged with their user: an erasure purges them while they wait for
+        their batch, so a timer-released example must carry the user as one released by an event does."""
         out = self.outputs(user)
         labelled = self.join.release(out.labels, watermark_ms)
-        return [] if out.bot else [_propensity_example("", e) for e in labelled]
+        return [] if out.bot else [_propensity_example(user_id, e) for e in labelled]
 
     def _segment(self, out: ModelOutputs, features: dict[str, float], served: ServedModels) -> None:
         model = served.get("segments")

@@ -215,7 +215,7 @@ class Personalizer:
         if state is None:
             return Step(None)
         version = state.version
-        examples = self.models.on_timer(state, timestamp_ms)
+        examples = self.models.on_timer(state, user_id, timestamp_ms)
         outcome = self.engine.on_timer(state, user_id, timestamp_ms)
         released = state.version != version   # a released match changed the profile (stage, abandonment time)
         # A timer that only pruned expired entries need not be stored: the next write persists that, and

@@ -175,6 +175,12 @@ class FlinkSettings(_Strict):
     state_ttl_s: int = Field(gt=0)
     state_cache_users: int = Field(ge=0)
     buffer_timeout_ms: int = Field(ge=0)
+    # The batched crossing (README "Performance"): users are spread over `shards` keys, each a batch of at most
+    # `batch_records` records, flushed at the latest `batch_ms` after it started. `shards` is persisted layout
+    # (the most subtasks the job can rescale to; changing it loses the state) and is fixed for a deployment.
+    shards: int = Field(default=128, ge=1, le=32_768)
+    batch_records: int = Field(default=500, ge=1, le=100_000)
+    batch_ms: int = Field(default=20, ge=1, le=60_000)
     prometheus: bool = True   # Flink's Prometheus reporter on the mini-cluster (a free port, printed)
     connector_jars_dir: str = Field(min_length=1)
     # Upgrading from a build before the Kafka source had a uid (README "Failures and upgrades"): that job's

@@ -93,7 +93,8 @@ def _sum_metrics(rest_url: str, job: str, vertex: str, wanted: list[str]) -> dic
 
 
 def flink_status(rest_url: str, only: str | None = None) -> dict[str, Any]:
-    """``only``: the vertex whose name starts with it (the live line reads the personalize operator only)."""
+    """``only``: the vertex that chains the operator of that name (the live line reads the personalize operator only);
+    a vertex is named after that operator when it chains it (the batcher runs chained before personalize)."""
     job = _job_id(rest_url)
     detail = _get(f"{rest_url}/jobs/{job}")
     restarts = _get(f"{rest_url}/jobs/{job}/metrics?get=numRestarts")
@@ -103,14 +104,15 @@ def flink_status(rest_url: str, only: str | None = None) -> dict[str, Any]:
     counters: dict[str, Any] = {"valid": 0, "late_events": 0, "dead_letters": {}, "triggers": {}, "suppressed": {},
                                 "erasures": 0, "consent_changes": 0, "duplicates": 0, "bots": {}}
     for v in detail["vertices"]:
-        if only is not None and not v["name"].startswith(only):
+        chain = [n.strip() for n in v["name"].split(" -> ")]
+        if only is not None and only not in chain:
             continue
         ids = [m["id"] for m in _get(f"{rest_url}/jobs/{job}/vertices/{v['id']}/subtasks/metrics")]
         rates = [i for i in ids if i in ("numRecordsInPerSecond", "numRecordsOutPerSecond")]
         own = [i for i in ids if i.startswith(("personalize.ingest.", "personalize.personalize."))]
         marks = [i for i in ids if i == "currentInputWatermark"]
         values = _sum_metrics(rest_url, job, v["id"], rates + own + marks) if rates + own + marks else {}
-        name = v["name"].split(" -> ")[0]
+        name = "personalize" if "personalize" in chain else chain[0]
         out["operators"][name] = {"parallelism": v["parallelism"], "status": v["status"],
                                   "in_per_s": round(values.get("numRecordsInPerSecond", 0.0), 1),
                                   "out_per_s": round(values.get("numRecordsOutPerSecond", 0.0), 1)}

@@ -38,6 +38,13 @@ def check_maven() -> None:
         raise StackError("Maven is required to resolve the jars: `mvn` is not on PATH (Debian: apt-get install maven)")
 
 
+def check_jdk() -> None:
+    for tool in ("javac", "jar"):
+        if shutil.which(tool) is None:
+            raise StackError(f"a JDK is required to build the batching operator: `{tool}` is not on PATH "
+                             "(Debian: apt-get install openjdk-17-jdk-headless)")
+
+
 def redis_server_binary() -> str:
     path = shutil.which("redis-server")
     if path is None:
@@ -49,4 +56,5 @@ def check_all() -> None:
     check_python()
     check_java()
     check_maven()
+    check_jdk()
     redis_server_binary()

@@ -1,0 +1,317 @@
+"""The one driver of the per-event core: a batch of raw records in, then the watermark that follows them.
+
+Every caller runs the core through this class: the Flink job (``jobs/personalization.py``, one call per batch
+of a shard), the logic-only loop, the plain-Python baseline and the peer of the benchmark, ``persona rules
+dry-run`` and ``persona evaluate`` (``operators/replay.py``), and the unit tests. So parsing (with the job's
+limits), the key check, the order of timers and what a failure does are written once:
+
+- ``on_batch`` parses each record, checks it against the key it was routed by, runs ``Personalizer.on_event``
+  and arms the timers the step asks for;
+- ``on_watermark`` fires every timer at or before the watermark, in (time, user) order;
+- a failed step (a bug) dead-letters its record (or counts its timer) and the user's next step starts from the
+  last good state, never from the half-updated object;
+- the result says what to persist (each changed user's encoded state), what to emit (triggers, dead letters,
+  profile changes, audit records, experiment outcomes), and the earliest pending timer.
+
+Pure: no I/O and no clock (``now_ms`` comes in). Loading a state the runner does not hold is the caller's
+``load`` function (Flink's map state, or nothing).
+
+>>> from operators.personalize import DEFAULT_MODEL_RULES
+>>> from operators.pattern_spec import load_patterns
+>>> from operators.profile_fold import ProfileRules
+>>> runner = Runner(Personalizer(ProfileRules(), DEFAULT_MODEL_RULES, load_patterns(), segments=5))
+>>> add = (b'{"schema_version":1,"event_id":"e1","event_type":"add_to_cart","user_id":"u1",'
+...        b'"event_time":"2026-11-02T10:00:00Z","payload":{"product_id":"p1","category":"toys","price":12.5,'
+...        b'"quantity":1,"currency":"EUR"}}')
+>>> timers = UserTimers()
+>>> out = runner.on_batch([Record("u1", add)], timers, lambda user: None, now_ms=1_793_620_900_000)
+>>> sorted(out.dirty), [k for k, _, _ in out.outputs], out.counts[VALID]
+(['u1'], ['change'], 1)
+>>> fired = runner.on_watermark(timers.next_due() or 0, timers, out.dirty.get, now_ms=1_793_622_700_000)
+>>> [(kind, key) for kind, key, _ in fired.outputs if kind == TRIGGER]
+[('trigger', 'u1')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import msgspec
+
+from operators.audit import audit_record
+from operators.dead_letter import dead_letter_record
+from operators.events import Event, Rejection, SourceRef
+from operators.input_limits import InputLimits
+from operators.model_scoring import Example, ServedModels
+from operators.personalize import Personalizer, Step
+from operators.validation import DEFAULT_LIMITS, parse_event
+from state.profile_changelog import changelog_value
+from state.state_cache import StateCache
+from state.user_state import UserState, decode_state, encode_state
+from state.user_timers import UserTimers
+
+# Output kinds: the Java side routes each to its topic (jobs/personalization.py).
+TRIGGER, DEAD_LETTER, CHANGE, AUDIT = "trigger", "dead_letter", "change", "audit"
+# Counter paths (Flink metric group names, then the counter) that every batch may move.
+VALID = ("ingest", "valid")
+UNTRUSTED = ("ingest", "timestamp_untrusted")
+LATE = ("personalize", "late_events")
+DUPLICATES = ("personalize", "duplicates")
+ERASURES = ("personalize", "erasures")
+CONSENT_CHANGES = ("personalize", "consent_changes")
+TIMER_ERRORS = ("personalize", "timer_errors")
+BOT_FLAGS = ("personalize", "bot_flags")
+
+
+class Record(NamedTuple):
+    """One raw record as read, with the key it was routed by: the user id the Java side read ("" when it could not),
+    or None where nothing routed it (a replay of a file): the parsed user id is then the key. The fields after
+    ``raw`` are its provenance, in the order the batching operator writes them (``decode_batch``)."""
+
+    user_key: str | None
+    raw: bytes
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    timestamp_ms: int | None = None
+    trusted: bool = True            # its Kafka timestamp moved the watermark
+
+    @property
+    def source(self) -> SourceRef:
+        return SourceRef(self.topic or "", -1 if self.partition is None else self.partition,
+                         -1 if self.offset is None else self.offset, self.timestamp_ms)
+
+
+_batch_decoder = msgspec.msgpack.Decoder(list[Record])
+
+
+def decode_batch(data: bytes) -> list[Record]:
+    """The records of one batch, as the Java operator ``BatchByShard`` writes them (a MessagePack array of
+    ``[user_key, value, topic, partition, offset, timestamp_ms, trusted]``).
+
+    >>> import msgspec
+    >>> decode_batch(msgspec.msgpack.encode([["u1", b"{}", "shop.events", 0, 41, 1_000, True]]))[0].source.offset
+    41
+    """
+    return _batch_decoder.decode(data)
+
+
+Output = tuple[str, str | None, bytes | None]   # (kind, key, value); a None value is a tombstone
+
+
+@dataclass
+class Result:
+    """What one batch or watermark did, for the caller to carry out."""
+
+    outputs: list[Output] = field(default_factory=list)
+    dirty: dict[str, bytes] = field(default_factory=dict)        # user -> encoded state to persist
+    experiments: list[tuple[str, bytes]] = field(default_factory=list)   # (experiment, outcome JSON)
+    counts: dict[tuple[str, ...], int] = field(default_factory=dict)
+    ledger: dict[str, int] = field(default_factory=dict)         # applied, duplicate, dead_letter.<reason>
+    errors: list[str] = field(default_factory=list)              # failed steps, for the caller's log
+    untrusted: Record | None = None                              # one record whose timestamp was not trusted
+    newest_event_ms: int | None = None                           # of the events not dead-lettered
+    _change_at: dict[str, int] = field(default_factory=dict)
+
+    def count(self, path: tuple[str, ...], n: int = 1) -> None:
+        self.counts[path] = self.counts.get(path, 0) + n
+
+    def account(self, outcome: str) -> None:
+        self.ledger[outcome] = self.ledger.get(outcome, 0) + 1
+
+    def change(self, user: str, value: bytes | None) -> None:
+        """A profile change: only the newest per user and batch goes out (the loader keeps the newest anyway);
+        a tombstone keeps its place, so a state written after an erasure follows it."""
+        at = self._change_at.pop(user, None)
+        if at is not None:
+            self.outputs[at] = ("", None, None)   # superseded; dropped by ``emitted``
+        if value is not None:
+            self._change_at[user] = len(self.outputs)
+        self.outputs.append((CHANGE, user, value))
+
+    def emitted(self) -> Iterator[Output]:
+        return (o for o in self.outputs if o[0])
+
+
+class ExampleBuffer:
+    """Training examples waiting for their trainer, per model: one record per model and batch crosses to the
+    trainer, not one per example. An erasure purges the user's waiting examples (README "Privacy")."""
+
+    def __init__(self) -> None:
+        self._by_model: dict[str, list[Example]] = {}
+        self.waiting = 0
+
+    def add(self, examples: Iterable[Example]) -> None:
+        for ex in examples:
+            self._by_model.setdefault(ex.model, []).append(ex)
+            self.waiting += 1
+
+    def purge(self, user_id: str) -> int:
+        purged = 0
+        for model, examples in self._by_model.items():
+            kept = [ex for ex in examples if ex.user_id != user_id]
+            purged += len(examples) - len(kept)
+            self._by_model[model] = kept
+        self.waiting -= purged
+        return purged
+
+    def take(self) -> dict[str, list[Example]]:
+        out = {m: xs for m, xs in self._by_model.items() if xs}
+        self._by_model, self.waiting = {}, 0
+        return out
+
+
+class Runner:
+    def __init__(self, core: Personalizer, limits: InputLimits = DEFAULT_LIMITS, cache_users: int = 20_000,
+                 served: ServedModels | None = None, on_step: Callable[[str, Step], None] | None = None) -> None:
+        """``on_step``: sees every applied step (tools that count or write profiles from the state object)."""
+        self.core = core
+        self.on_step = on_step
+        self.limits = limits
+        self.served = served if served is not None else ServedModels()
+        self.examples = ExampleBuffer()
+        self._cache: StateCache[UserState] = StateCache(cache_users)
+
+    def on_batch(self, records: Iterable[Record], timers: UserTimers, load: Callable[[str], bytes | None],
+                 now_ms: int | None) -> Result:
+        """Each record in order: parse, check the key, run the core, arm its timers. ``now_ms``: the wall clock,
+        for the event-age limits and the stamps; None in a replay (no age limit, stamps 0)."""
+        out = Result()
+        for record in records:
+            self._record(record, timers, load, now_ms, out)
+        return out
+
+    def on_watermark(self, watermark_ms: int, timers: UserTimers, load: Callable[[str], bytes | None],
+                     now_ms: int | None, out: Result | None = None) -> Result:
+        """Fire every timer at or before ``watermark_ms``, in (time, user) order (timers armed while firing too)."""
+        out = out if out is not None else Result()
+        while (due := timers.pop_due(watermark_ms)) is not None:
+            t, user = due
+            step = self.core.on_timer(self._load(user, load, out), user, t)
+            if step.failed:   # no record to dead-letter: counted and reported; the user's other timers still fire
+                self._cache.drop(user)
+                out.count(TIMER_ERRORS)
+                out.errors.append(f"timer {t} of user {user!r} failed: "
+                                  f"{step.dead_letter.detail if step.dead_letter else ''}")
+            self._carry_out(user, step, timers, now_ms or 0, out)
+        return out
+
+    def forget(self) -> None:
+        """Drop every cached state (after a restore, the caller's store is the truth)."""
+        self._cache = StateCache(self._cache._max)
+
+    def _load(self, user: str, load: Callable[[str], bytes | None], out: Result) -> UserState | None:
+        state = self._cache.get(user)
+        if state is None:
+            data = out.dirty.get(user)
+            if data is None:
+                data = load(user)
+            if data is not None:
+                state = decode_state(data)
+                self._cache.put(user, state)
+        return state
+
+    def _record(self, record: Record, timers: UserTimers, load: Callable[[str], bytes | None], clock: int | None,
+                out: Result) -> None:
+        event = parse_event(record.raw, self.limits, clock)
+        now_ms = clock or 0
+        user = record.user_key if record.user_key is not None else (event.user_id if isinstance(event, Event) else "")
+        if isinstance(event, Event) and event.user_id != user:
+            event = Rejection("key_mismatch", f"user_id {event.user_id!r} differs from the key read on the Java "
+                              f"side ({user!r}); duplicate user_id fields?", "user_id")
+        if not isinstance(event, Event):
+            self._reject(record, event, now_ms, out)
+            return
+        out.count(VALID)
+        if not record.trusted:
+            out.count(UNTRUSTED)
+            out.untrusted = record
+        step = self.core.on_event(self._load(user, load, out), event, self.served)
+        if step.failed:
+            self._cache.drop(user)
+            out.errors.append(f"record {record.source.topic}/{record.source.partition}/{record.source.offset}: "
+                              f"{step.dead_letter.detail if step.dead_letter else 'failed'}; dead-lettered")
+        if step.dead_letter is not None:
+            self._reject(record, step.dead_letter, now_ms, out)
+            return
+        if out.newest_event_ms is None or event.event_time_ms > out.newest_event_ms:
+            out.newest_event_ms = event.event_time_ms
+        if step.duplicate:
+            out.count(DUPLICATES)
+            out.account("duplicate")
+            return
+        out.account("applied")
+        for what in step.dropped:
+            out.count(("personalize", "dropped", what))
+        purged = self.examples.purge(user) if step.erase else 0
+        self._carry_out(user, step, timers, now_ms, out)   # an erasure's triggers: those due before it
+        if step.erase:
+            # Tombstones wherever the user's data is keyed (README "Privacy"), after anything released.
+            out.count(ERASURES)
+            out.outputs += [(TRIGGER, user, None), (DEAD_LETTER, user, None)]
+            out.change(user, None)
+        if step.audit is not None:
+            if not step.erase:
+                out.count(CONSENT_CHANGES)
+            out.outputs.append((AUDIT, user, self._audit(step, event, record.source, now_ms, purged)))
+
+    def _reject(self, record: Record, rejection: Rejection, now_ms: int, out: Result) -> None:
+        if rejection.reason == "late_event":
+            out.count(LATE)
+        else:
+            out.count(("ingest", "rejected", rejection.reason))
+        out.account(f"dead_letter.{rejection.reason}")
+        doc = dead_letter_record(record.raw, rejection, record.source, now_ms, self.limits.dead_letter_raw_bytes,
+                                 self.limits.masked_fields)
+        # Keyed by the user id the Java side read, when it could: an erasure then reaches this entry too.
+        out.outputs.append((DEAD_LETTER, record.user_key or None, doc.encode()))
+
+    def _carry_out(self, user: str, step: Step, timers: UserTimers, now_ms: int, out: Result) -> None:
+        if self.on_step is not None:
+            self.on_step(user, step)
+        for t in step.timers:
+            timers.arm(user, t)
+        for _, reason in step.suppressed:
+            out.count(("personalize", "suppressed", reason))
+        if step.bot_flagged:
+            out.count(BOT_FLAGS)
+        for group, name in step.bot_counts:   # which one flagged, and the model against the rule (README "Models")
+            out.count(("personalize", group, name))
+        if step.examples:
+            for ex in step.examples:
+                out.count(("personalize", "examples", ex.model))
+            self.examples.add(step.examples)
+        for outcome in step.experiments:
+            spec = self.core.engine.experiment(outcome.experiment)
+            holdout = spec is not None and outcome.variant == spec.holdout
+            out.experiments.append((outcome.experiment, outcome.to_json(holdout).encode()))
+        for trigger in step.triggers:
+            out.count(("personalize", "triggers", trigger.pattern))
+            out.outputs.append((TRIGGER, trigger.user_id, trigger.to_json().encode()))
+        state = step.state
+        if state is None:
+            return
+        if state.epoch_ms == 0 and step.store:   # a state this job created (first event, or after an erasure)
+            state.epoch_ms = now_ms
+        if step.store or step.write_profile:
+            # Encoded at every step: a later failure of the same user in this batch falls back to these bytes.
+            data = encode_state(state)
+            if step.store:
+                out.dirty[user] = data
+                self._cache.put(user, state)
+            if step.write_profile:
+                out.change(user, changelog_value(data, now_ms))
+
+    @staticmethod
+    def _audit(step: Step, event: Event, source: SourceRef, now_ms: int, purged: int) -> bytes:
+        assert step.audit is not None
+        stores = None
+        if step.erase:   # what the caller's side of an erasure did, beside the core's outcome
+            tombstone = {"status": "tombstone"}
+            stores = {"training_examples": {"status": "dropped", "count": purged}, "profile_changelog": tombstone,
+                      "triggers_topic": tombstone, "dead_letter_topic": tombstone,
+                      "redis_profile": {"status": "deleted_by_loader"}}
+        return audit_record(step.audit, event.user_id, event.event_id, event.event_time_ms, source, now_ms,
+                            stores).encode()
