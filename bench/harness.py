@@ -50,6 +50,7 @@ from state.profile_store import ProfileWriter
 
 SAMPLE_EVERY = 10
 LIVE_USERS = 3_000
+SHARED_PIDS: list[int] = []   # the broker's and Redis's, once the services are up (CPU they spend for everyone)
 
 
 def _say(msg: str) -> None:
@@ -73,6 +74,31 @@ def _rss_mb(pids: list[int]) -> float:
         except OSError:
             pass
     return round(total / 1024, 1)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (0 for a process gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])   # utime, stime (fields 14 and 15 of stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of the system under test (its whole process group: a JVM with its Python, or one Python) and
+    of the services all systems share (the broker and Redis), between two readings."""
+
+    system: Callable[[], list[int]]
+    shared: list[int]
+
+    def read(self) -> tuple[float, float]:
+        return _cpu_s(self.system()), _cpu_s(self.shared)
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -170,7 +196,7 @@ def _all_final(client: redis.Redis, keys: RedisKeys, final: dict[str, int], user
 
 
 def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str],
-                  deadline_s: float) -> tuple[float, float]:
+                  deadline_s: float, at_first: Callable[[], None] = lambda: None) -> tuple[float, float]:
     """(time the first profile appeared, time every user reached its final version), wall clock seconds.
 
     Only ``tail`` (the users of the stream's last events) is polled often: polling everyone would take
@@ -184,6 +210,7 @@ def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], t
         if t_first is None:
             if any(client.exists(keys.profile(u)) for u in users[:20]):
                 t_first = time.time()
+                at_first()
         elif _all_final(client, keys, final, tail):
             t_done = time.time()
             if _all_final(client, keys, final, users):
@@ -193,10 +220,20 @@ def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], t
 
 
 def _drain(client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str], events: int,
-           t_start: float) -> dict[str, Any]:
-    t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400)
-    return {"events": events, "startup_s": round(t_first - t_start, 1), "seconds": round(t_done - t_first, 1),
-            "events_per_s": round(events / (t_done - t_first))}
+           t_start: float, cpu: CpuMeter | None = None) -> dict[str, Any]:
+    """Events/s from the first profile to the last users' final versions; with ``cpu``, the CPU seconds per
+    10,000 events the system and the shared services used over the same span (README "Performance")."""
+    first: list[tuple[float, float]] = []
+    t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400,
+                                    at_first=lambda: first.append(cpu.read()) if cpu is not None else None)
+    out: dict[str, Any] = {"events": events, "startup_s": round(t_first - t_start, 1),
+                           "seconds": round(t_done - t_first, 1), "events_per_s": round(events / (t_done - t_first))}
+    if cpu is not None and first:
+        done = cpu.read()
+        # Over the same span as the throughput (first profile to done), which counts every event in it.
+        out["cpu_s_per_10k"] = round((done[0] - first[0][0]) / events * 10_000, 2)
+        out["shared_cpu_s_per_10k"] = round((done[1] - first[0][1]) / events * 10_000, 2)
+    return out
 
 
 def _live(bootstrap: str, topic: str, rate: float, seconds: float, prefix: str, probe: Probe) -> int:
@@ -335,8 +372,9 @@ def _drain_and_live(name: str, proc: subprocess.Popen[bytes], client: redis.Redi
                     log_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     t_start = time.time()
     _say(f"{name}: draining {events:,} pre-loaded events")
-    drain = _drain(client, keys, final, tail, events, t_start)
-    _say(f"{name}: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s")
+    drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: _group_pids(proc.pid), SHARED_PIDS))
+    _say(f"{name}: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s, "
+         f"{drain.get('cpu_s_per_10k')} CPU s per 10k events")
     live = _measure_live(bootstrap, topics, client, keys, plan, keys.prefix + "live-",
                          rss=lambda: _rss_mb(_group_pids(proc.pid)), name=name)
     if proc.poll() is not None:
@@ -484,8 +522,8 @@ def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix
     proc.start()
     try:
         _say(f"baseline: draining {events:,} pre-loaded events")
-        drain = _drain(client, keys, final, tail, events, t_start)
-        _say(f"baseline: drained at {drain['events_per_s']:,} events/s")
+        drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: [proc.pid or 0], SHARED_PIDS))
+        _say(f"baseline: drained at {drain['events_per_s']:,} events/s, {drain.get('cpu_s_per_10k')} CPU s per 10k events")
         live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
                              rss=lambda: _rss_mb([proc.pid or 0]), name="baseline")
         live.pop("live_users")
@@ -553,6 +591,7 @@ def run_bench(events: int, plan: LivePlan, out: Path, job_overrides: dict[str, s
     started = (services.kafka.running() is None, services.redis.running() is None)
     for line in services.up():
         _say(line)
+    SHARED_PIDS[:] = [p for p in (services.kafka.running(), services.redis.running()) if p is not None]
     bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
     run_id = time.strftime("%Y%m%d%H%M%S")
     # Each system reads its own copy of the events and gets its own live traffic: none waits for another's.
@@ -647,6 +686,9 @@ def markdown_table(r: dict[str, Any]) -> str:
         row("drain: events/s", lambda x: f"{x['drain']['events_per_s']:,}", "drain.events_per_s"),
         row("drain: events, seconds", lambda x: f"{x['drain']['events']:,} in {x['drain']['seconds']} s", "drain.seconds"),
         row("start-up to first profile", lambda x: x["drain"]["startup_s"], "drain.startup_s", " s"),
+        row("drain: CPU s per 10k events, system (shared broker + Redis)",
+            lambda x: f"{x['drain'].get('cpu_s_per_10k', 'n/a')} ({x['drain'].get('shared_cpu_s_per_10k', 'n/a')})",
+            "drain.cpu_s_per_10k"),
         row("sustained rate (lag bounded)", lambda x: f"{x['sustained']['events_per_s']:,.0f}"
             + ("+" if x["sustained"]["ladder_exhausted"] else ""), "sustained.events_per_s", " events/s"),
         row(f"freshness at {j['live']['rate']:,.0f} events/s: p50 / p95 / p99",

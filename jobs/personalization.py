@@ -24,9 +24,10 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pyflink.common import Row, Types
 from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext, TimeDomain
-from pyflink.datastream.state import MapStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
+from jobs.changelog_seed import Seed, read_seeds
 from jobs.experiment_tally import TallyExperiments, experiment_key
 from jobs.flink_counters import FlinkCounters
 from jobs.job_cli import fail, parse_job_args, setup_logging
@@ -75,6 +76,7 @@ EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 # Resolved exposures of experiments (README "Experiments"), keyed by experiment name.
 OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
 END_OF_INPUT = 2**63 - 1   # the watermark at the end of a bounded input
+SEEDED_STATE = "seeded_from_changelog"   # per shard (jobs/changelog_seed.py)
 KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS,
                   ("personalize", "models_refused"), ("personalize", "rules", "switches"),
                   ("personalize", "rules", "refused"), ("personalize", "rules", "version"),
@@ -117,6 +119,10 @@ class Personalize(KeyedProcessFunction):
         timers.enable_time_to_live(ttl)
         self._timer_state = runtime_context.get_map_state(timers)
         self._runner = Runner(personalizer(s, self._book), input_limits(s), s.flink.state_cache_users)
+        self._seeds: dict[int, dict[str, Seed]] | None = None
+        if s.flink.seed_from_changelog:
+            self._seeded = runtime_context.get_state(ValueStateDescriptor(SEEDED_STATE, Types.BOOLEAN()))
+            self._seeds = read_seeds(s, self._runner.core)
         self._timers: dict[int, UserTimers] = {}     # per shard, restored from TIMERS_STATE on first use
         self._armed: dict[int, int] = {}             # per shard, the Flink timer last registered
         self._client = redis.Redis.from_url(s.redis.connection_url())
@@ -141,7 +147,21 @@ class Personalize(KeyedProcessFunction):
             timers = self._timers[shard] = UserTimers()
             for user, data in self._timer_state.items():
                 timers.restore(user, decode_times(data))
+            if self._seeds is not None and not self._seeded.value():
+                self._seed(shard, timers)
         return timers
+
+    def _seed(self, shard: int, timers: UserTimers) -> None:
+        """The shard's users from the changelog (jobs/changelog_seed.py), those it does not hold already."""
+        states = {}
+        for user, (data, deadlines) in (self._seeds or {}).pop(shard, {}).items():
+            if not self._users.contains(user):
+                states[user] = data
+                for t in deadlines:
+                    timers.arm(user, t)
+        if states:
+            self._users.put_all(states)
+        self._seeded.update(True)
 
     def process_element(self, batch: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         now = int(time.time() * 1000)

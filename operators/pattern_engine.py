@@ -282,6 +282,17 @@ class PatternEngine:
                 return
         triggers.append(trigger)
 
+    def deadlines(self, ps: PatternState) -> list[int]:
+        """Every time a timer must wake the user for the patterns: open absence matches, deferred triggers and the
+        experiments' outcome windows (``Personalizer.deadlines``)."""
+        out = [a.deadline_ms for st in ps.absence.values() for a in st.armed]
+        out += [t.emitted_at for t in ps.deferred]
+        for name, xs in ps.experiments.items():
+            join = self._joins.get(name)
+            if join is not None:
+                out += [p.t_ms + join.window_ms for p in xs.outcomes.pending]
+        return out
+
     def reconcile(self, ps: PatternState) -> list[tuple[str, str]]:
         """Bring a user's pattern state, built under an older rule set, up to this one (README "Rules at runtime").
 

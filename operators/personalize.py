@@ -225,6 +225,16 @@ class Personalizer:
         return Step(state, store=store, write_profile=released, examples=examples, triggers=outcome.triggers,
                     timers=outcome.timers, suppressed=outcome.suppressed, experiments=outcome.experiments)
 
+    def deadlines(self, state: UserState) -> list[int]:
+        """Every event time a timer must wake the user at, read from the state alone: the timers of a state restored
+        without them (an upgrade from the layout with one Flink timer per user, README "Failures and upgrades").
+        A test checks it against the timers the runner armed over a replay."""
+        step = self.models.rules.label_timer_resolution_ms
+        window = self.models.rules.label_window_ms
+        out = {-(-(p.t_ms + window) // step) * step for p in state.models.labels.pending}
+        out.update(self.engine.deadlines(state.patterns))
+        return sorted(out)
+
     def profile(self, user_id: str, state: UserState, now_ms: int) -> tuple[dict[str, str], tuple[str, ...]]:
         """The Redis hash fields and the sets the user belongs to (stage, segment), computed when written."""
         return profile_record(user_id, state, self.rules, now_ms)

@@ -122,12 +122,15 @@ class Result:
         self.ledger[outcome] = self.ledger.get(outcome, 0) + 1
 
     def change(self, user: str, value: bytes | None) -> None:
-        """A profile change: only the newest per user and batch goes out (the loader keeps the newest anyway);
-        a tombstone keeps its place, so a state written after an erasure follows it."""
-        at = self._change_at.pop(user, None)
-        if at is not None:
-            self.outputs[at] = ("", None, None)   # superseded; dropped by ``emitted``
-        if value is not None:
+        """A profile change: only the newest per user and batch goes out (the loader keeps the newest anyway). A
+        tombstone supersedes nothing and keeps its place: the state before it still goes out (what was erased),
+        and a state written after it follows it."""
+        if value is None:
+            self._change_at.pop(user, None)
+        else:
+            at = self._change_at.get(user)
+            if at is not None:
+                self.outputs[at] = ("", None, None)   # superseded; dropped by ``emitted``
             self._change_at[user] = len(self.outputs)
         self.outputs.append((CHANGE, user, value))
 

@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="generator setting of the generated stream, e.g. signal_strength=0.5 (conf/generator.yaml)")
 
     bench = sub.add_parser("bench", help="benchmark the job, a peer engine and the plain-Python baseline on the local stack")
-    bench.add_argument("--events", type=int, default=40_000, help="pre-loaded events to drain (default 40000)")
+    bench.add_argument("--events", type=int, default=None,
+                       help="pre-loaded events to drain (default 40000; 20000 with --quick)")
     bench.add_argument("--rate", type=float, default=300.0, help="fixed rate of the freshness run, events/s (default 300)")
     bench.add_argument("--seconds", type=float, default=30.0, help="length of the freshness run (default 30)")
     bench.add_argument("--rate-high", type=float, default=5_000.0, help="rate of the high-rate freshness run (default 5000)")
@@ -190,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           10_000.0, 12_000.0),
                        help="rates tried in turn for the sustained rate, comma-separated (default 1000,...,12000)")
     bench.add_argument("--step-seconds", type=float, default=8.0, help="length of each ladder step (default 8)")
+    bench.add_argument("--quick", action="store_true",
+                       help="about 2 minutes: logic-only µs per event and a drain of the job and the baseline, as "
+                            "ratios to the baseline of the same run (every change to the per-event path)")
     bench.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="job setting for the job under test, e.g. flink.execution_mode=process")
@@ -326,10 +330,13 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         from bench.evaluate import NOISY
         generator = {**(NOISY if args.noisy else {}), **parse_overrides(args.generator_overrides)}
         return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator)
+    if args.command == "bench" and args.quick:
+        from bench.quick import run_quick
+        return run_quick(args.events or 20_000, args.out, parse_overrides(args.overrides))
     if args.command == "bench":
         from bench.harness import LivePlan, run_bench
         plan = LivePlan(args.rate, args.seconds, args.rate_high, args.seconds_high, args.ladder, args.step_seconds)
-        return run_bench(args.events, plan, args.out, parse_overrides(args.overrides))
+        return run_bench(args.events or 40_000, plan, args.out, parse_overrides(args.overrides))
     if args.command == "bench-layouts":
         from bench.layouts import run_layouts
         return run_layouts(args.layouts, *args.layout_events, args.out)

@@ -181,6 +181,9 @@ class FlinkSettings(_Strict):
     shards: int = Field(default=128, ge=1, le=32_768)
     batch_records: int = Field(default=500, ge=1, le=100_000)
     batch_ms: int = Field(default=20, ge=1, le=60_000)
+    # Once, to upgrade from a build with one Flink state per user (README "Failures and upgrades"): each shard's
+    # states and timers are rebuilt from the profile changelog at its first batch or timer.
+    seed_from_changelog: bool = False
     prometheus: bool = True   # Flink's Prometheus reporter on the mini-cluster (a free port, printed)
     connector_jars_dir: str = Field(min_length=1)
     # Upgrading from a build before the Kafka source had a uid (README "Failures and upgrades"): that job's

@@ -197,8 +197,10 @@ class FlinkCluster:
             env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
         if from_savepoint:
             cmd += ["-s", from_savepoint, *(["--allowNonRestoredState"] if allow_non_restored_state else [])]
-        for jar in jars:
-            cmd += ["--jarfile", str(jar)]
+        # `flink run` takes one --jarfile; the others (the batching operator) go on the user classpath, a URL each
+        # node can read (this machine's files, for the local cluster).
+        for i, jar in enumerate(jars):
+            cmd += ["--jarfile", str(jar)] if i == 0 else ["-C", jar.resolve().as_uri()]
         cmd += ["--deployment", "cluster", *job_args]
         proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=False)
         match = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)
