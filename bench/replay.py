@@ -71,6 +71,7 @@ class Replay:
         self.timers = UserTimers()
         self.watermark = 0
         self.triggers = 0
+        self.ledger: dict[str, int] = {}   # applied, duplicate, dead_letter.<reason>
         self._bound = self.settings.source.max_out_of_orderness_ms
 
     def process(self, raw: bytes, now_ms: int | None = None) -> None:
@@ -111,6 +112,8 @@ class Replay:
 
     def _finish(self, out: Result) -> None:
         self.store.update(out.dirty)
+        for outcome, n in out.ledger.items():
+            self.ledger[outcome] = self.ledger.get(outcome, 0) + n
         examples = self.runner.examples.take()
         for model_examples in examples.values():
             for ex in model_examples:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -310,9 +310,9 @@ class Runner:
     @staticmethod
     def _audit(step: Step, event: Event, source: SourceRef, now_ms: int, purged: int) -> bytes:
         assert step.audit is not None
-        stores = None
+        stores: dict[str, dict[str, Any]] | None = None
         if step.erase:   # what the caller's side of an erasure did, beside the core's outcome
-            tombstone = {"status": "tombstone"}
+            tombstone: dict[str, Any] = {"status": "tombstone"}
             stores = {"training_examples": {"status": "dropped", "count": purged}, "profile_changelog": tombstone,
                       "triggers_topic": tombstone, "dead_letter_topic": tombstone,
                       "redis_profile": {"status": "deleted_by_loader"}}

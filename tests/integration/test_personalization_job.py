@@ -26,7 +26,7 @@ from state.keys import RedisKeys
 from state.profile_store import read_profile
 from tests.fixtures.jobs import history_override, run_bounded_job
 from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
-from tests.fixtures.personalization_oracle import expected, leftovers, trigger_mismatches
+from tests.fixtures.personalization_oracle import expected, leftovers, stored_field, trigger_mismatches
 from tests.fixtures.services import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -38,19 +38,6 @@ def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: st
             # The oracle knows the bot rule's verdicts (none for these humans), not the bot model's, whose
             # published versions arrive with processing-time timing.
             "models.bot_min_session_events=1000000", history_override()]
-
-
-def stored_field(profile: dict[str, str], dotted: str) -> Any:
-    head, _, rest = dotted.partition(".")
-    value = profile.get(head)
-    if value is None:   # no profile (yet), or no such field
-        return None
-    if not rest:
-        return json.loads(value) if value[:1] in "{[" else (int(value) if value.isdigit() else value)
-    node = json.loads(value)
-    for part in rest.split("."):
-        node = node[part]
-    return node
 
 
 def triggers_by_pattern(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
