@@ -50,7 +50,10 @@ from state.profile_store import ProfileWriter
 
 SAMPLE_EVERY = 10
 LIVE_USERS = 3_000
-SHARED_PIDS: list[int] = []   # the broker's and Redis's, once the services are up (CPU they spend for everyone)
+SHARED_PIDS: list[int] = []
+# The settings every system of the bench runs with (the job gets them as --set overrides): the abandonment
+# window of bench/patterns.yaml (10 s) needs a lateness under it, and silent sources go idle after 2 s.
+BENCH_SETTINGS = {"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000, "source.idleness_ms": 2000}   # the broker's and Redis's, once the services are up (CPU they spend for everyone)
 
 
 def _say(msg: str) -> None:
@@ -179,7 +182,7 @@ def _preload(bootstrap: str, topic: str | list[str], n: int, users: int) -> tupl
 
 def _logic_only(values: list[bytes]) -> dict[str, Any]:
     """``Replay.process`` over the records in this process: parse, profile, models (training in line), patterns."""
-    replay = Replay(load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000}))
+    replay = Replay(load_job_settings(BENCH_SETTINGS))
     start = time.perf_counter()
     for value in values:
         replay.process(value)
@@ -316,8 +319,8 @@ def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
     ckpt.mkdir(parents=True, exist_ok=True)
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
-        "kafka.starting_offsets=earliest", f"kafka.group_id={prefix}job", "patterns_file=bench/patterns.yaml", "profile.allowed_lateness_ms=5000",
-        "source.idleness_ms=2000", f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000",
+        "kafka.starting_offsets=earliest", f"kafka.group_id={prefix}job", *(f"{k}={v}" for k, v in BENCH_SETTINGS.items()),
+        f"flink.checkpoint_dir={ckpt.resolve().as_uri()}", "flink.checkpoint_interval_ms=5000",
         # The drained events are generated history from conf/generator.yaml's start (the live phases are now).
         history_override(),
         *(f"{k}={v}" for k, v in extra.items())]
@@ -474,7 +477,7 @@ class Baseline:
 
     def __init__(self, bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str) -> None:
         from kafka import KafkaConsumer, KafkaProducer
-        settings = load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000})
+        settings = load_job_settings(BENCH_SETTINGS)
         self.keys = RedisKeys(prefix)
         r = settings.redis
         self.triggers = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -487,7 +490,6 @@ class Baseline:
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
         self.stop: Any = threading.Event()
-        self.max_out_of_orderness = settings.source.max_out_of_orderness_ms
 
     def _write(self, user: str, step: Step) -> None:
         write_step(self.writer, self.replay.core, user, step, self.now)
@@ -501,7 +503,7 @@ class Baseline:
                                            for rec in records], self.now)
             # Silent partitions: the wall clock stands in for an idle source's watermark.
             if not batches:
-                self.replay.advance(int(time.time() * 1000) - self.max_out_of_orderness - 2000)
+                self.replay.idle(int(time.time() * 1000))
             if self.writer.due(int(time.time() * 1000)):
                 self.writer.flush()
         self.writer.flush()

@@ -5,9 +5,9 @@ Kafka (Bytewax's KafkaSource) -> ``stateful_batch`` (each batch Bytewax hands ov
 writer as the job. Models learn in line and are "published" to the scorer every ``publish_every_examples``, as
 in the plain-Python baseline. One worker, no recovery: like the baseline, it has no fault tolerance.
 
-Event-time timers: the watermark is the newest event time less ``source.max_out_of_orderness_ms`` (or, while no
-events arrive, the wall clock less that and the idleness bound); the runner fires what it passes after each batch,
-and Bytewax wakes the step when the earliest timer is expected to come due.
+Event-time timers: the watermark is the runner's ``Watermarks`` (the newest event time less the out-of-orderness
+bound, or while no events arrive, the wall clock less that and the idleness bound); the runner fires what it
+passes after each batch, and Bytewax wakes the step when the earliest timer is expected to come due.
 
 Run by ``persona bench`` as ``python -m bench.peer_bytewax --bootstrap ... --redis-url ... --prefix ...``.
 """
@@ -29,16 +29,16 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
+from bench.harness import BENCH_SETTINGS
 from bench.replay import InlineModels, write_step
 from operators.personalize import Step
-from operators.runner import TRIGGER, Record, Result, Runner
+from operators.runner import TRIGGER, Record, Result, Runner, Watermarks
 from persona.rules import input_limits, personalizer
 from persona.settings import load_job_settings
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 from state.user_timers import UserTimers
 
-IDLE_MS = 2_000
 TICK = "\x00tick"   # a tick item (no Kafka message is a str)
 
 
@@ -46,7 +46,7 @@ class _Runtime:
     """What the one worker holds: the runner, the models, the writer, the states, timers and watermark."""
 
     def __init__(self, bootstrap: str, redis_url: str, triggers_topic: str, prefix: str, heartbeat: Path) -> None:
-        settings = load_job_settings({"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000})
+        settings = load_job_settings(BENCH_SETTINGS)
         self.settings = settings
         self.core = personalizer(settings)
         self.models = InlineModels(settings)
@@ -59,8 +59,7 @@ class _Runtime:
                                              r.flush_max_batch, self.core.memberships_known)
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         self.triggers_topic = triggers_topic
-        self.bound = settings.source.max_out_of_orderness_ms
-        self.watermark = 0
+        self.watermarks = Watermarks(settings.source.max_out_of_orderness_ms, settings.source.idleness_ms)
         self.now = 0
         self.heartbeat = heartbeat
         self._beat_at = 0.0
@@ -68,15 +67,10 @@ class _Runtime:
     def _write(self, user: str, step: Step) -> None:
         write_step(self.writer, self.core, user, step, self.now)
 
-    def idle_watermark(self) -> int:
-        return max(self.watermark, int(time.time() * 1000) - self.bound - IDLE_MS)
-
     def run(self, records: list[Record]) -> None:
         self.now = int(time.time() * 1000)
         out = self.runner.on_batch(records, self.timers, self.store.get, self.now) if records else Result()
-        if out.newest_event_ms is not None:
-            self.watermark = max(self.watermark, out.newest_event_ms - self.bound)
-        self.fire(self.watermark, out)
+        self.fire(self.watermarks.after(out), out)
 
     def fire(self, watermark: int, out: Result | None = None) -> None:
         out = self.runner.on_watermark(watermark, self.timers, self.store.get, self.now, out)
@@ -118,7 +112,7 @@ class _Everything(StatefulBatchLogic[Any, None, None]):
         rt = RUNTIME
         assert rt is not None
         rt.now = int(time.time() * 1000)
-        rt.fire(rt.idle_watermark())
+        rt.fire(rt.watermarks.idle(rt.now))
         return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -126,7 +120,8 @@ class _Everything(StatefulBatchLogic[Any, None, None]):
         due = rt.timers.next_due() if rt is not None else None
         if due is None or rt is None:
             return None
-        wait_ms = max(0, due - rt.idle_watermark())
+        wait_ms = max(0, due - max(rt.watermarks.current, int(time.time() * 1000) - rt.watermarks.bound
+                                   - rt.watermarks.idle_ms))
         return datetime.now(UTC) + timedelta(milliseconds=min(wait_ms, 60_000))
 
     def snapshot(self) -> None:

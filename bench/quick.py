@@ -17,7 +17,17 @@ from typing import Any
 import redis
 
 from bench import harness
-from bench.harness import CpuMeter, _baseline_main, _cleanup, _drain, _group_pids, _logic_only, _preload, _say
+from bench.harness import (
+    BENCH_SETTINGS,
+    CpuMeter,
+    _baseline_main,
+    _cleanup,
+    _drain,
+    _group_pids,
+    _logic_only,
+    _preload,
+    _say,
+)
 from persona.generator.sink import history_override
 from persona.settings import load_job_settings, load_stack_settings
 from persona.stack.prereqs import check_all
@@ -30,8 +40,8 @@ def _job_drain(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: s
                final: dict[str, int], tail: list[str], out: Path, extra: dict[str, str]) -> dict[str, Any]:
     overrides = [f"kafka.topics.{k}={v}" for k, v in topics.items()] + [
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
-        "kafka.starting_offsets=earliest", f"kafka.group_id={prefix}job", "patterns_file=bench/patterns.yaml",
-        "profile.allowed_lateness_ms=5000", "source.idleness_ms=2000", "flink.checkpoint_interval_ms=5000",
+        "kafka.starting_offsets=earliest", f"kafka.group_id={prefix}job", *(f"{k}={v}" for k, v in BENCH_SETTINGS.items()),
+        "flink.checkpoint_interval_ms=5000",
         history_override(), *(f"{k}={v}" for k, v in extra.items())]
     cmd = [sys.executable, "-m", "jobs.personalization", "--quiet", *(a for o in overrides for a in ("--set", o))]
     with harness._system_process("job", cmd, out / "bench-quick-job.log", redis_url, prefix) as (proc, client, keys):

@@ -19,7 +19,7 @@ from operators.model_scoring import Example, ServedModels
 from operators.online_models import MODEL_NAMES, ModelTrainer
 from operators.pattern_engine import Trigger
 from operators.personalize import Personalizer, Step
-from operators.runner import Record, Result, Runner
+from operators.runner import Record, Result, Runner, Watermarks
 from persona.rules import input_limits, personalizer
 from persona.settings import JobSettings
 from state.profile_store import ProfileWriter
@@ -69,10 +69,9 @@ class Replay:
         self.runner = Runner(self.core, input_limits(self.settings), cache_users=2**62, served=self.served,
                              on_step=self._observe)
         self.timers = UserTimers()
-        self.watermark = 0
+        self.watermarks = Watermarks(self.settings.source.max_out_of_orderness_ms, self.settings.source.idleness_ms)
         self.triggers = 0
         self.ledger: dict[str, int] = {}   # applied, duplicate, dead_letter.<reason>
-        self._bound = self.settings.source.max_out_of_orderness_ms
 
     def process(self, raw: bytes, now_ms: int | None = None) -> None:
         """One record, then the watermark it moves (its event time less the out-of-orderness bound)."""
@@ -81,15 +80,20 @@ class Replay:
     def process_batch(self, records: list[Record], now_ms: int | None = None) -> None:
         """Records read together (a consumer's poll), then the watermark they move."""
         out = self.runner.on_batch(records, self.timers, self.store.get, now_ms)
-        if out.newest_event_ms is not None:
-            self.watermark = max(self.watermark, out.newest_event_ms - self._bound)
-        self.runner.on_watermark(self.watermark, self.timers, self.store.get, now_ms, out)
+        self.runner.on_watermark(self.watermarks.after(out), self.timers, self.store.get, now_ms, out)
         self._finish(out)
+
+    @property
+    def watermark(self) -> int:
+        return self.watermarks.current
 
     def advance(self, watermark_ms: int, now_ms: int | None = None) -> None:
         """Move the watermark (also without an event: a silent stream), firing the timers it passes."""
-        self.watermark = max(self.watermark, watermark_ms)
-        self._finish(self.runner.on_watermark(self.watermark, self.timers, self.store.get, now_ms))
+        self._finish(self.runner.on_watermark(self.watermarks.advance(watermark_ms), self.timers, self.store.get, now_ms))
+
+    def idle(self, now_ms: int) -> None:
+        """A silent input (a consumer's empty poll): the watermark the wall clock gives, firing what it passes."""
+        self._finish(self.runner.on_watermark(self.watermarks.idle(now_ms), self.timers, self.store.get, now_ms))
 
     @property
     def states(self) -> dict[str, UserState]:

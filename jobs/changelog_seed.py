@@ -8,10 +8,15 @@ stopped with it, and its changelog sink flushed at it). Started once with ``flin
 ``--allowNonRestoredState``), each subtask reads the changelog to its end at start-up, and each shard, at its first
 batch or timer, takes the states of its users that it does not hold yet and arms their timers from the states
 (``Personalizer.deadlines``). A per-shard flag makes it once per shard: a later restart does not seed again.
+
+The changelog has each user's state as of their last profile write, not what the old job's timers changed after
+it: those timers fire again from the older state. So the ids of the triggers already in the triggers topic are
+read too, and a trigger the old job sent is not sent again (``sent_trigger_ids``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -48,3 +53,18 @@ def read_seeds(settings: JobSettings, core: Personalizer) -> dict[int, dict[str,
     log.info("seeding from the changelog %s: %d users in %d shards, read in %.1f s", topic,
              sum(len(s) for s in seeds.values()), len(seeds), time.monotonic() - started)
     return seeds
+
+
+def sent_trigger_ids(settings: JobSettings) -> set[str]:
+    """The ids of every trigger in the triggers topic (read committed), to send none of them again."""
+    topic = settings.kafka.topics.triggers
+    consumer = KafkaConsumer(**settings.kafka.client_config(), group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ids = {json.loads(m.value)["trigger_id"] for m in read_to_end(consumer, partitions, timeout_s=600)
+               if m.value is not None}
+    finally:
+        consumer.close()
+    log.info("seeding from the changelog: %d trigger ids already sent will not be sent again", len(ids))
+    return ids

@@ -126,7 +126,8 @@ def keyed_raw_events(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
 
 
 def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings, bounded: bool,
-                    shards: int, batch_records: int, batch_ms: int, max_future_ms: int = 3_600_000) -> KeyedStream:
+                    shards: int, batch_records: int, batch_ms: int, max_future_ms: int = 3_600_000,
+                    wake_every_shard: bool = False) -> KeyedStream:
     """The events topic as batches of records, one Python call per batch (README "Performance").
 
     The user id is read on the Java side (``JSON_VALUE``; ``""`` when unreadable), the records are keyed by shard
@@ -135,7 +136,8 @@ def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source:
     ``batch_records`` records, after ``batch_ms``, before any watermark and before any checkpoint barrier.
     The batches are keyed by shard again without a shuffle (``reinterpretAsKeyedStream``: the batcher is chained
     to the keyed function), so the Python function receives ``bytes`` (``operators.runner.decode_batch``) with
-    the shard as its key.
+    the shard as its key. ``wake_every_shard``: an empty batch to every shard once after start (an upgrade's
+    seeding visits every shard, jobs/changelog_seed.py).
     """
     from pyflink.util.java_utils import load_java_class
 
@@ -150,7 +152,7 @@ def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source:
     key_type = Types.ROW([Types.INT()]).get_java_type_info()
     shard_key = load_java_class("io.streampersona.batch.ShardKey").newInstance().configure(shards)
     batcher = load_java_class("io.streampersona.batch.BatchByShard").newInstance().configure(
-        shards, batch_records, batch_ms)
+        shards, batch_records, batch_ms).wakeEveryShard(wake_every_shard)
     batch_type = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
     j_batches = (stream._j_data_stream.keyBy(shard_key, key_type)
                  .transform("batch-by-shard", batch_type.get_java_type_info(), batcher)

@@ -27,7 +27,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, Ou
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
-from jobs.changelog_seed import Seed, read_seeds
+from jobs.changelog_seed import Seed, read_seeds, sent_trigger_ids
 from jobs.experiment_tally import TallyExperiments, experiment_key
 from jobs.flink_counters import FlinkCounters
 from jobs.job_cli import fail, parse_job_args, setup_logging
@@ -120,9 +120,11 @@ class Personalize(KeyedProcessFunction):
         self._timer_state = runtime_context.get_map_state(timers)
         self._runner = Runner(personalizer(s, self._book), input_limits(s), s.flink.state_cache_users)
         self._seeds: dict[int, dict[str, Seed]] | None = None
+        self._sent_before: set[str] = set()
         if s.flink.seed_from_changelog:
             self._seeded = runtime_context.get_state(ValueStateDescriptor(SEEDED_STATE, Types.BOOLEAN()))
             self._seeds = read_seeds(s, self._runner.core)
+            self._sent_before = sent_trigger_ids(s)
         self._timers: dict[int, UserTimers] = {}     # per shard, restored from TIMERS_STATE on first use
         self._armed: dict[int, int] = {}             # per shard, the Flink timer last registered
         self._client = redis.Redis.from_url(s.redis.connection_url())
@@ -207,6 +209,11 @@ class Personalize(KeyedProcessFunction):
             self._armed[shard] = due
         self._account(out)
         emitted = list(out.emitted())
+        if self._sent_before:   # after an upgrade (jobs/changelog_seed.py): a trigger the old job sent, not again
+            kept = [o for o in emitted if o[0] != TRIGGER or o[2] is None
+                    or json.loads(o[2])["trigger_id"] not in self._sent_before]
+            self._counters.add({("personalize", "upgrade_resends_dropped"): len(emitted) - len(kept)})
+            emitted = kept
         if emitted:
             kinds, keys, vals = zip(*emitted, strict=True)
             yield Row(list(kinds), list(keys), list(vals))
@@ -384,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     f = settings.flink
     batches = sharded_batches(t_env, settings.kafka, settings.source, bounded=args.bounded, shards=f.shards,
                               batch_records=f.batch_records, batch_ms=f.batch_ms,
-                              max_future_ms=settings.limits.max_event_future_ms)
+                              max_future_ms=settings.limits.max_event_future_ms,
+                              wake_every_shard=f.seed_from_changelog)
     outputs, published = build(batches, settings, book)
     queries = route(t_env, outputs)
     t = settings.kafka.topics

@@ -138,6 +138,32 @@ class Result:
         return (o for o in self.outputs if o[0])
 
 
+class Watermarks:
+    """The watermark of a driver without Flink: the newest event time less the out-of-orderness bound, and while the
+    input is silent, the wall clock less that bound and the idleness timeout (what Flink does for an idle source).
+
+    >>> w = Watermarks(bound_ms=500, idle_ms=2_000)
+    >>> w.after(Result(newest_event_ms=10_000)), w.after(Result()), w.idle(now_ms=5_000), w.idle(now_ms=20_000)
+    (9500, 9500, 9500, 17500)
+    """
+
+    def __init__(self, bound_ms: int, idle_ms: int) -> None:
+        self.bound, self.idle_ms = bound_ms, idle_ms
+        self.current = 0
+
+    def advance(self, watermark_ms: int) -> int:
+        self.current = max(self.current, watermark_ms)
+        return self.current
+
+    def after(self, out: Result) -> int:
+        """After a batch: its newest event time less the bound."""
+        return self.advance(out.newest_event_ms - self.bound) if out.newest_event_ms is not None else self.current
+
+    def idle(self, now_ms: int) -> int:
+        """A silent input: the wall clock stands in for the event time it would have brought."""
+        return self.advance(now_ms - self.bound - self.idle_ms)
+
+
 class ExampleBuffer:
     """Training examples waiting for their trainer, per model: one record per model and batch crosses to the
     trainer, not one per example. An erasure purges the user's waiting examples (README "Privacy")."""

@@ -19,6 +19,8 @@ def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
     for side in ("job", "peer", "baseline"):
         m = r[side]
         assert m["drain"]["events"] == 3000 and m["drain"]["events_per_s"] > 0
+        # CPU over the drain span: the system's own processes, and the broker and Redis every system shares.
+        assert m["drain"]["cpu_s_per_10k"] > 0 and m["drain"]["shared_cpu_s_per_10k"] > 0
         assert m["live"]["sent"] >= 0.9 * 200 * 20 and m["live"]["freshness_ms"]["n"] > 100
         assert m["live_high"]["sent"] >= 0.9 * 800 * 4 and m["live_high"]["freshness_ms"]["n"] > 100
         steps = m["sustained"]["steps"]
@@ -33,6 +35,18 @@ def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert "| drain: events/s |" in table and "freshness at 200 events/s" in table and "per-event core alone" in table
     assert "freshness at 800 events/s" in table and "peer: Bytewax" in table and "`sustained.events_per_s`" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_quick_gives_the_job_and_the_logic_as_ratios_to_the_baseline(tmp_path: Path) -> None:
+    assert main(["bench", "--quick", "--events", "3000", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "bench-quick.json").read_text())
+    job, base, ratios = r["job"]["drain"], r["baseline"]["drain"], r["ratios"]
+    assert job["events"] == base["events"] == r["logic_only"]["events"] == 3000
+    assert ratios["job_drain_to_baseline_drain"] == round(job["events_per_s"] / base["events_per_s"], 3)
+    assert ratios["job_cpu_to_baseline_cpu"] == round(job["cpu_s_per_10k"] / base["cpu_s_per_10k"], 3)
+    assert abs(ratios["logic_us_to_baseline_us"] - r["logic_only"]["us_per_event"] * base["events_per_s"] / 1e6) < 0.002
+    assert "| drain, events/s |" in (tmp_path / "bench-quick.md").read_text()
+    assert (tmp_path / "bench-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.cluster

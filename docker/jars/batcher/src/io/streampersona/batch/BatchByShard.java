@@ -3,7 +3,9 @@ package io.streampersona.batch;
 import java.time.Instant;
 import java.util.HashMap;
 import java.util.Map;
+import org.apache.flink.api.common.TaskInfo;
 import org.apache.flink.api.common.operators.ProcessingTimeService.ProcessingTimeCallback;
+import org.apache.flink.runtime.state.KeyGroupRangeAssignment;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.BoundedOneInput;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
@@ -23,6 +25,10 @@ import org.apache.flink.types.Row;
  * that any shard buffered, <b>before any watermark is forwarded</b> (so every event reaches Python before the
  * watermark that follows it, as record by record), in {@code prepareSnapshotPreBarrier} (so a checkpoint never
  * holds a buffered record: this operator has no state), and at the end of a bounded input.
+ *
+ * <p>With {@code wake}, it also sends an empty batch to every shard this subtask owns, once after it starts: the
+ * Python function then visits each of its shards even if no record comes for one (an upgrade seeds each shard's
+ * states and timers at its first visit, jobs/changelog_seed.py).
  */
 public final class BatchByShard extends AbstractStreamOperator<Row>
         implements OneInputStreamOperator<Row, Row>, BoundedOneInput, ProcessingTimeCallback {
@@ -31,13 +37,22 @@ public final class BatchByShard extends AbstractStreamOperator<Row>
     private int shards = 128;
     private int maxRecords = 500;
     private long maxMillis = 20;
+    private boolean wake;
+    private static final byte[] EMPTY_BATCH = {(byte) 0x90}; // MessagePack: an empty array
 
     private transient Map<Integer, Buffer> buffers;
     private transient boolean flushArmed;
+    private transient boolean woken;
 
     private static final class Buffer {
         final MsgPack pack = new MsgPack();
         int count;
+    }
+
+    /** Called from Python (py4j): an empty batch to each owned shard once after start (see the class comment). */
+    public BatchByShard wakeEveryShard(boolean wake) {
+        this.wake = wake;
+        return this;
     }
 
     /** Called from Python (py4j) after the no-argument constructor; returns this operator. */
@@ -58,8 +73,29 @@ public final class BatchByShard extends AbstractStreamOperator<Row>
         flushArmed = false;
     }
 
+    private void wakeOnce() {
+        if (!wake || woken) {
+            return;
+        }
+        woken = true;
+        TaskInfo task = getRuntimeContext().getTaskInfo();
+        for (int shard = 0; shard < shards; shard++) {
+            Row key = new Row(1);
+            key.setField(0, shard);
+            int owner = KeyGroupRangeAssignment.assignKeyToParallelOperator(
+                    key, task.getMaxNumberOfParallelSubtasks(), task.getNumberOfParallelSubtasks());
+            if (owner == task.getIndexOfThisSubtask()) {
+                Row out = new Row(2);
+                out.setField(0, shard);
+                out.setField(1, EMPTY_BATCH);
+                output.collect(new StreamRecord<>(out));
+            }
+        }
+    }
+
     @Override
     public void processElement(StreamRecord<Row> element) throws Exception {
+        wakeOnce();
         Row in = element.getValue();
         String user = (String) in.getField(0);
         Row record = (Row) in.getField(1);
@@ -123,12 +159,14 @@ public final class BatchByShard extends AbstractStreamOperator<Row>
 
     @Override
     public void onProcessingTime(long time) {
+        wakeOnce();
         flushArmed = false;
         flushAll();
     }
 
     @Override
     public void processWatermark(Watermark mark) throws Exception {
+        wakeOnce();
         flushAll(); // the events before a watermark reach Python before it
         super.processWatermark(mark);
     }
