@@ -511,31 +511,43 @@ class Baseline:
         self.triggers.close()
 
 
-def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
-                  final: dict[str, int], tail: list[str], plan: LivePlan) -> dict[str, Any]:
-    # Its own process, like the job: in the harness's process it would share a GIL with the probes.
+@contextlib.contextmanager
+def baseline_process(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str
+                     ) -> Iterator[tuple[Any, redis.Redis, RedisKeys]]:
+    """The baseline in its own process, like the job (in the harness's process it would share a GIL with the
+    probes); stopped however the block ends. Yields (process, Redis client, keys)."""
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
-    proc = ctx.Process(target=_baseline_main, args=(bootstrap, redis_url, topics, prefix, stop),
-                       daemon=True)
+    proc = ctx.Process(target=_baseline_main, args=(bootstrap, redis_url, topics, prefix, stop), daemon=True)
     client = redis.Redis.from_url(redis_url)
-    keys = RedisKeys(prefix)
-    t_start = time.time()
     proc.start()
     try:
-        _say(f"baseline: draining {events:,} pre-loaded events")
-        drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: [proc.pid or 0], SHARED_PIDS))
-        _say(f"baseline: drained at {drain['events_per_s']:,} events/s, {drain.get('cpu_s_per_10k')} CPU s per 10k events")
-        live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
-                             rss=lambda: _rss_mb([proc.pid or 0]), name="baseline")
-        live.pop("live_users")
-        return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
+        yield proc, client, RedisKeys(prefix)
     finally:
         stop.set()
         proc.join(30)
         if proc.is_alive():
             proc.kill()
         client.close()
+
+
+def baseline_drain(proc: Any, client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str],
+                   events: int, t_start: float) -> dict[str, Any]:
+    _say(f"baseline: draining {events:,} pre-loaded events")
+    drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: [proc.pid or 0], SHARED_PIDS))
+    _say(f"baseline: drained at {drain['events_per_s']:,} events/s, {drain.get('cpu_s_per_10k')} CPU s per 10k events")
+    return drain
+
+
+def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
+                  final: dict[str, int], tail: list[str], plan: LivePlan) -> dict[str, Any]:
+    t_start = time.time()
+    with baseline_process(bootstrap, redis_url, topics, prefix) as (proc, client, keys):
+        drain = baseline_drain(proc, client, keys, final, tail, events, t_start)
+        live = _measure_live(bootstrap, topics, client, keys, plan, prefix + "live-",
+                             rss=lambda: _rss_mb([proc.pid or 0]), name="baseline")
+        live.pop("live_users")
+        return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
 
 
 def _run_peer(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
@@ -582,6 +594,16 @@ SYSTEMS = ("job", "peer", "baseline")
 NAMES = {"job": "Flink job", "peer": "peer: Bytewax", "baseline": "plain-Python baseline"}
 
 
+def bench_topics(bootstrap: str, stem: str, systems: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Each system's topics, created: each reads its own copy of the events and gets its own live traffic, so
+    none waits for another's. The job creates its changelog (compacted) itself."""
+    topics = {name: {"events": f"{stem}.{name}.events", "triggers": f"{stem}.{name}.triggers"} for name in systems}
+    topics["job"] |= {"dead_letter": f"{stem}.job.dlq", "models": f"{stem}.job.models", "profiles": f"{stem}.job.profiles"}
+    ensure_topics(bootstrap, [t for name in systems for k, t in topics[name].items() if k not in ("models", "profiles")], 2)
+    ensure_topics(bootstrap, [topics["job"]["models"]], 1)
+    return topics
+
+
 def run_bench(events: int, plan: LivePlan, out: Path, job_overrides: dict[str, str] | None = None) -> int:
     job_overrides = job_overrides or {}
     load_job_settings(job_overrides)   # a bad override fails here, before anything starts
@@ -596,14 +618,7 @@ def run_bench(events: int, plan: LivePlan, out: Path, job_overrides: dict[str, s
     SHARED_PIDS[:] = [p for p in (services.kafka.running(), services.redis.running()) if p is not None]
     bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
     run_id = time.strftime("%Y%m%d%H%M%S")
-    # Each system reads its own copy of the events and gets its own live traffic: none waits for another's.
-    topics = {name: {"events": f"bench-{run_id}.{name}.events", "triggers": f"bench-{run_id}.{name}.triggers"}
-              for name in SYSTEMS}
-    topics["job"] |= {"dead_letter": f"bench-{run_id}.job.dlq", "models": f"bench-{run_id}.job.models",
-                      "profiles": f"bench-{run_id}.job.profiles"}   # the job creates its changelog (compacted)
-    every = [t for name in SYSTEMS for k, t in topics[name].items() if k not in ("models", "profiles")]
-    ensure_topics(bootstrap, every, 2)
-    ensure_topics(bootstrap, [topics["job"]["models"]], 1)
+    topics = bench_topics(bootstrap, f"bench-{run_id}", SYSTEMS)
     try:
         _say(f"pre-loading {events:,} generated events (one copy per system)")
         final, values, tail = _preload(bootstrap, [topics[n]["events"] for n in SYSTEMS], events,

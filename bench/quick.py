@@ -8,19 +8,15 @@ absolute figures do not.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from bench import harness
 from bench.harness import (
     BENCH_SETTINGS,
     CpuMeter,
-    _baseline_main,
     _cleanup,
     _drain,
     _group_pids,
@@ -32,8 +28,6 @@ from persona.generator.sink import history_override
 from persona.settings import load_job_settings, load_stack_settings
 from persona.stack.prereqs import check_all
 from persona.stack.services import LocalServices
-from persona.stack.topics import ensure_topics
-from state.keys import RedisKeys
 
 
 def _job_drain(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
@@ -51,26 +45,6 @@ def _job_drain(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: s
     return drain
 
 
-def _baseline_drain(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
-                    final: dict[str, int], tail: list[str]) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    proc = ctx.Process(target=_baseline_main, args=(bootstrap, redis_url, topics, prefix, stop), daemon=True)
-    client = redis.Redis.from_url(redis_url)
-    t_start = time.time()
-    proc.start()
-    try:
-        _say(f"baseline: draining {events:,} pre-loaded events")
-        return _drain(client, RedisKeys(prefix), final, tail, events, t_start,
-                      CpuMeter(lambda: [proc.pid or 0], harness.SHARED_PIDS))
-    finally:
-        stop.set()
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-        client.close()
-
-
 def run_quick(events: int, out: Path, job_overrides: dict[str, str] | None = None) -> int:
     job_overrides = job_overrides or {}
     load_job_settings(job_overrides)   # a bad override fails here, before anything starts
@@ -84,12 +58,7 @@ def run_quick(events: int, out: Path, job_overrides: dict[str, str] | None = Non
     harness.SHARED_PIDS[:] = [p for p in (services.kafka.running(), services.redis.running()) if p is not None]
     bootstrap, redis_url = services.kafka.bootstrap, services.redis.url
     run_id = time.strftime("%Y%m%d%H%M%S")
-    topics = {n: {"events": f"quick-{run_id}.{n}.events", "triggers": f"quick-{run_id}.{n}.triggers"}
-              for n in ("job", "baseline")}
-    topics["job"] |= {"dead_letter": f"quick-{run_id}.job.dlq", "models": f"quick-{run_id}.job.models",
-                      "profiles": f"quick-{run_id}.job.profiles"}
-    ensure_topics(bootstrap, [t for n in topics for k, t in topics[n].items() if k not in ("models", "profiles")], 2)
-    ensure_topics(bootstrap, [topics["job"]["models"]], 1)
+    topics = harness.bench_topics(bootstrap, f"quick-{run_id}", ("job", "baseline"))
     try:
         _say(f"pre-loading {events:,} generated events (one copy per system)")
         final, values, tail = _preload(bootstrap, [topics[n]["events"] for n in topics], events,
@@ -99,9 +68,10 @@ def run_quick(events: int, out: Path, job_overrides: dict[str, str] | None = Non
         job = _job_drain(bootstrap, redis_url, topics["job"], f"quick:{run_id}:job:", len(values), final, tail, out,
                          job_overrides)
         _say(f"job: drained at {job['events_per_s']:,} events/s, {job.get('cpu_s_per_10k')} CPU s per 10k events")
-        base = _baseline_drain(bootstrap, redis_url, topics["baseline"], f"quick:{run_id}:base:", len(values), final,
-                               tail)
-        _say(f"baseline: drained at {base['events_per_s']:,} events/s, {base.get('cpu_s_per_10k')} CPU s per 10k")
+        t_start = time.time()
+        with harness.baseline_process(bootstrap, redis_url, topics["baseline"], f"quick:{run_id}:base:") as (
+                proc, client, keys):
+            base = harness.baseline_drain(proc, client, keys, final, tail, len(values), t_start)
     finally:
         _cleanup(services, started, bootstrap, [t for n in topics for t in topics[n].values()])
     base_us = 1e6 / base["events_per_s"]

@@ -99,32 +99,6 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
     return t_env.to_data_stream(table)
 
 
-def keyed_raw_events(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings,
-                     bounded: bool, max_future_ms: int = 3_600_000) -> KeyedStream:
-    """The events topic keyed by user, with no Python operator before the keyed function.
-
-    The user id is read on the Java side (``JSON_VALUE``) and the stream is keyed on it there, so a record
-    crosses into Python once, in the keyed function, which parses it. A record whose user id cannot be
-    read is keyed by ``""``; the keyed function then rejects it with its reason. The function receives
-    ``Row(value, topic, partition, offset, timestamp text, timestamp trusted)``, and must check that the
-    parsed user id equals its key (a JSON document with duplicate keys could be read differently by the two
-    parsers). ``timestamp trusted`` is False when the record's Kafka timestamp did not move the watermark.
-    """
-    raw_event_stream(t_env, kafka, source, bounded, select=False, max_future_ms=max_future_ms)
-    table = t_env.sql_query(
-        "SELECT COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '') AS `user_key`, "
-        "ROW(`value`, `topic`, `partition`, `offset`, CAST(`ts` AS STRING), `wm_ts` = `ts`) AS `record` FROM raw_events")
-    record_type = Types.ROW([Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(),
-                             Types.STRING(), Types.BOOLEAN()])
-    # A plain RowTypeInfo (to_data_stream gives an ExternalTypeInfo, which the keyed Python operator refuses).
-    stream = t_env.to_append_stream(table, Types.ROW([Types.STRING(), record_type]))
-    # What PyFlink's own key_by builds after its Python key-selector map: the key is field 0 of the row.
-    gateway = get_gateway()
-    j_keyed = stream._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(),
-                                          Types.ROW([Types.STRING()]).get_java_type_info())
-    return KeyedStream(j_keyed, record_type, stream)
-
-
 def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings, bounded: bool,
                     shards: int, batch_records: int, batch_ms: int, max_future_ms: int = 3_600_000,
                     wake_every_shard: bool = False) -> KeyedStream:
