@@ -31,14 +31,12 @@ def _quote(value: str) -> str:
 
 
 # The event's own time, read on the Java side to the second (README "Event time": watermark safety): the
-# `event_time` string, its date and time to the second, and its UTC offset ('Z' read as +00:00). Flink's
-# REGEXP_REPLACE has no back-references and TO_TIMESTAMP_LTZ ignores the offset, hence the string surgery.
+# `event_time` string, upper-cased ('t' and 'z' are valid ISO 8601), without its fraction, parsed with its UTC
+# offset (SimpleDateFormat's XXX reads 'Z' as +00:00). One regular expression over the record: this runs for
+# every record in the source (and the watermark generator), where four extractions cost ~16 µs per event.
 # Unreadable -> Long.MIN_VALUE (UNIX_TIMESTAMP's failure value), which fails every bound below.
 _EVENT_TIME_TEXT = "REGEXP_EXTRACT(CAST(`value` AS STRING), '\"event_time\"\\s*:\\s*\"([0-9Tt:.+Zz-]{20,40})\"', 1)"
-_EVENT_TIME_S = (
-    f"UNIX_TIMESTAMP(CONCAT(UPPER(SUBSTRING({_EVENT_TIME_TEXT} FROM 1 FOR 19)), "
-    f"CASE WHEN UPPER(SUBSTRING({_EVENT_TIME_TEXT} FROM CHAR_LENGTH({_EVENT_TIME_TEXT}))) = 'Z' THEN '+00:00' "
-    f"ELSE SUBSTRING({_EVENT_TIME_TEXT} FROM CHAR_LENGTH({_EVENT_TIME_TEXT}) - 5) END), 'yyyy-MM-dd''T''HH:mm:ssXXX')")
+_EVENT_TIME_S = f"UNIX_TIMESTAMP(REGEXP_REPLACE(UPPER({_EVENT_TIME_TEXT}), '[.][0-9]*', ''), 'yyyy-MM-dd''T''HH:mm:ssXXX')"
 
 
 def _trusted_timestamp(source: SourceSettings, max_future_ms: int) -> str:
@@ -72,13 +70,19 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
         # `committed` resumes where the group's last checkpoint left off; a new group starts at the end, so a
         # redeploy without a savepoint neither replays the topic nor re-sends its triggers. Replays ask for earliest.
         "properties.auto.offset.reset": "latest" if kafka.starting_offsets == "committed" else "earliest",
-        "format": "raw",
+        # The record key is the user id (the contract, schemas/event.v1.json): read as it is, it spares a JSON
+        # parse per record on the Java side (~14 µs per event).
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
         **kafka.connector_properties(),
     }
     if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE raw_events (
+          `k` STRING,
           `value` BYTES,
           `topic` STRING METADATA VIRTUAL,
           `partition` INT METADATA VIRTUAL,
@@ -104,7 +108,8 @@ def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source:
                     wake_every_shard: bool = False) -> KeyedStream:
     """The events topic as batches of records, one Python call per batch (README "Performance").
 
-    The user id is read on the Java side (``JSON_VALUE``; ``""`` when unreadable), the records are keyed by shard
+    The user id is the record's Kafka key; a record without a key has its JSON ``user_id`` read on the Java side
+    (``JSON_VALUE``; ``""`` when unreadable; the runner dead-letters a key that is not the user id), the records are keyed by shard
     (``floorMod(user_id.hashCode(), shards)``, the Java ``ShardKey``), and the Java operator ``BatchByShard``
     (docker/jars/batcher) buffers each shard's records and flushes them as one MessagePack batch at
     ``batch_records`` records, after ``batch_ms``, before any watermark and before any checkpoint barrier.
@@ -117,7 +122,7 @@ def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source:
 
     raw_event_stream(t_env, kafka, source, bounded, select=False, max_future_ms=max_future_ms)
     table = t_env.sql_query(
-        "SELECT COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '') AS `user_key`, "
+        "SELECT COALESCE(NULLIF(`k`, ''), JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '') AS `user_key`, "
         "ROW(`value`, `topic`, `partition`, `offset`, `ts`, `wm_ts` = `ts`) AS `record` FROM raw_events")
     record_type = Types.ROW([Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(),
                              Types.INSTANT(), Types.BOOLEAN()])

@@ -66,8 +66,8 @@ BOT_FLAGS = ("personalize", "bot_flags")
 
 
 class Record(NamedTuple):
-    """One raw record as read, with the key it was routed by: the user id the Java side read ("" when it could not),
-    or None where nothing routed it (a replay of a file): the parsed user id is then the key. The fields after
+    """One raw record as read, with the key it was routed by: the record's Kafka key, else the JSON user id the
+    Java side read ("" when it could not), or None where nothing routed it (a replay of a file): the parsed user id is then the key. The fields after
     ``raw`` are its provenance, in the order the batching operator writes them (``decode_batch``)."""
 
     user_key: str | None
@@ -248,8 +248,8 @@ class Runner:
         now_ms = clock or 0
         user = record.user_key if record.user_key is not None else (event.user_id if isinstance(event, Event) else "")
         if isinstance(event, Event) and event.user_id != user:
-            event = Rejection("key_mismatch", f"user_id {event.user_id!r} differs from the key read on the Java "
-                              f"side ({user!r}); duplicate user_id fields?", "user_id")
+            event = Rejection("key_mismatch", f"user_id {event.user_id!r} differs from the record's key ({user!r}): "
+                              "the key must be the user id; duplicate user_id fields?", "user_id")
         if not isinstance(event, Event):
             self._reject(record, event, now_ms, out)
             return

@@ -62,6 +62,17 @@ def test_one_change_per_user_and_batch_with_the_newest_state() -> None:
     assert state is not None and state.version == 5 and decode_state(out.dirty["u1"]) == state
 
 
+def test_a_record_whose_key_is_not_its_user_id_is_dead_lettered_under_its_key() -> None:
+    """The key routes the record to its user's shard (the Kafka key, the contract): a record keyed by another user
+    would split that user's state, so it is dead-lettered, keyed by the key it came with."""
+    runner, timers = _runner(), UserTimers()
+    out = runner.on_batch([Record("bob", _raw("page_view", {"url": "/a", "page_type": "home"}, "e1", T0, "alice"))],
+                          timers, lambda _: None, None)
+    letters = [(key, json.loads(value)) for kind, key, value in out.emitted() if kind == DEAD_LETTER]
+    assert [(key, doc["reason"]) for key, doc in letters] == [("bob", "key_mismatch")]
+    assert out.dirty == {}
+
+
 def test_a_failed_step_dead_letters_its_record_and_the_user_goes_on_from_the_last_good_state() -> None:
     runner, timers, store = _runner(), UserTimers(), {}
     good = [Record("u1", _raw("page_view", {"url": "/a", "page_type": "home"}, f"e{i}", T0 + i * 1000))
