@@ -55,6 +55,8 @@ class ProfileWriter:
         self._ttl_s = ttl_s
         self._interval = flush_interval_ms
         self._max_batch = max_batch
+        # Called by its SHA, loaded once: a registered script in a pipeline costs a SCRIPT EXISTS round trip at
+        # every flush (redis-py's Pipeline.load_scripts), on the loader's per-record path.
         self._script = client.register_script(_REPLACE_IF_NEWER)
         self._segments = segments
         self._segment_keys = [keys.segment(name) for name in segments]
@@ -107,6 +109,22 @@ class ProfileWriter:
         """Send all pending profiles in one pipeline; returns how many replaced the stored one."""
         if not self._pending and not self._erase:
             return 0
+        try:
+            results = self._send()
+        except redis.exceptions.NoScriptError:   # a restarted or flushed Redis: load the script, send again
+            self._client.script_load(_REPLACE_IF_NEWER)
+            results = self._send()
+        applied = sum(1 for r in results if r == 1)
+        self.written += applied
+        self.skipped_stale += len(results) - applied
+        self._pending.clear()
+        self._erase.clear()
+        self._oldest_ms = None
+        return applied
+
+    def _send(self) -> list[Any]:
+        """One pipeline: the erasures first, then every pending profile through the guard (idempotent: sent again
+        after a NOSCRIPT, the deletes repeat and the guard skips what is already written)."""
         pipe = self._client.pipeline(transaction=False)
         for user_id in self._erase:
             pipe.delete(self._keys.profile(user_id))
@@ -121,15 +139,9 @@ class ProfileWriter:
             args: list[Any] = [version, self._ttl_s, user_id, indices, epoch]
             for k, v in values.items():
                 args += (k, v)
-            self._script(keys=[self._keys.profile(user_id), *self._segment_keys], args=args, client=pipe)
-        results = pipe.execute()[erase_replies:]
-        applied = sum(1 for r in results if r == 1)
-        self.written += applied
-        self.skipped_stale += len(results) - applied
-        self._pending.clear()
-        self._erase.clear()
-        self._oldest_ms = None
-        return applied
+            pipe.evalsha(self._script.sha, 1 + len(self._segment_keys), self._keys.profile(user_id),
+                         *self._segment_keys, *args)
+        return cast(list[Any], pipe.execute()[erase_replies:])
 
     def close(self) -> None:
         try:

@@ -77,3 +77,21 @@ def test_persona_profile_reads_under_another_key_prefix(redis_url: str, redis_pr
     monkeypatch.setenv("REDIS_URL", redis_url)
     assert main(["profile", "u5", "--set", f"redis.key_prefix={redis_prefix}"]) == 0
     assert '"events_total": 3' in capsys.readouterr().out
+
+
+def test_a_redis_that_lost_its_scripts_gets_them_again_and_the_batch_lands_once(redis_url: str, redis_prefix: str) -> None:
+    """The guard is called by its SHA; a restarted or flushed Redis answers NOSCRIPT, and the writer loads it and
+    sends the batch again: every profile lands, counted once."""
+    keys = RedisKeys(redis_prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    w = ProfileWriter.from_url(redis_url, keys, ttl_s=60, flush_interval_ms=100, max_batch=10, segments=SEGMENTS)
+    w.put("u7", 1, {"profile_version": "1"}, now_ms=0, segment="loyal")
+    assert w.flush() == 1
+    client.script_flush()
+    w.erase("u7", now_ms=1)
+    w.put("u7", 1, {"profile_version": "1", "stage": "browsing"}, now_ms=2, segment="browsing")
+    w.put("u8", 3, {"profile_version": "3"}, now_ms=2)
+    assert w.flush() == 2 and w.written == 3 and w.skipped_stale == 0
+    assert client.hget(keys.profile("u7"), "stage") == "browsing" and client.hget(keys.profile("u8"), "profile_version") == "3"
+    assert client.smembers(keys.segment("browsing")) == {"u7"} and client.smembers(keys.segment("loyal")) == set()
+    w.close()
