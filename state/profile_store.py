@@ -141,7 +141,7 @@ class ProfileWriter:
                 args += (k, v)
             pipe.evalsha(self._script.sha, 1 + len(self._segment_keys), self._keys.profile(user_id),
                          *self._segment_keys, *args)
-        return cast(list[Any], pipe.execute()[erase_replies:])
+        return pipe.execute()[erase_replies:]
 
     def close(self) -> None:
         try:
