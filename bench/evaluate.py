@@ -21,6 +21,7 @@ import numpy as np
 from bench.replay import Replay
 from operators.model_features import PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC
 from operators.model_scoring import Example
+from operators.runner import END_OF_INPUT
 from persona.generator.shoppers import bot_users, generate
 from persona.settings import load_generator_settings, load_job_settings
 
@@ -168,7 +169,7 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
         if n % 10_000 == 0:
             print(f"  replayed {n:,} records, {len(examples):,} labelled examples "
                   f"({n / (time.monotonic() - t0):,.0f} records/s)", flush=True)
-    replay.advance(2**62)   # the end of the input: the last label windows close
+    replay.advance(END_OF_INPUT)   # the last label windows close
     source = str(events) if events is not None else f"generated: {records:,} records, {users:,} users, seed {seed}" + (
         "; " + ", ".join(f"{k}={v}" for k, v in sorted(generator.items())) if generator else "")
     if len(examples) < 100 or len({e.label for e in examples}) < 2:

@@ -20,6 +20,7 @@ from jobs.parse_events import parse
 from jobs.runtime import make_environment
 from jobs.state_ttl import state_ttl
 from operators.events import Event
+from persona.rules import input_limits
 from persona.settings import JobSettings
 from state.event_counts import EVENT_COUNTS_STATE, count_event, profile_fields
 from state.keys import RedisKeys
@@ -66,7 +67,7 @@ class CountEvents(KeyedProcessFunction):
 
 def build(raw: DataStream, settings: JobSettings) -> tuple[DataStream, DataStream]:
     """(profile-writing stream, dead-letter rows). Sources and sinks are attached by the caller."""
-    events, dead_letters = parse(raw)
+    events, dead_letters = parse(raw, input_limits(settings))
     r = settings.redis
     counted = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())

@@ -11,14 +11,19 @@ from pyflink.datastream import DataStream, OutputTag, ProcessFunction
 from jobs.kafka_io import kafka_timestamp_ms
 from operators.dead_letter import dead_letter_record
 from operators.events import REJECTION_REASONS, Event, SourceRef
-from operators.validation import DEFAULT_LIMITS, parse_event
+from operators.input_limits import InputLimits
+from operators.validation import parse_event
 
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_JSON)
 
 
 class ParseEvents(ProcessFunction):
-    """Valid events go on as pickled ``Event``s; every rejected record goes to ``DEAD_LETTERS``."""
+    """Valid events go on as pickled ``Event``s; every rejected record goes to ``DEAD_LETTERS``. The same
+    validation as the personalization job: its limits (``persona.rules.input_limits``) and the wall clock."""
+
+    def __init__(self, limits: InputLimits) -> None:
+        self._limits = limits
 
     def open(self, runtime_context: Any) -> None:
         group = runtime_context.get_metrics_group().add_group("ingest")
@@ -27,7 +32,8 @@ class ParseEvents(ProcessFunction):
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Any:
         raw: bytes = row[0] if row[0] is not None else b""
-        out = parse_event(raw)
+        now_ms = int(time.time() * 1000)
+        out = parse_event(raw, self._limits, now_ms)
         if isinstance(out, Event):
             self._valid.inc()
             yield out
@@ -35,11 +41,11 @@ class ParseEvents(ProcessFunction):
         self._rejected[out.reason].inc()
         source = SourceRef(row[1], row[2], row[3], kafka_timestamp_ms(row[4]))
         # Personal data masked (README "Privacy"), as in the personalization job.
-        yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, int(time.time() * 1000),
-                                                         masked=DEFAULT_LIMITS.masked_fields))
+        yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, now_ms, self._limits.dead_letter_raw_bytes,
+                                                         self._limits.masked_fields))
 
 
-def parse(raw: DataStream) -> tuple[DataStream, DataStream]:
+def parse(raw: DataStream, limits: InputLimits) -> tuple[DataStream, DataStream]:
     """(events, dead letters as (key, json) rows)."""
-    events = raw.process(ParseEvents(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-validate").uid("parse-validate")
+    events = raw.process(ParseEvents(limits), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-validate").uid("parse-validate")
     return events, events.get_side_output(DEAD_LETTERS)

@@ -46,6 +46,7 @@ from operators.runner import (
     CONSENT_CHANGES,
     DEAD_LETTER,
     DUPLICATES,
+    END_OF_INPUT,
     ERASURES,
     LATE,
     TIMER_ERRORS,
@@ -75,7 +76,6 @@ OUTPUTS = Types.ROW_NAMED(["kinds", "keys", "vals"], [Types.BASIC_ARRAY(Types.ST
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 # Resolved exposures of experiments (README "Experiments"), keyed by experiment name.
 OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
-END_OF_INPUT = 2**63 - 1   # the watermark at the end of a bounded input
 SEEDED_STATE = "seeded_from_changelog"   # per shard (jobs/changelog_seed.py)
 KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS,
                   ("personalize", "models_refused"), ("personalize", "rules", "switches"),

@@ -1,8 +1,8 @@
 """Absence patterns in event time: an anchor event, then no cancelling event within a deadline.
 
 Cart abandonment is ``anchor = add_to_cart``, ``cancel = purchase or emptied cart``, ``within = 30 min``.
-The core is pure: ``on_event`` takes the state and an event and returns the new state and a deadline
-to be woken at (``notify_at``); ``on_timer`` takes the state and the watermark and returns the matches. The Flink wrapper registers that deadline
+The core is pure: ``observe`` takes the state and an event's time and verdicts (anchor, cancel) and returns
+the new state and a deadline to be woken at (``notify_at``); ``on_timer`` takes the state and the watermark and returns the matches. The Flink wrapper registers that deadline
 as an event-time timer, so the match fires when the watermark passes it, even if the user is silent.
 
 Semantics, in event time and independent of arrival order: an anchor ``a`` matches when no other
@@ -17,13 +17,9 @@ The match id is derived from user, pattern and anchor event, so a replay yields 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from operators.events import Event
 from state.pattern_state import AbsenceState, Armed
-
-Predicate = Callable[[Event], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,19 +43,17 @@ def match_id(user_id: str, pattern: str, anchor_event_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AbsencePattern:
+    """The timing of one absence pattern. Whether an event anchors or cancels is decided by the caller
+    (``PatternEngine``: steps of a pattern file, consent and rule state), and given to ``observe``."""
+
     name: str
-    anchor: Predicate
-    cancel: Predicate
     within_ms: int
     max_marks: int = 128   # blockers kept per user (limits.max_pattern_marks): the newest
 
-    def on_event(self, state: AbsenceState | None, event: Event) -> tuple[AbsenceState, int | None]:
-        """Account one event; returns the state and a deadline to be notified at (or None)."""
-        return self.observe(state, event.event_id, event.event_time_ms, self.anchor(event), self.cancel(event))
-
     def observe(self, state: AbsenceState | None, event_id: str, t: int, is_anchor: bool,
                 is_cancel: bool) -> tuple[AbsenceState, int | None]:
-        """``on_event`` with the anchor/cancel verdicts given (when they depend on more than the event)."""
+        """Account one event at ``t`` that anchors and/or cancels; returns the state and a deadline to be
+        notified at (or None)."""
         st = state if state is not None else AbsenceState()
         if not (is_anchor or is_cancel):
             return st, None

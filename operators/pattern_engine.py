@@ -55,8 +55,7 @@ class PatternEngine:
         # Patterns are evaluated, and their matches gated, in the gate's priority order, then in file order.
         rank = {name: i for i, name in enumerate(book.gate.priority)}
         self._ordered = sorted(book.patterns, key=lambda p: rank.get(p.name, len(rank)))
-        self._absence = {p.name: AbsencePattern(p.name, lambda e: False, lambda e: False, p.within_ms,
-                                                   max_marks)
+        self._absence = {p.name: AbsencePattern(p.name, p.within_ms, max_marks)
                          for p in self._ordered if p.kind == "absence"}
         self._escalation_of = {p.of: p for p in book.patterns if p.kind == "escalation"}
         # What drops a trigger deferred by quiet hours before its release: the pattern's cancel steps (an
@@ -80,10 +79,6 @@ class PatternEngine:
         # Experiment -> variant -> (exposed, converted) so far, for Thompson sampling: set by the caller (the job
         # reads the tallies from Redis as it reads the served models).
         self.experiment_stats: dict[str, dict[str, tuple[int, int]]] = {}
-
-    @staticmethod
-    def state_of(user: UserState) -> PatternState:
-        return user.patterns
 
     def on_event(self, user: UserState, event: Event, view: Mapping[str, Any]) -> Outcome:
         """After ``event`` was applied to ``user`` (``view`` is the profile now)."""

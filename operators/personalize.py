@@ -45,7 +45,6 @@ from operators.profile_fold import (
     is_late,
     profile_record,
     profile_sets,
-    segment_names,
 )
 from state.model_state import ModelOutputs
 from state.user_state import UserState
@@ -94,7 +93,6 @@ class Personalizer:
         self.rules = profile_rules
         self.models = ModelStep(model_rules)
         self.engine = PatternEngine(book, profile_rules.max_pattern_marks, profile_rules)
-        self.segment_names = segment_names(segments)
         self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
 
     def use_rules(self, book: PatternBook) -> None:

@@ -91,14 +91,12 @@ def is_late(state: UserState | None, event: Event, rules: ProfileRules) -> bool:
 
 
 def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drops: list[str] | None = None) -> UserState:
-    """Fold one (not late) event into the state; mutates and returns it. ``erasure_request`` forgets everything.
+    """Fold one (not late) event into the state; mutates and returns it. An ``erasure_request`` never gets here:
+    ``Personalizer`` answers it (it releases what was due, then starts a new state).
 
     What a limit kept out is appended to ``drops`` (``cart_item``, ``demographic_attribute``) for counting.
     """
     kind = event.event_type
-    if kind == "erasure_request":
-        # Everything goes, the consent record too: the user starts again from the configured default.
-        return UserState()
     s = state if state is not None else UserState()
     if s.consent_log:   # a state written before consent per purpose: its marketing choices join the new log
         s.consents = consent_log_of(s)

@@ -55,6 +55,9 @@ from state.user_timers import UserTimers
 # Output kinds: the Java side routes each to its topic (jobs/personalization.py).
 TRIGGER, DEAD_LETTER, CHANGE, AUDIT = "trigger", "dead_letter", "change", "audit"
 # Counter paths (Flink metric group names, then the counter) that every batch may move.
+# The watermark at the end of a bounded input (Flink's Long.MAX_VALUE): every deadline and release passes.
+END_OF_INPUT = 2**63 - 1
+
 VALID = ("ingest", "valid")
 UNTRUSTED = ("ingest", "timestamp_untrusted")
 LATE = ("personalize", "late_events")

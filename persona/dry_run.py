@@ -23,11 +23,11 @@ from typing import Any
 from bench.replay import Replay
 from operators.events import Event
 from operators.personalize import Step
+from operators.runner import END_OF_INPUT
 from operators.validation import parse_event
 from persona.settings import JobSettings
 from persona.stack.topics import read_to_end
 
-END_OF_INPUT = 2**62
 HOUR_MS = 3_600_000
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from pyflink.common import Instant, Row, Types
 from pyflink.datastream import DataStream
 from pyflink.util.java_utils import load_java_class
@@ -17,6 +18,8 @@ from persona.settings import load_job_settings
 
 SHARDS, MAX_RECORDS = 16, 64
 T0 = 1_793_620_800_000
+
+pytestmark = pytest.mark.integration   # a JVM: not in the fast tier
 
 
 def test_batches_hold_every_record_once_in_order_per_shard(connector_jars: list[Path]) -> None:

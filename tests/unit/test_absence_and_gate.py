@@ -7,14 +7,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from operators.absence import AbsencePattern, AbsenceState, match_id
+from operators.absence import AbsencePattern, AbsenceState
 from operators.events import Event
 from operators.trigger_gate import GateState, TriggerGate
 
 MIN = 60_000
 WITHIN = 30 * MIN
-CART = AbsencePattern("cart_abandonment", anchor=lambda e: e.event_type == "add_to_cart",
-                      cancel=lambda e: e.event_type == "purchase", within_ms=WITHIN)
+CART = AbsencePattern("cart_abandonment", within_ms=WITHIN)
+
+
+def feed(state: AbsenceState | None, e: Event) -> tuple[AbsenceState, int | None]:
+    """Cart abandonment's verdicts: an add to cart anchors, a purchase cancels."""
+    return CART.observe(state, e.event_id, e.event_time_ms, e.event_type == "add_to_cart", e.event_type == "purchase")
 
 
 def ev(event_type: str, t: int, n: int = 0) -> Event:
@@ -25,7 +29,7 @@ def run(events: list[Event], watermark: int) -> list[str]:
     """Drive the core like the Flink wrapper: events in arrival order, then the timer at the watermark."""
     state: AbsenceState | None = None
     for e in events:
-        state, _ = CART.on_event(state, e)
+        state, _ = feed(state, e)
     _, matches = CART.on_timer(state, "u1", watermark)
     return sorted(m.anchor_event_id for m in matches)
 
@@ -44,13 +48,13 @@ def oracle(events: list[Event]) -> list[str]:
 
 
 def test_fires_exactly_at_the_deadline_with_no_further_events() -> None:
-    state, notify_at = CART.on_event(None, ev("add_to_cart", 1000))
+    state, notify_at = feed(None, ev("add_to_cart", 1000))
     assert notify_at == 1000 + WITHIN
     state, early = CART.on_timer(state, "u1", 1000 + WITHIN - 1)
     assert early == []
     state, matches = CART.on_timer(state, "u1", 1000 + WITHIN)
     assert [m.deadline_ms for m in matches] == [1000 + WITHIN]
-    assert matches[0].match_id == match_id("u1", "cart_abandonment", "e0-1000")
+    assert matches[0].match_id == "92eb6fe9ddd9286c8168c085"   # sha256 of "u1", "cart_abandonment", "e0-1000" joined by \x1f, 24 hex digits
     assert CART.on_timer(state, "u1", 10 * WITHIN)[1] == []   # released once
 
 
@@ -90,9 +94,9 @@ def test_outcome_is_the_definition_for_any_bounded_disorder() -> None:
 def test_watermark_releases_only_due_anchors_and_memory_is_bounded() -> None:
     state: AbsenceState | None = None
     for i in range(200):
-        state, _ = CART.on_event(state, ev("purchase", i * MIN, i))
+        state, _ = feed(state, ev("purchase", i * MIN, i))
     assert state is not None and len(state.blockers) <= 2 * WITHIN // MIN + 1
-    state, _ = CART.on_event(state, ev("add_to_cart", 300 * MIN, 999))
+    state, _ = feed(state, ev("add_to_cart", 300 * MIN, 999))
     state, released = CART.on_timer(state, "u1", 300 * MIN + WITHIN - 1)
     assert released == [] and state is not None and len(state.armed) == 1
 

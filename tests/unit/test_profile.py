@@ -9,6 +9,9 @@ from collections import defaultdict
 import pytest
 
 from operators.events import Event
+from operators.model_scoring import ServedModels
+from operators.pattern_spec import load_patterns
+from operators.personalize import DEFAULT_MODEL_RULES, Personalizer
 from operators.profile_fold import ProfileRules, apply_event, consent_at, is_late, profile_view, redis_fields
 from operators.validation import parse_event
 from persona.generator.shoppers import generate
@@ -69,7 +72,8 @@ def test_erasure_forgets_everything_and_consent_toggles() -> None:
     assert not consent_at(s, 1, RULES) and consent_at(s, 0, RULES) and s.demographics == {"age_band": "25-34"}
     s = apply_event(s, ev("consent", 2, granted=["marketing"], withdrawn=[]), RULES)
     assert consent_at(s, 2, RULES)
-    s = apply_event(s, ev("erasure_request", 3), RULES)
+    core = Personalizer(RULES, DEFAULT_MODEL_RULES, load_patterns(), segments=5)
+    s = core.on_event(s, ev("erasure_request", 3), ServedModels()).state
     assert s.version == 0 and s.demographics == {} and s.totals == {} and s.consents == []
 
 

@@ -14,7 +14,7 @@ from bench.replay import Replay
 from operators.pattern_spec import load_patterns
 from operators.personalize import DEFAULT_MODEL_RULES, Personalizer, _failed
 from operators.profile_fold import ProfileRules
-from operators.runner import AUDIT, CHANGE, DEAD_LETTER, Record, Runner
+from operators.runner import AUDIT, CHANGE, DEAD_LETTER, END_OF_INPUT, Record, Runner
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
 from persona.settings import load_generator_settings, load_job_settings, parse_overrides
@@ -149,7 +149,7 @@ def test_the_oracle_stream_through_the_runner_equals_the_oracle(seed: int) -> No
     now = int(time.time() * 1000)
     for r in records:
         replay.process(r.value, now)
-    replay.advance(2**63 - 1, now)
+    replay.advance(END_OF_INPUT, now)
     want = expected(records)
     dead = Counter({k.split(".", 1)[1]: n for k, n in replay.ledger.items() if k.startswith("dead_letter.")})
     assert dead == want.dead_letter_reasons
