@@ -10,8 +10,9 @@ from pyflink.datastream import DataStream, OutputTag, ProcessFunction
 
 from jobs.kafka_io import kafka_timestamp_ms
 from operators.dead_letter import dead_letter_record
-from operators.events import REJECTION_REASONS, Event, SourceRef
+from operators.events import Event, SourceRef
 from operators.input_limits import InputLimits
+from operators.reasons import RejectReason
 from operators.validation import parse_event
 
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
@@ -28,7 +29,7 @@ class ParseEvents(ProcessFunction):
     def open(self, runtime_context: Any) -> None:
         group = runtime_context.get_metrics_group().add_group("ingest")
         self._valid = group.counter("valid")
-        self._rejected = {r: group.add_group("rejected").counter(r) for r in sorted(REJECTION_REASONS)}
+        self._rejected = {r: group.add_group("rejected").counter(r) for r in RejectReason}
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Any:
         raw: bytes = row[0] if row[0] is not None else b""

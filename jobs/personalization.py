@@ -36,9 +36,10 @@ from jobs.model_training import TrainModels, example_key
 from jobs.runtime import make_environment
 from jobs.served_follower import ServedFollower
 from jobs.state_ttl import state_ttl
-from operators.events import REJECTION_REASONS
 from operators.model_scoring import ExampleBatch
+from operators.online_models import MODEL_NAMES
 from operators.pattern_spec import PatternBook
+from operators.reasons import Dropped, RejectReason, SuppressReason
 from operators.runner import (
     AUDIT,
     BOT_FLAGS,
@@ -80,10 +81,10 @@ SEEDED_STATE = "seeded_from_changelog"   # per shard (jobs/changelog_seed.py)
 KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS,
                   ("personalize", "models_refused"), ("personalize", "rules", "switches"),
                   ("personalize", "rules", "refused"), ("personalize", "rules", "version"),
-                  *(("ingest", "rejected", r) for r in sorted(REJECTION_REASONS - {"late_event"})),
-                  *(("personalize", "suppressed", r) for r in ("no_consent", "frequency_cap", "bot")),
-                  *(("personalize", "examples", m) for m in ("propensity", "segments", "bots")),
-                  *(("personalize", "dropped", d) for d in ("cart_item", "demographic_attribute", "pii_attribute"))]
+                  *(("ingest", "rejected", str(r)) for r in RejectReason if r is not RejectReason.LATE_EVENT),
+                  *(("personalize", "suppressed", str(r)) for r in SuppressReason),
+                  *(("personalize", "examples", m) for m in MODEL_NAMES),
+                  *(("personalize", "dropped", str(d)) for d in Dropped)]
 
 
 def subtask_of(runtime_context: RuntimeContext) -> tuple[int, int]:

@@ -6,16 +6,11 @@ from typing import Any
 
 import msgspec
 
+from operators.reasons import RejectReason
+
 EVENT_TYPES = frozenset({
     "page_view", "search", "add_to_cart", "remove_from_cart", "purchase", "consent", "profile_update",
     "erasure_request",
-})
-
-REJECTION_REASONS = frozenset({
-    "not_utf8", "bad_json", "not_an_object", "missing_field", "wrong_type", "invalid_value",
-    "unknown_event_type", "unsupported_schema_version", "late_event", "key_mismatch",
-    # Limits (README "Limits") and containment: an exception while processing one record dead-letters it.
-    "record_too_large", "too_deep", "event_time_out_of_range", "processing_error",
 })
 
 
@@ -48,10 +43,9 @@ class Event(msgspec.Struct, frozen=True):
 class Rejection(msgspec.Struct, frozen=True):
     """Why a record was refused. ``field`` is a dotted path (``payload.price``) or None for the whole record."""
 
-    reason: str
+    reason: RejectReason
     detail: str
     field: str | None = None
 
     def __post_init__(self) -> None:
-        if self.reason not in REJECTION_REASONS:
-            raise ValueError(f"unknown rejection reason {self.reason!r}")
+        RejectReason(self.reason)   # a ValueError for a reason that is not one

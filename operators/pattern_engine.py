@@ -17,6 +17,7 @@ from operators.experiments import ExperimentOutcome, ExperimentSpec, assign
 from operators.label_join import LabelJoin, LabelledExample
 from operators.pattern_spec import PatternBook, PatternSpec, Step
 from operators.profile_fold import ProfileRules, consent_at
+from operators.reasons import SuppressReason
 from operators.trigger_gate import TriggerGate
 from state.pattern_state import TRIGGER_SCHEMA_VERSION, AnchorInfo, ExperimentState, PatternState, Trigger, anchor_key
 from state.user_state import UserState
@@ -31,7 +32,7 @@ MAX_PENDING_EXPOSURES = 20      # per user and experiment (the frequency cap kee
 class Outcome:
     triggers: list[Trigger]
     timers: list[int]
-    suppressed: list[tuple[str, str]]   # (pattern, reason)
+    suppressed: list[tuple[str, SuppressReason]]   # (pattern, reason)
     experiments: list[ExperimentOutcome] = field(default_factory=list)   # exposures whose outcome is now known
 
 
@@ -131,7 +132,7 @@ class PatternEngine:
         return out
 
     def _mark_cancels(self, ps: PatternState, event: Event, view: Mapping[str, Any],
-                      suppressed: list[tuple[str, str]]) -> None:
+                      suppressed: list[tuple[str, SuppressReason]]) -> None:
         """Remember when a cancel step happened, and drop the deferred triggers it cancels."""
         t = event.event_time_ms
         for name, steps in self._cancels_by_type.get(event.event_type, ()):
@@ -142,7 +143,7 @@ class PatternEngine:
             self._cancel_deferred(ps, event, view, suppressed)
 
     def _cancel_deferred(self, ps: PatternState, event: Event, view: Mapping[str, Any],
-                         suppressed: list[tuple[str, str]]) -> None:
+                         suppressed: list[tuple[str, SuppressReason]]) -> None:
         """A deferred trigger whose pattern's cancel step happens between its match and its release is dropped
         (e.g. a purchase during quiet hours): its frequency-cap slot stays taken, as for a consent withdrawal."""
         t = event.event_time_ms
@@ -150,7 +151,7 @@ class PatternEngine:
         for trigger in ps.deferred:
             steps = self._cancels.get(trigger.pattern, ())
             if steps and trigger.event_time <= t < trigger.emitted_at and any(c.matches(event, view) for c in steps):
-                suppressed.append((trigger.pattern, "cancelled_before_release"))
+                suppressed.append((trigger.pattern, SuppressReason.CANCELLED_BEFORE_RELEASE))
             else:
                 kept.append(trigger)
         if len(kept) != len(ps.deferred):
@@ -181,7 +182,7 @@ class PatternEngine:
             if consent_at(user, t.event_time, self.rules) and consent_at(user, t.emitted_at, self.rules):
                 self._emit(ps, t, triggers, timers, suppressed, outcomes)
             else:
-                suppressed.append((t.pattern, "no_consent_at_release"))
+                suppressed.append((t.pattern, SuppressReason.NO_CONSENT_AT_RELEASE))
         self._forget_anchors(ps)
         if ps.experiments:
             self._resolve(ps, watermark_ms, outcomes)
@@ -198,7 +199,7 @@ class PatternEngine:
                 outcomes += [_outcome(name, x) for x in join.release(xs.outcomes, watermark_ms)]
 
     def _released(self, user: UserState, ps: PatternState, spec: PatternSpec, m: Match, triggers: list[Trigger],
-                  timers: list[int], suppressed: list[tuple[str, str]], outcomes: list[ExperimentOutcome]) -> None:
+                  timers: list[int], suppressed: list[tuple[str, SuppressReason]], outcomes: list[ExperimentOutcome]) -> None:
         info = ps.anchors.pop(anchor_key(spec.name, m.anchor_event_id), None)
         session, cart = (info.session_start_ms, info.cart_doc()) if info is not None else (0, None)
         if spec.include_cart:
@@ -218,16 +219,16 @@ class PatternEngine:
 
     def _gate(self, user: UserState, user_id: str, ps: PatternState, spec: PatternSpec, trigger_id: str, at_ms: int,
               cart: dict[str, Any] | None, triggers: list[Trigger], timers: list[int],
-              suppressed: list[tuple[str, str]], outcomes: list[ExperimentOutcome]) -> None:
+              suppressed: list[tuple[str, SuppressReason]], outcomes: list[ExperimentOutcome]) -> None:
         # Consent as of the match time: a timer may fire after later consent events were applied.
         ps.gate.marketing_consent = consent_at(user, at_ms, self.rules)
         if user.models.bot:
             # A user flagged as a bot (rule or model) gets no trigger, whatever produced the match.
-            suppressed.append((spec.name, "bot"))
+            suppressed.append((spec.name, SuppressReason.BOT))
             return
         decision = self.gate.decide(ps.gate, spec.name, at_ms, user.timezone)
         if decision.outcome == "suppressed":
-            suppressed.append((spec.name, decision.reason or "suppressed"))
+            suppressed.append((spec.name, decision.reason or SuppressReason.NO_CONSENT))
             return
         experiment, variant = None, None
         if spec.experiment is not None:
@@ -241,7 +242,7 @@ class PatternEngine:
         # taken, as when it is cancelled later). It may have been read before the watermark made this match.
         marks = ps.cancel_marks.get(self._marks_of.get(spec.name, spec.name), ())
         if any(at_ms <= m < decision.release_at_ms for m in marks):
-            suppressed.append((spec.name, "cancelled_before_release"))
+            suppressed.append((spec.name, SuppressReason.CANCELLED_BEFORE_RELEASE))
             return
         ps.deferred.append(trigger)
         timers.append(decision.release_at_ms)
@@ -261,7 +262,7 @@ class PatternEngine:
         return xs.variant
 
     def _emit(self, ps: PatternState, trigger: Trigger, triggers: list[Trigger], timers: list[int],
-              suppressed: list[tuple[str, str]], outcomes: list[ExperimentOutcome]) -> None:
+              suppressed: list[tuple[str, SuppressReason]], outcomes: list[ExperimentOutcome]) -> None:
         """A trigger goes out now (or, for an experiment's holdout, is counted as if it had) and its outcome
         window opens: the delayed-label join, with the trigger id as the example id."""
         if trigger.experiment is not None and trigger.experiment in self._joins:
@@ -273,7 +274,7 @@ class PatternEngine:
                 timers.append(deadline)
             spec = self._experiments[trigger.experiment]
             if trigger.variant == spec.holdout:
-                suppressed.append((trigger.pattern, "experiment_holdout"))
+                suppressed.append((trigger.pattern, SuppressReason.EXPERIMENT_HOLDOUT))
                 return
         triggers.append(trigger)
 
@@ -288,7 +289,7 @@ class PatternEngine:
                 out += [p.t_ms + join.window_ms for p in xs.outcomes.pending]
         return out
 
-    def reconcile(self, ps: PatternState) -> list[tuple[str, str]]:
+    def reconcile(self, ps: PatternState) -> list[tuple[str, SuppressReason]]:
         """Bring a user's pattern state, built under an older rule set, up to this one (README "Rules at runtime").
 
         The state of a removed pattern goes, and so does that of a pattern whose state-defining part changed since
@@ -298,15 +299,15 @@ class PatternEngine:
         records messages sent. A state from before the registry (version 0) loses only removed patterns.
         """
         since = ps.rules_version
-        dropped: list[tuple[str, str]] = []
+        dropped: list[tuple[str, SuppressReason]] = []
         names = ps.absence.keys() | ps.threshold_on.keys() | ps.escalations.keys() | ps.cancel_marks.keys()
         for name in names | ps.gate.sent.keys():
             spec = self._specs.get(name)
             if spec is None:
-                reason = "pattern_removed"
+                reason = SuppressReason.PATTERN_REMOVED
                 ps.gate.sent.pop(name, None)
             elif since and spec.state_version > since and name in names:
-                reason = "pattern_reset"
+                reason = SuppressReason.PATTERN_RESET
             else:
                 continue
             absence = ps.absence.pop(name, None)

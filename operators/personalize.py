@@ -46,6 +46,7 @@ from operators.profile_fold import (
     profile_record,
     profile_sets,
 )
+from operators.reasons import Dropped, RejectReason, SuppressReason
 from state.model_state import ModelOutputs
 from state.user_state import UserState
 
@@ -66,11 +67,11 @@ class Step:
     examples: Sequence[Example] = ()
     triggers: Sequence[Trigger] = ()
     timers: Sequence[int] = ()                       # event times to be woken at
-    suppressed: Sequence[tuple[str, str]] = ()       # (pattern, reason)
+    suppressed: Sequence[tuple[str, SuppressReason]] = ()   # (pattern, reason)
     bot_flagged: bool = False                        # the user became a bot at this step
     bot_counts: Sequence[tuple[str, str]] = ()       # live bot counters to move, (group, name): ``bot_tally``
     duplicate: bool = False                          # an event id (or order id) seen before: nothing changed
-    dropped: Sequence[str] = ()                      # what a limit kept out (README "Limits"), for counting
+    dropped: Sequence[Dropped] = ()                  # what a limit kept out (README "Limits"), for counting
     audit: AuditEntry | None = None                  # a consent change or an erasure, for the audit topic
     experiments: Sequence[ExperimentOutcome] = ()    # resolved exposures of experiments (README "Experiments")
     failed: bool = False                             # an exception: ``state`` is None and the caller's copy may be
@@ -129,13 +130,13 @@ class Personalizer:
         if event.event_type != "erasure_request" and is_late(state, event, rules):
             assert state is not None
             return Step(state, dead_letter=Rejection(
-                "late_event", f"event_time {event.event_time_ms} is more than {self.rules.allowed_lateness_ms} ms "
+                RejectReason.LATE_EVENT, f"event_time {event.event_time_ms} is more than {self.rules.allowed_lateness_ms} ms "
                 f"older than the user's newest event ({state.newest_event_ms})", "event_time"))
         kind = event.event_type
         if kind == "erasure_request":
             return self._erase(state, event, event_hash)
         before = pending_counts(state) if kind == "consent" and state is not None else None
-        drops: list[str] = []
+        drops: list[Dropped] = []
         state = apply_event(state, event, rules, drops)
         _remember(state.seen_events, event_hash, rules.dedup_event_ids)
         if order_hash is not None:
@@ -176,7 +177,7 @@ class Personalizer:
         is dropped and counted. That makes the outcome the same however far the watermark lags.
         """
         triggers: Sequence[Trigger] = ()
-        suppressed: Sequence[tuple[str, str]] = ()
+        suppressed: Sequence[tuple[str, SuppressReason]] = ()
         outcomes: Sequence[ExperimentOutcome] = ()
         counts = (0, 0, 0)
         if state is not None:
@@ -249,4 +250,4 @@ def pending_counts(state: UserState) -> tuple[int, int, int]:
 
 def _failed(e: Exception) -> Step:
     detail = f"{type(e).__name__}: {e}"
-    return Step(None, failed=True, dead_letter=Rejection("processing_error", detail[:1000]))
+    return Step(None, failed=True, dead_letter=Rejection(RejectReason.PROCESSING_ERROR, detail[:1000]))

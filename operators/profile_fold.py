@@ -43,6 +43,7 @@ from operators.consent import (
     record_choices,
 )
 from operators.events import Event
+from operators.reasons import Dropped
 from state.journey import STAGES, JourneyFacts, journey_stage
 from state.keys import PROFILE_SCHEMA_VERSION
 from state.rfm import RfmThresholds, rfm_score
@@ -90,7 +91,7 @@ def is_late(state: UserState | None, event: Event, rules: ProfileRules) -> bool:
     return state is not None and state.version > 0 and event.event_time_ms < state.newest_event_ms - rules.allowed_lateness_ms
 
 
-def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drops: list[str] | None = None) -> UserState:
+def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drops: list[Dropped] | None = None) -> UserState:
     """Fold one (not late) event into the state; mutates and returns it. An ``erasure_request`` never gets here:
     ``Personalizer`` answers it (it releases what was due, then starts a new state).
 
@@ -165,7 +166,7 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
         if product not in cart and len(cart) >= rules.max_cart_items:
             del cart[next(iter(cart))]   # the line added longest ago (dicts keep insertion order)
             if drops is not None:
-                drops.append("cart_item")
+                drops.append(Dropped.CART_ITEM)
         cart[product] = CartItem(p["category"], p["price_minor"], p["quantity"], p["currency"])
         s.last_add_ms = max(s.last_add_ms or t, t)
     elif kind == "remove_from_cart":
@@ -182,11 +183,11 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
                 if key in rules.pii_join_keys and isinstance(value, str) and value:
                     s.demographics[f"{key}_hash"] = pii_hash(value, rules.pii_salt)
                 elif drops is not None:
-                    drops.append("pii_attribute")
+                    drops.append(Dropped.PII_ATTRIBUTE)
             elif key in allowed and not (isinstance(value, str) and len(value) > longest):
                 s.demographics[key] = value
             elif drops is not None:
-                drops.append("demographic_attribute")
+                drops.append(Dropped.DEMOGRAPHIC_ATTRIBUTE)
     return s
 
 

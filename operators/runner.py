@@ -46,6 +46,7 @@ from operators.events import Event, Rejection, SourceRef
 from operators.input_limits import InputLimits
 from operators.model_scoring import Example, ServedModels
 from operators.personalize import Personalizer, Step
+from operators.reasons import RejectReason
 from operators.validation import DEFAULT_LIMITS, parse_event
 from state.profile_changelog import changelog_value
 from state.state_cache import StateCache
@@ -251,7 +252,7 @@ class Runner:
         now_ms = clock or 0
         user = record.user_key if record.user_key is not None else (event.user_id if isinstance(event, Event) else "")
         if isinstance(event, Event) and event.user_id != user:
-            event = Rejection("key_mismatch", f"user_id {event.user_id!r} differs from the record's key ({user!r}): "
+            event = Rejection(RejectReason.KEY_MISMATCH, f"user_id {event.user_id!r} differs from the record's key ({user!r}): "
                               "the key must be the user id; duplicate user_id fields?", "user_id")
         if not isinstance(event, Event):
             self._reject(record, event, now_ms, out)
@@ -290,7 +291,7 @@ class Runner:
             out.outputs.append((AUDIT, user, self._audit(step, event, record.source, now_ms, purged)))
 
     def _reject(self, record: Record, rejection: Rejection, now_ms: int, out: Result) -> None:
-        if rejection.reason == "late_event":
+        if rejection.reason is RejectReason.LATE_EVENT:
             out.count(LATE)
         else:
             out.count(("ingest", "rejected", rejection.reason))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from operators.reasons import SuppressReason
 from state.pattern_state import GateState
 
 
@@ -27,7 +28,7 @@ from state.pattern_state import GateState
 class Decision:
     outcome: str                 # send | deferred | suppressed
     release_at_ms: int
-    reason: str | None = None    # why suppressed
+    reason: SuppressReason | None = None    # why suppressed
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +43,17 @@ class TriggerGate:
     def decide(self, state: GateState, pattern: str, at_ms: int, timezone: str | None) -> Decision:
         """Decide for a match at ``at_ms``; records the release in ``state`` unless suppressed."""
         if not state.marketing_consent:
-            return Decision("suppressed", at_ms, "no_consent")
+            return Decision("suppressed", at_ms, SuppressReason.NO_CONSENT)
         release = self.end_of_quiet_hours(at_ms, timezone)
         recent = [t for t in state.sent.get(pattern, []) if release - t < self.cap_window_ms]
         if len(recent) >= self.cap:
             state.sent[pattern] = recent
-            return Decision("suppressed", release, "frequency_cap")
+            return Decision("suppressed", release, SuppressReason.FREQUENCY_CAP)
         if self.user_cap:
             mine = [t for t in state.user_sent if release - t < self.user_cap_window_ms]
             if len(mine) >= self.user_cap:
                 state.user_sent = mine
-                return Decision("suppressed", release, "user_cap")
+                return Decision("suppressed", release, SuppressReason.USER_CAP)
             state.user_sent = [*mine, release]
         state.sent[pattern] = [*recent, release]
         return Decision("send" if release == at_ms else "deferred", release)

@@ -8,7 +8,7 @@ event); ``tests/unit/test_validation.py`` checks that it agrees with the schema 
 ...     b'"price":19.99,"currency":"eur","quantity":2}}')
 >>> ev.event_type, ev.event_time_ms, ev.payload["price_minor"], ev.payload["currency"]
 ('add_to_cart', 1793606400000, 1999, 'EUR')
->>> parse_event(b'{"event_id":"e1"').reason
+>>> str(parse_event(b'{"event_id":"e1"').reason)
 'bad_json'
 """
 
@@ -25,6 +25,7 @@ import orjson
 from operators.events import EVENT_TYPES, Event, Rejection
 from operators.input_limits import InputLimits, too_deep
 from operators.ip_geo import country_of
+from operators.reasons import RejectReason
 
 DEVICES = frozenset({"mobile", "desktop", "tablet"})
 PAGE_TYPES = frozenset({"home", "category", "product", "search_results", "cart", "checkout", "other"})
@@ -48,7 +49,7 @@ _CONTEXT_STRINGS = {"os": 64, "referrer": 2048, "locale": 35, "timezone": 64}
 class _Invalid(Exception):
     """Internal: carries a Rejection out of nested checks; never escapes ``parse_event``."""
 
-    def __init__(self, reason: str, field: str | None, detail: str) -> None:
+    def __init__(self, reason: RejectReason, field: str | None, detail: str) -> None:
         super().__init__(detail)
         self.rejection = Rejection(reason, detail, field)
 
@@ -64,7 +65,7 @@ def parse_event(raw: bytes, limits: InputLimits = DEFAULT_LIMITS, now_ms: int | 
     of recorded streams pass None.
     """
     if len(raw) > limits.max_record_bytes:
-        return Rejection("record_too_large", f"{len(raw)} bytes; limits.max_record_bytes is {limits.max_record_bytes}")
+        return Rejection(RejectReason.RECORD_TOO_LARGE, f"{len(raw)} bytes; limits.max_record_bytes is {limits.max_record_bytes}")
     try:
         doc = orjson.loads(raw)   # the fast path: valid UTF-8 JSON in C
     except orjson.JSONDecodeError:
@@ -73,24 +74,24 @@ def parse_event(raw: bytes, limits: InputLimits = DEFAULT_LIMITS, now_ms: int | 
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            return Rejection("not_utf8", f"byte {e.start} is not UTF-8")
+            return Rejection(RejectReason.NOT_UTF8, f"byte {e.start} is not UTF-8")
         try:
             doc = json.loads(text)
         except RecursionError:   # nesting past the interpreter's stack: not a ValueError
-            return Rejection("too_deep", f"nested deeper than limits.max_json_depth ({limits.max_json_depth})")
+            return Rejection(RejectReason.TOO_DEEP, f"nested deeper than limits.max_json_depth ({limits.max_json_depth})")
         except ValueError as e:
-            return Rejection("bad_json", str(e).split(":")[0])
+            return Rejection(RejectReason.BAD_JSON, str(e).split(":")[0])
     if not isinstance(doc, dict):
-        return Rejection("not_an_object", f"top level is {type(doc).__name__}, expected an object")
+        return Rejection(RejectReason.NOT_AN_OBJECT, f"top level is {type(doc).__name__}, expected an object")
     if too_deep(raw, doc, limits):
-        return Rejection("too_deep", f"nested deeper than limits.max_json_depth ({limits.max_json_depth})")
+        return Rejection(RejectReason.TOO_DEEP, f"nested deeper than limits.max_json_depth ({limits.max_json_depth})")
     try:
         event = _event(doc, limits)
     except _Invalid as e:
         return e.rejection
     if now_ms is not None and not (now_ms - limits.max_event_age_ms <= event.event_time_ms
                                    <= now_ms + limits.max_event_future_ms):
-        return Rejection("event_time_out_of_range",
+        return Rejection(RejectReason.EVENT_TIME_OUT_OF_RANGE,
                          f"event_time {event.event_time_ms} is outside [now - {limits.max_event_age_ms}, now + "
                          f"{limits.max_event_future_ms}] ms at ingestion (now {now_ms})", "event_time")
     return event
@@ -99,11 +100,11 @@ def parse_event(raw: bytes, limits: InputLimits = DEFAULT_LIMITS, now_ms: int | 
 def _event(doc: dict[str, Any], limits: InputLimits) -> Event:
     version = _required(doc, "schema_version", "")
     if type(version) is not int or version != 1:
-        raise _Invalid("unsupported_schema_version", "schema_version", f"schema_version {version!r} is not 1")
+        raise _Invalid(RejectReason.UNSUPPORTED_SCHEMA_VERSION, "schema_version", f"schema_version {version!r} is not 1")
     event_type = _string(doc, "event_type", "")
     event_type = event_type.lower()
     if event_type not in EVENT_TYPES:
-        raise _Invalid("unknown_event_type", "event_type", f"unknown event_type {event_type!r}")
+        raise _Invalid(RejectReason.UNKNOWN_EVENT_TYPE, "event_type", f"unknown event_type {event_type!r}")
     event_id = _string(doc, "event_id", "", max_len=MAX_ID)
     user_id = _string(doc, "user_id", "", max_len=MAX_ID)
     session_id = _string(doc, "session_id", "", max_len=MAX_ID, required=False)
@@ -111,7 +112,7 @@ def _event(doc: dict[str, Any], limits: InputLimits) -> Event:
     context = _context(doc.get("context"), limits.ip_geolocation)
     payload_doc = _required(doc, "payload", "")
     if not isinstance(payload_doc, dict):
-        raise _Invalid("wrong_type", "payload", "payload must be an object")
+        raise _Invalid(RejectReason.WRONG_TYPE, "payload", "payload must be an object")
     payload = _PAYLOADS[event_type](payload_doc, limits)
     return Event(event_id, event_type, user_id, event_time_ms, session_id, context, payload)
 
@@ -119,11 +120,11 @@ def _event(doc: dict[str, Any], limits: InputLimits) -> Event:
 def parse_time_ms(text: str, field: str = "event_time") -> int:
     """ISO 8601 with a UTC offset -> epoch ms UTC. A time without an offset is ambiguous and refused."""
     if not _RFC3339.match(text):
-        raise _Invalid("invalid_value", field, f"{field} {text!r} is not RFC 3339 with a UTC offset")
+        raise _Invalid(RejectReason.INVALID_VALUE, field, f"{field} {text!r} is not RFC 3339 with a UTC offset")
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise _Invalid("invalid_value", field, f"{field} {text!r} is not ISO 8601") from None
+        raise _Invalid(RejectReason.INVALID_VALUE, field, f"{field} {text!r} is not ISO 8601") from None
     # Integer arithmetic: float timestamps are not exact to the millisecond.
     return (dt - _EPOCH) // _MS
 
@@ -141,7 +142,7 @@ def _path(prefix: str, key: str) -> str:
 
 def _required(doc: dict[str, Any], key: str, prefix: str) -> Any:
     if key not in doc or doc[key] is None:
-        raise _Invalid("missing_field", _path(prefix, key), f"{_path(prefix, key)} is required")
+        raise _Invalid(RejectReason.MISSING_FIELD, _path(prefix, key), f"{_path(prefix, key)} is required")
     return doc[key]
 
 
@@ -150,9 +151,9 @@ def _string(doc: dict[str, Any], key: str, prefix: str, *, max_len: int = 10_000
         return None
     value = _required(doc, key, prefix)
     if not isinstance(value, str):
-        raise _Invalid("wrong_type", _path(prefix, key), f"{_path(prefix, key)} must be a string")
+        raise _Invalid(RejectReason.WRONG_TYPE, _path(prefix, key), f"{_path(prefix, key)} must be a string")
     if not value or len(value) > max_len:
-        raise _Invalid("invalid_value", _path(prefix, key), f"{_path(prefix, key)} must have 1..{max_len} characters")
+        raise _Invalid(RejectReason.INVALID_VALUE, _path(prefix, key), f"{_path(prefix, key)} must have 1..{max_len} characters")
     return value
 
 
@@ -160,25 +161,25 @@ def _number(doc: dict[str, Any], key: str, prefix: str, lo: float, hi: float, *,
     value = _required(doc, key, prefix)
     ok = type(value) is int if integer else type(value) in (int, float)
     if not ok:
-        raise _Invalid("wrong_type", _path(prefix, key), f"{_path(prefix, key)} must be {'an integer' if integer else 'a number'}")
+        raise _Invalid(RejectReason.WRONG_TYPE, _path(prefix, key), f"{_path(prefix, key)} must be {'an integer' if integer else 'a number'}")
     if not (lo <= value <= hi) or value != value:
-        raise _Invalid("invalid_value", _path(prefix, key), f"{_path(prefix, key)} {value!r} is outside {lo}..{hi}")
+        raise _Invalid(RejectReason.INVALID_VALUE, _path(prefix, key), f"{_path(prefix, key)} {value!r} is outside {lo}..{hi}")
     return value
 
 
 def _enum(value: Any, allowed: frozenset[str], path: str) -> str:
     if not isinstance(value, str):
-        raise _Invalid("wrong_type", path, f"{path} must be a string")
+        raise _Invalid(RejectReason.WRONG_TYPE, path, f"{path} must be a string")
     low = value.lower()
     if low not in allowed:
-        raise _Invalid("invalid_value", path, f"{path} {value!r} is not one of {sorted(allowed)}")
+        raise _Invalid(RejectReason.INVALID_VALUE, path, f"{path} {value!r} is not one of {sorted(allowed)}")
     return low
 
 
 def _currency(doc: dict[str, Any], prefix: str) -> str:
     value = _string(doc, "currency", prefix, max_len=3)
     if not _CURRENCY.match(value):
-        raise _Invalid("invalid_value", _path(prefix, "currency"), f"currency {value!r} is not an ISO 4217 code")
+        raise _Invalid(RejectReason.INVALID_VALUE, _path(prefix, "currency"), f"currency {value!r} is not an ISO 4217 code")
     return str(value.upper())
 
 
@@ -187,7 +188,7 @@ def _context(ctx: Any, geolocate: bool = True) -> dict[str, Any]:
     if ctx is None:
         return {}
     if not isinstance(ctx, dict):
-        raise _Invalid("wrong_type", "context", "context must be an object")
+        raise _Invalid(RejectReason.WRONG_TYPE, "context", "context must be an object")
     out: dict[str, Any] = {}
     if ctx.get("device") is not None:
         out["device"] = _enum(ctx["device"], DEVICES, "context.device")
@@ -197,11 +198,11 @@ def _context(ctx: Any, geolocate: bool = True) -> dict[str, Any]:
     geo = ctx.get("geo")
     if geo is not None:
         if not isinstance(geo, dict):
-            raise _Invalid("wrong_type", "context.geo", "context.geo must be an object")
+            raise _Invalid(RejectReason.WRONG_TYPE, "context.geo", "context.geo must be an object")
         if geo.get("country") is not None:
             country = _string(geo, "country", "context.geo", max_len=2)
             if not _COUNTRY.match(country):
-                raise _Invalid("invalid_value", "context.geo.country", f"country {country!r} is not ISO 3166-1 alpha-2")
+                raise _Invalid(RejectReason.INVALID_VALUE, "context.geo.country", f"country {country!r} is not ISO 3166-1 alpha-2")
             out["country"] = country.upper()
         if geo.get("region") is not None:
             out["region"] = _string(geo, "region", "context.geo", max_len=64)
@@ -246,14 +247,14 @@ def _purchase(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     currency = _currency(p, "payload")
     items = _required(p, "items", "payload")
     if not isinstance(items, list):
-        raise _Invalid("wrong_type", "payload.items", "payload.items must be an array")
+        raise _Invalid(RejectReason.WRONG_TYPE, "payload.items", "payload.items must be an array")
     if not 1 <= len(items) <= max_items:
-        raise _Invalid("invalid_value", "payload.items", f"payload.items must have 1..{max_items} entries")
+        raise _Invalid(RejectReason.INVALID_VALUE, "payload.items", f"payload.items must have 1..{max_items} entries")
     norm = []
     for i, item in enumerate(items):
         prefix = f"payload.items.{i}"
         if not isinstance(item, dict):
-            raise _Invalid("wrong_type", prefix, f"{prefix} must be an object")
+            raise _Invalid(RejectReason.WRONG_TYPE, prefix, f"{prefix} must be an object")
         norm.append({
             "product_id": _string(item, "product_id", prefix, max_len=MAX_ID),
             "category": _string(item, "category", prefix, max_len=MAX_ID),
@@ -274,7 +275,7 @@ def _consent(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     for key in ("granted", "withdrawn"):
         values = p.get(key) or []
         if not isinstance(values, list):
-            raise _Invalid("wrong_type", f"payload.{key}", f"payload.{key} must be an array")
+            raise _Invalid(RejectReason.WRONG_TYPE, f"payload.{key}", f"payload.{key} must be an array")
         out[key] = sorted({_enum(v, CONSENT_CATEGORIES, f"payload.{key}") for v in values})
     return out
 
@@ -282,10 +283,10 @@ def _consent(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
 def _profile_update(p: dict[str, Any], limits: InputLimits) -> dict[str, Any]:
     attrs = _required(p, "attributes", "payload")
     if not isinstance(attrs, dict):
-        raise _Invalid("wrong_type", "payload.attributes", "payload.attributes must be an object")
+        raise _Invalid(RejectReason.WRONG_TYPE, "payload.attributes", "payload.attributes must be an object")
     for key, value in attrs.items():
         if value is not None and type(value) not in (str, int, bool):
-            raise _Invalid("wrong_type", f"payload.attributes.{key}", "attribute values must be strings, integers or booleans")
+            raise _Invalid(RejectReason.WRONG_TYPE, f"payload.attributes.{key}", "attribute values must be strings, integers or booleans")
     return {"attributes": dict(attrs)}
 
 

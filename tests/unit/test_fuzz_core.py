@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.dead_letter import dead_letter_record
-from operators.events import REJECTION_REASONS, Event, Rejection, SourceRef
+from operators.events import Event, Rejection, SourceRef
 from operators.model_scoring import ServedModels
+from operators.reasons import RejectReason
 from operators.validation import parse_event
 from persona.generator.shoppers import generate
 from persona.rules import personalizer
@@ -62,7 +63,7 @@ records = st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dump
 
 
 def _check_rejection(raw: bytes, out: Rejection) -> None:
-    assert out.reason in REJECTION_REASONS
+    assert isinstance(out.reason, RejectReason)
     entry = dead_letter_record(raw, out, SourceRef("events", 0, 1, None), 1)
     DEAD_LETTER.validate(json.loads(entry))
     assert len(entry) < 100_000
