@@ -81,6 +81,10 @@ class UserTimers:
         self._changed.add(user)
         return t, user
 
+    def users(self) -> list[str]:
+        """The users with a timer armed."""
+        return list(self._times)
+
     def times_of(self, user: str) -> list[int]:
         return sorted(self._times.get(user, ()))
 
