@@ -87,6 +87,29 @@ class ProfileRules:
     pii_salt: str = ""
 
 
+def profile_fingerprint(rules: ProfileRules) -> bytes:
+    """8 bytes that change when a setting that decides a profile changes: the changelog carries the job's, and the
+    loader refuses records made under other settings (``persona/loader.py``). The PII salt is left out: it shapes
+    the state, not the profile read from it, and a hash of a secret should not travel.
+
+    >>> profile_fingerprint(ProfileRules()) == profile_fingerprint(ProfileRules(pii_salt="other"))
+    True
+    >>> profile_fingerprint(ProfileRules()) == profile_fingerprint(ProfileRules(loyal_min_purchases=4))
+    False
+    """
+    def plain(x: Any) -> Any:
+        if isinstance(x, (frozenset, set)):
+            return sorted(plain(v) for v in x)
+        if hasattr(x, "__dataclass_fields__"):
+            return {f: plain(getattr(x, f)) for f in x.__dataclass_fields__ if f != "pii_salt"}
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return hashlib.sha256(orjson.dumps(plain(rules), option=orjson.OPT_SORT_KEYS)).digest()[:8]
+
+
 def is_late(state: UserState | None, event: Event, rules: ProfileRules) -> bool:
     return state is not None and state.version > 0 and event.event_time_ms < state.newest_event_ms - rules.allowed_lateness_ms
 

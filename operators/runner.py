@@ -46,6 +46,7 @@ from operators.events import Event, Rejection, SourceRef
 from operators.input_limits import InputLimits
 from operators.model_scoring import Example, ServedModels
 from operators.personalize import Personalizer, Step
+from operators.profile_fold import profile_fingerprint
 from operators.reasons import RejectReason
 from operators.validation import DEFAULT_LIMITS, parse_event
 from state.profile_changelog import changelog_value
@@ -206,6 +207,7 @@ class Runner:
         self.served = served if served is not None else ServedModels()
         self.examples = ExampleBuffer()
         self._cache: StateCache[UserState] = StateCache(cache_users)
+        self._fingerprint = profile_fingerprint(core.rules)   # on every change: the loader checks it
 
     def on_batch(self, records: Iterable[Record], timers: UserTimers, load: Callable[[str], bytes | None],
                  now_ms: int | None) -> Result:
@@ -335,7 +337,7 @@ class Runner:
                 out.dirty[user] = data
                 self._cache.put(user, state)
             if step.write_profile:
-                out.change(user, changelog_value(data, now_ms))
+                out.change(user, changelog_value(data, now_ms, self._fingerprint))
 
     @staticmethod
     def _audit(step: Step, event: Event, source: SourceRef, now_ms: int, purged: int) -> bytes:

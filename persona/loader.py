@@ -28,7 +28,8 @@ from functools import partial
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from operators.profile_fold import ProfileRules, profile_record, profile_sets
+from operators.config_files import ConfigError
+from operators.profile_fold import ProfileRules, profile_fingerprint, profile_record, profile_sets
 from persona.loader_metrics import serve_loader_metrics
 from persona.rules import profile_rules
 from persona.settings import JobSettings
@@ -67,6 +68,7 @@ class ProfileLoader:
         self._settings = settings
         self._topic = settings.kafka.topics.profiles
         self._rules: ProfileRules = profile_rules(settings)
+        self._fingerprint = profile_fingerprint(self._rules)
         r = settings.redis
         self._max_batch = r.flush_max_batch
         self._writer = ProfileWriter.from_url(r.connection_url(), RedisKeys(r.key_prefix), r.profile_ttl_s,
@@ -218,6 +220,7 @@ class ProfileLoader:
                     log.error("loader: skipped an unreadable changelog record at %s/%d/%d (%d so far): %s",
                               m.topic(), m.partition(), m.offset(), self.stats.malformed, e)
         self.stats.records += len(batch)
+        self._check_fingerprints(changes)
         for user_id, pending in coalesce(changes).items():
             if pending.erase:
                 self._writer.erase(user_id, now_ms)
@@ -240,6 +243,16 @@ class ProfileLoader:
             self._consumer.commit(offsets=[TopicPartition(self._topic, p, o) for p, o in self._next_offsets.items()],
                                   asynchronous=True)
         self.stats.batches += 1
+
+    def _check_fingerprints(self, changes: list[Change]) -> None:
+        """A loader deployed with other profile settings than the job's would publish profiles the job did not
+        decide: it stops before writing anything of the batch (format-1 records, from older builds, carry none)."""
+        for change in changes:
+            if change.fingerprint is not None and change.fingerprint != self._fingerprint:
+                raise ConfigError(
+                    f"loader: the changelog record of user {change.user_id!r} was made under other profile settings "
+                    f"(fingerprint {change.fingerprint.hex()}, this loader's {self._fingerprint.hex()}): run the loader "
+                    "with the job's profile.* and privacy.* settings (conf/job.yaml and its --set overrides)")
 
     def _flush_until_acknowledged(self) -> None:
         """Redis down: the batch waits (partitions paused, the group membership kept by polling), then goes."""

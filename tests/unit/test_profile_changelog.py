@@ -10,13 +10,14 @@ from state.user_state import UserState, encode_state
 
 def test_a_change_round_trips_with_its_state_and_time() -> None:
     state = UserState(version=7, newest_event_ms=123, epoch_ms=99)
-    change = read_change(b"u\xc3\xa9", changelog_value(encode_state(state), 1_700_000_000_123))
+    change = read_change(b"u\xc3\xa9", changelog_value(encode_state(state), 1_700_000_000_123, b"\x00" * 8))
     assert (change.user_id, change.updated_at_ms, change.state) == ("u\u00e9", 1_700_000_000_123, state)
 
 
 @pytest.mark.parametrize("key, value, message", [
     (None, b"x", "without a user id"),
-    (b"u1", b"\x02" + bytes(8) + encode_state(UserState()), "unknown format"),
+    (b"u1", b"\x03" + bytes(16) + encode_state(UserState()), "unknown format"),
+    (b"u1", b"\x02" + bytes(16), "too short"),
     (b"u1", b"\x01" + bytes(8), "too short"),
     (b"u1", b"\x01" + bytes(8) + b"\x07garbage", "user state format"),
 ])
