@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, Producer
 
 from bench.live_events import LiveTraffic
 from bench.replay import Replay, write_step
+from operators.config_files import read_yaml
 from operators.personalize import Step
 from operators.runner import Record
 from persona.generator.shoppers import generate
@@ -50,10 +51,9 @@ from state.profile_store import ProfileWriter
 
 SAMPLE_EVERY = 10
 LIVE_USERS = 3_000
-SHARED_PIDS: list[int] = []
-# The settings every system of the bench runs with (the job gets them as --set overrides): the abandonment
-# window of bench/patterns.yaml (10 s) needs a lateness under it, and silent sources go idle after 2 s.
-BENCH_SETTINGS = {"patterns_file": "bench/patterns.yaml", "profile.allowed_lateness_ms": 5000, "source.idleness_ms": 2000}   # the broker's and Redis's, once the services are up (CPU they spend for everyone)
+SHARED_PIDS: list[int] = []   # the broker's and Redis's, once the services are up (CPU they spend for everyone)
+# The settings every system of the bench runs with: one overlay file (its comments say why).
+BENCH_SETTINGS: dict[str, Any] = read_yaml(ROOT / "conf" / "bench.yaml")
 
 
 def _say(msg: str) -> None:
