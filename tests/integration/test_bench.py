@@ -21,7 +21,8 @@ def assert_physical(drain: dict[str, Any]) -> None:
     assert events / (seconds + 0.05) - 1 <= drain["events_per_s"] <= events / max(seconds - 0.05, 0.01) + 1, drain
     cpu_s = drain["cpu_s_per_10k"] * events / 10_000
     assert 0 < cpu_s <= (os.cpu_count() or 1) * (seconds + 0.05) + 0.2, drain
-    assert 0 < drain["shared_cpu_s_per_10k"] * events / 10_000 <= (os.cpu_count() or 1) * (seconds + 0.05) + 0.2, drain
+    # The shared broker and Redis can use less than the rounding over a drain of a tenth of a second.
+    assert 0 <= drain["shared_cpu_s_per_10k"] * events / 10_000 <= (os.cpu_count() or 1) * (seconds + 0.05) + 0.2, drain
 
 
 def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
