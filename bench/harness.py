@@ -225,7 +225,7 @@ def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], t
 def _drain(client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str], events: int,
            t_start: float, cpu: CpuMeter | None = None) -> dict[str, Any]:
     """Events/s from the first profile to the last users' final versions; with ``cpu``, the CPU seconds per
-    10,000 events the system and the shared services used over the same span (README "Performance")."""
+    10,000 events the system and the shared services used over the same span (docs/performance.md)."""
     first: list[tuple[float, float]] = []
     t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400,
                                     at_first=lambda: first.append(cpu.read()) if cpu is not None else None)
@@ -401,7 +401,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass(frozen=True)
 class LivePlan:
-    """The live phases every system goes through after its drain (README "Performance")."""
+    """The live phases every system goes through after its drain (docs/performance.md)."""
 
     rate: float                  # the freshness run, with trigger delays and RSS
     seconds: float
@@ -676,7 +676,7 @@ def _cleanup(services: LocalServices, started: tuple[bool, bool], bootstrap: str
 
 
 def markdown_table(r: dict[str, Any]) -> str:
-    """The README's Performance table: one column per system, the JSON field of each row in the last column."""
+    """The Performance table (README, docs/performance.md): one column per system, the JSON field of each row in the last column."""
     systems = [n for n in SYSTEMS if n in r]
 
     def row(name: str, get: Callable[[dict[str, Any]], Any], field_name: str, unit: str = "") -> str:

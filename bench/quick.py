@@ -1,6 +1,6 @@
 """``persona bench --quick``: the per-event path's cost in about two minutes, as ratios to the baseline of the same run.
 
-For every change to the per-event path (README "Performance"): the logic-only loop's µs per event, and a drain
+For every change to the per-event path (docs/performance.md): the logic-only loop's µs per event, and a drain
 of the job and of the plain-Python baseline over the same pre-loaded events, with the CPU each spent. A machine
 that is busier or quieter moves the job and the baseline alike, so the ratios compare across runs where the
 absolute figures do not.

@@ -1,5 +1,5 @@
 """Upgrading from the layout with one Flink state per user: each shard's states and timers rebuilt from the profile
-changelog (README "Failures and upgrades").
+changelog (docs/operations.md "Failures and upgrades").
 
 The previous layout kept a value state per user and a Flink timer per (user, time) under the operator uid
 ``personalize``; this one keeps a map per shard under ``personalize-shards``. Flink cannot move keyed state

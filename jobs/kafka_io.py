@@ -30,7 +30,7 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-# The event's own time, read on the Java side to the second (README "Event time": watermark safety): the
+# The event's own time, read on the Java side to the second (docs/behaviour.md "Event time and lateness": watermark safety): the
 # `event_time` string, upper-cased ('t' and 'z' are valid ISO 8601), without its fraction, parsed with its UTC
 # offset (SimpleDateFormat's XXX reads 'Z' as +00:00). One regular expression over the record: this runs for
 # every record in the source (and the watermark generator), where four extractions cost ~16 µs per event.
@@ -52,7 +52,7 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
     """Rows of (value: bytes, topic, partition, offset, timestamp text in UTC) from the events topic.
 
     Event-time watermarks are generated in the source, per partition, from the Kafka record timestamp:
-    producers set it to the event's time (the contract in README "Event time"). A watermark made after
+    producers set it to the event's time (the contract in docs/behaviour.md "Event time and lateness"). A watermark made after
     the source would see the partitions interleaved and could outrun the slower one.
 
     Only a trusted timestamp moves the watermark (``_trusted_timestamp``): one bad producer (timestamps
@@ -106,7 +106,7 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
 def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source: SourceSettings, bounded: bool,
                     shards: int, batch_records: int, batch_ms: int, max_future_ms: int = 3_600_000,
                     wake_every_shard: bool = False) -> KeyedStream:
-    """The events topic as batches of records, one Python call per batch (README "Performance").
+    """The events topic as batches of records, one Python call per batch (docs/performance.md).
 
     The user id is the record's Kafka key; a record without a key has its JSON ``user_id`` read on the Java side
     (``JSON_VALUE``; ``""`` when unreadable; the runner dead-letters a key that is not the user id), the records are keyed by shard

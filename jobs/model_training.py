@@ -51,7 +51,7 @@ class TrainModels(KeyedProcessFunction):
         group = runtime_context.get_metrics_group().add_group("models")
         # Values the operator pushes at each publish, as counters moved by the difference. Not gauges: Flink
         # calls a Python gauge from its metric-reporter thread, outside the operator's, and that crashed the
-        # TaskManager while the web UI polled the metrics (README "Metrics"). Ratios are in thousandths.
+        # TaskManager while the web UI polled the metrics (docs/operations.md "Running it"). Ratios are in thousandths.
         self._metrics = {(name, m): group.add_group(name).counter(m)
                          for name in MODEL_NAMES for m in ("examples", "version", *(f"{x}_milli" for x in _RATIOS))}
         self._pushed: dict[tuple[str, str], int] = dict.fromkeys(self._metrics, 0)

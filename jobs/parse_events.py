@@ -41,7 +41,7 @@ class ParseEvents(ProcessFunction):
             return
         self._rejected[out.reason].inc()
         source = SourceRef(row[1], row[2], row[3], kafka_timestamp_ms(row[4]))
-        # Personal data masked (README "Privacy"), as in the personalization job.
+        # Personal data masked (docs/privacy.md), as in the personalization job.
         yield DEAD_LETTERS, Row(None, dead_letter_record(raw, out, source, now_ms, self._limits.dead_letter_raw_bytes,
                                                          self._limits.masked_fields))
 

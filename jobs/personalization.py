@@ -75,7 +75,7 @@ KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 OUTPUTS = Types.ROW_NAMED(["kinds", "keys", "vals"], [Types.BASIC_ARRAY(Types.STRING()), Types.BASIC_ARRAY(Types.STRING()),
                                                      Types.OBJECT_ARRAY(Types.PRIMITIVE_ARRAY(Types.BYTE()))])
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
-# Resolved exposures of experiments (README "Experiments"), keyed by experiment name.
+# Resolved exposures of experiments (docs/behaviour.md "Experiments"), keyed by experiment name.
 OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
 SEEDED_STATE = "seeded_from_changelog"   # per shard (jobs/changelog_seed.py)
 KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS,
@@ -280,7 +280,7 @@ class Personalize(KeyedProcessFunction):
 
 def _side_output(stream: DataStream, tag: OutputTag) -> DataStream:
     """A side output taken from the Java stream: PyFlink's ``get_side_output`` adds a Python identity map behind
-    each one, a second Python call per record (README "Performance")."""
+    each one, a second Python call per record (docs/performance.md)."""
     return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
 

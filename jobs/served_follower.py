@@ -1,5 +1,5 @@
 """The job's view of what the trainer and the operators publish in Redis: served models, rule sets, experiment
-tallies (README "Models", "Rules at runtime", "Experiments").
+tallies (docs/models.md, "Rules at runtime", "Experiments").
 
 Read by processing time and by events seen, not as a second Flink input on purpose: a connected stream's
 watermark would either hold event time back or, once the events go idle, push it forward and fire every

@@ -1,4 +1,4 @@
-"""Consent per purpose: what a user allowed, when, and what applies before they chose (README "Privacy").
+"""Consent per purpose: what a user allowed, when, and what applies before they chose (docs/privacy.md).
 
 Three purposes, each judged on its own at an event time:
 

@@ -4,7 +4,7 @@ An entry always fits the topic: past ``max_raw_bytes`` only a prefix of the reco
 whole record's length and SHA-256 (an 800 KB record of non-UTF-8 bytes once became a base64 entry larger
 than the producer's ``max.request.size``, and the sink failed the job).
 
-Personal data is masked before the record is kept (README "Privacy"): the value of every key named in
+Personal data is masked before the record is kept (docs/privacy.md): the value of every key named in
 ``masked`` (the IP address and the configured PII fields) wherever it nests, or, in a record that is not
 JSON, anything that looks like an IPv4 address, an email address or a ``"key": "value"`` pair of a masked key.
 ``raw_sha256`` is of the record as received, so a repaired copy can still be matched with its original.

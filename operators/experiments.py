@@ -1,6 +1,6 @@
 """Experiments on triggers: variants per pattern, sticky assignment, outcome tallies with confidence intervals.
 
-A pattern may declare an experiment (README "Experiments"): variants with weights, one of them perhaps a
+A pattern may declare an experiment (docs/behaviour.md "Experiments"): variants with weights, one of them perhaps a
 holdout that is sent nothing, a policy, and an outcome (a step within a window after the trigger).
 
 - **Assignment** is deterministic and sticky: ``unit_draw(experiment, user)`` is a uniform number from a

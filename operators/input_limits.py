@@ -1,4 +1,4 @@
-"""Bounds on what one input record may be, checked before and while it is parsed (README "Limits").
+"""Bounds on what one input record may be, checked before and while it is parsed (docs/contract.md "Limits").
 
 Each bound is a setting (``limits.*`` in ``conf/job.yaml``); past it a record is dead-lettered with a reason
 of its own, never allowed to crash the job or grow a user's state without bound.
@@ -26,7 +26,7 @@ class InputLimits:
     max_event_age_ms: int = 366 * 86_400_000        # event_time at most this far before ingestion ...
     max_event_future_ms: int = 3_600_000            # ... and at most this far after it (clock skew)
     dead_letter_raw_bytes: int = 16_384             # a longer raw record is kept as a prefix + length + SHA-256
-    # Privacy (README "Privacy"): context.ip becomes a country; these fields are masked in dead letters.
+    # Privacy (docs/privacy.md): context.ip becomes a country; these fields are masked in dead letters.
     ip_geolocation: bool = True
     masked_fields: frozenset[str] = frozenset({"ip", "email", "phone", "name", "first_name", "last_name"})
 

@@ -1,4 +1,4 @@
-"""The IP address reduced to a country at ingestion, then dropped (README "Privacy": minimisation).
+"""The IP address reduced to a country at ingestion, then dropped (docs/privacy.md: minimisation).
 
 An offline database (``geoip2fast`` and the data it bundles, a few MB, loaded on first use in about
 0.1 s): no lookup leaves the machine, and the address itself is never stored. A private, malformed or

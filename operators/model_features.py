@@ -24,7 +24,7 @@ PROPENSITY_NUMERIC = ("views_10m", "dwell_10m_s", "carts_10m", "views_1h", "cart
                       "session_length_min", "session_dwell_s", "sessions_7d", "frequency_90d", "monetary_90d_log",
                       "recency_days", "cart_items", "cart_value_log", "dwell_per_view_10m_s", "dwell_per_view_1h_s",
                       # the session's sequence, and the user's recency-weighted reading time per product page
-                      # over their last ~10 pages (README "Models": what paid)
+                      # over their last ~10 pages (docs/models.md: what paid)
                       "session_product_views", "dwell_per_product_view_s", "minutes_since_add", "dwell_recent_s")
 PROPENSITY_CATEGORICAL = ("device", "hour_block", "decision")
 PROPENSITY_FEATURES = PROPENSITY_NUMERIC + PROPENSITY_CATEGORICAL

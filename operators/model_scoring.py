@@ -108,7 +108,7 @@ def bot_tally(out: ModelOutputs, flagged: bool, ruled: bool, judged: bool) -> li
     bot, ``ruled`` the rule flagged it (also a user the model had flagged), ``judged`` the model judged it a bot
     for the first time. Live traffic has no ground truth, so the model is measured against the rule:
     ``bot_model.agreed / bot_model.verdicts`` is its precision, ``bot_model.agreed / bot_flags_by.rule`` its
-    recall (README "Models").
+    recall (docs/models.md).
 
     >>> bot_tally(ModelOutputs(bot=True, bot_by="rule", model_judged_bot=True), flagged=True, ruled=True, judged=False)
     [('bot_flags_by', 'rule'), ('bot_model', 'agreed')]
@@ -235,7 +235,7 @@ class ModelStep:
                 ended = segment_features(view, last_events)
                 examples.append(Example("segments", event.user_id, ended, previous=out.segment))
                 # A segment describes a kind of shopper: judged once per session, on the session that just ended
-                # (the vector the trainer learns), with hysteresis (README "Models": stable segments).
+                # (the vector the trainer learns), with hysteresis (docs/models.md: stable segments).
                 self._segment(out, ended, served)
                 # One rate vector per whole session, never a bot's (flagged sessions are not learnt).
                 if out.session_rate is not None and last_events >= self.rules.bot_min_events:
@@ -288,7 +288,7 @@ class ModelStep:
     def _segment(self, out: ModelOutputs, features: dict[str, float], served: ServedModels) -> None:
         model = served.get("segments")
         if model is not None and not out.bot:
-            # Hysteresis: the user stays in their segment unless another is clearly nearer (README "Models").
+            # Hysteresis: the user stays in their segment unless another is clearly nearer (docs/models.md).
             segment = model[1].assign(features, out.segment, SEGMENT_MARGIN)
             out.segment, out.segment_version = int(segment), model[0]
 

@@ -13,7 +13,7 @@ A snapshot is the model with its name, version and metrics. The propensity model
 regression computed over flat numbers (``operators.propensity_learner``, equal to River's pipeline) and
 its snapshot is JSON numbers. Segments and bots are River models in the trainer's Flink state; their
 snapshots are the compiled scorers' numbers (``operators.compiled_scorers``), also JSON. No snapshot is
-ever unpickled: a blob from Redis or the models topic is data, checked on the way in (README "Security").
+ever unpickled: a blob from Redis or the models topic is data, checked on the way in (docs/operations.md "Security").
 
 >>> def x(items): return (0.0,) * 13 + (items,) + (0.0,) * (N_NUMERIC - 14) + ("mobile", "h3", "add_to_cart")
 >>> t = ModelTrainer.new("propensity", seed=1)
@@ -53,19 +53,19 @@ N_NUMERIC = len(PROPENSITY_NUMERIC)
 N_FEATURES = N_NUMERIC + len(PROPENSITY_CATEGORICAL)
 # A user moves to another segment only when its center is nearer than the current one by this share of the
 # current distance (River's KMeans distance, squared: the new center must be within about 45% of the current
-# one's distance; README "Models": stable segments). The trainer's churn metric applies the same rule.
+# one's distance; docs/models.md: stable segments). The trainer's churn metric applies the same rule.
 SEGMENT_MARGIN = 0.8
 
 
 def new_model(name: str, seed: int, segments: int = 5) -> Any:
     if name == "propensity":
         # AdaGrad (River's optim.AdaGrad): on the generated stream it lifts the prequential AUC from 0.807 to 0.817
-        # over SGD at 0.005 (README "Models"), at two square roots per weight and example, off the per-event path.
+        # over SGD at 0.005 (docs/models.md), at two square roots per weight and example, off the per-event path.
         return PropensityLearner.new(N_NUMERIC, PROPENSITY_CATEGORICAL, lr=0.03, l2=1e-4, optimizer="adagrad")
     if name == "segments":
         pipeline = (compose.Select(*SEGMENT_FEATURES) | preprocessing.StandardScaler()
                     # halflife 0.01 (was 0.1): centers drift slowly, so segments keep their meaning between snapshots
-                    # (README "Models").
+                    # (docs/models.md).
                     | cluster.KMeans(n_clusters=segments, halflife=0.01, sigma=1.0, seed=seed))
         # River draws a center's coordinate when a feature is first read, in the order Select yields them (a set:
         # it changes with the process's hash seed). Drawn here in a fixed order, the model is the same in every
@@ -104,7 +104,7 @@ class ModelSnapshot:
 
 def describe_segments(record: dict[str, Any]) -> list[str]:
     """``seg{i}: ...`` per segment of a segments snapshot record: its most distinctive features, in standard
-    deviations from the mean (README "Models")."""
+    deviations from the mean (docs/models.md)."""
     model = restore("segments", base64.b64decode(record["blob"]))
     return [f"seg{i}: {text}" for i, text in enumerate(model.describe())]
 
@@ -224,7 +224,7 @@ class ModelTrainer:
             v = m.get()
             out[k] = float(v) if v is not None and math.isfinite(v) else 0.0
         if self.name == "propensity":
-            # The sample behind the AUC, and its 95% interval (README "Models": metrics people can trust).
+            # The sample behind the AUC, and its 95% interval (docs/models.md: metrics people can trust).
             auc_meter = self.meters["roc_auc"]
             positives, negatives = sum(auc_meter.pos), sum(auc_meter.neg)
             out["positives"], out["negatives"] = float(positives), float(negatives)

@@ -290,7 +290,7 @@ class PatternEngine:
         return out
 
     def reconcile(self, ps: PatternState) -> list[tuple[str, SuppressReason]]:
-        """Bring a user's pattern state, built under an older rule set, up to this one (README "Rules at runtime").
+        """Bring a user's pattern state, built under an older rule set, up to this one (docs/behaviour.md "Rules at runtime").
 
         The state of a removed pattern goes, and so does that of a pattern whose state-defining part changed since
         (its ``state_version`` is newer than the state's rule set); each pending match dropped is returned as

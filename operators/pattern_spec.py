@@ -1,6 +1,6 @@
 """Pattern definitions are data (``conf/patterns.yaml``), compiled and validated here at start-up.
 
-Vocabulary (README "Patterns"):
+Vocabulary (docs/behaviour.md "Patterns"):
 
 - a **step** ``{event: TYPE, where: {FIELD: {OP: VALUE}, ...}}`` matches an event of that type whose
   fields satisfy every condition. ``FIELD`` is ``event.<payload field>``, ``context.<field>`` or
@@ -93,7 +93,7 @@ class PatternSpec:
     # which this pattern's definition last changed, and the one in which its state-defining part last changed.
     version: int = 0
     state_version: int = 0
-    experiment: ExperimentSpec | None = None   # variants of this pattern's trigger (README "Experiments")
+    experiment: ExperimentSpec | None = None   # variants of this pattern's trigger (docs/behaviour.md "Experiments")
 
 
 @dataclass(frozen=True, slots=True)

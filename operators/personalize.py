@@ -71,9 +71,9 @@ class Step:
     bot_flagged: bool = False                        # the user became a bot at this step
     bot_counts: Sequence[tuple[str, str]] = ()       # live bot counters to move, (group, name): ``bot_tally``
     duplicate: bool = False                          # an event id (or order id) seen before: nothing changed
-    dropped: Sequence[Dropped] = ()                  # what a limit kept out (README "Limits"), for counting
+    dropped: Sequence[Dropped] = ()                  # what a limit kept out (docs/contract.md "Limits"), for counting
     audit: AuditEntry | None = None                  # a consent change or an erasure, for the audit topic
-    experiments: Sequence[ExperimentOutcome] = ()    # resolved exposures of experiments (README "Experiments")
+    experiments: Sequence[ExperimentOutcome] = ()    # resolved exposures of experiments (docs/behaviour.md "Experiments")
     failed: bool = False                             # an exception: ``state`` is None and the caller's copy may be
                                                      # half-updated, so it reloads the last stored state
 
@@ -97,7 +97,7 @@ class Personalizer:
         self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
 
     def use_rules(self, book: PatternBook) -> None:
-        """Switch to another rule set (README "Rules at runtime"): each user's pattern state is reconciled with
+        """Switch to another rule set (docs/behaviour.md "Rules at runtime"): each user's pattern state is reconciled with
         it at their next event or timer (``PatternEngine.reconcile``)."""
         stats = self.engine.experiment_stats
         self.engine = PatternEngine(book, self.rules.max_pattern_marks, self.rules)
@@ -163,13 +163,13 @@ class Personalizer:
 
     @staticmethod
     def _bot_counts(state: UserState, was_bot: bool, was_ruled: bool, was_judged: bool) -> Sequence[tuple[str, str]]:
-        """What changed in the bot verdicts at this step, as live counters (README "Models": bots)."""
+        """What changed in the bot verdicts at this step, as live counters (docs/models.md: bots)."""
         m = state.models
         flagged, ruled, judged = m.bot and not was_bot, m.bot_by == "rule" and not was_ruled, m.model_judged_bot and not was_judged
         return bot_tally(m, flagged, ruled, judged) if flagged or ruled or judged else ()
 
     def _erase(self, state: UserState | None, event: Event, event_hash: int) -> Step:
-        """Forget everything about the user, the consent record too, and say what went (README "Privacy").
+        """Forget everything about the user, the consent record too, and say what went (docs/privacy.md).
 
         The request takes effect at its event time, like every other event: what was due by then (an
         abandonment whose deadline passed, a trigger deferred to a release time that passed) is released
@@ -226,7 +226,7 @@ class Personalizer:
 
     def deadlines(self, state: UserState) -> list[int]:
         """Every event time a timer must wake the user at, read from the state alone: the timers of a state restored
-        without them (an upgrade from the layout with one Flink timer per user, README "Failures and upgrades").
+        without them (an upgrade from the layout with one Flink timer per user, docs/operations.md "Failures and upgrades").
         A test checks it against the timers the runner armed over a replay."""
         step = self.models.rules.label_timer_resolution_ms
         window = self.models.rules.label_window_ms

@@ -71,7 +71,7 @@ class ProfileRules:
     loyal_min_purchases: int = 3
     allowed_lateness_ms: int = 60_000
     rfm: RfmThresholds = RfmThresholds()
-    # Limits (README "Limits"): past them the oldest cart line, or an attribute, is dropped and counted.
+    # Limits (docs/contract.md "Limits"): past them the oldest cart line, or an attribute, is dropped and counted.
     max_cart_items: int = 50
     demographic_attributes: frozenset[str] = frozenset({"age_band", "gender", "newsletter"})
     max_attribute_chars: int = 64
@@ -79,7 +79,7 @@ class ProfileRules:
     # De-duplication: the last N event ids (and purchase order ids) per user, as 64-bit hashes.
     dedup_event_ids: int = 16
     dedup_order_ids: int = 8
-    # Privacy (README "Privacy"): consent defaults per country; attributes that are personal data are never
+    # Privacy (docs/privacy.md): consent defaults per country; attributes that are personal data are never
     # stored, but for join keys, kept as a salted hash (``{name}_hash``).
     consent: ConsentPolicy = ConsentPolicy()
     pii_fields: frozenset[str] = frozenset({"email", "phone", "name", "first_name", "last_name"})
@@ -365,7 +365,7 @@ _MODEL_FIELDS: dict[str, Callable[[UserState], Any]] = {
     "bot_score": lambda s: None if s.models.bot_score is None else round(s.models.bot_score, 4),
     "bot": lambda s: s.models.bot,
 }
-# What a profile holds without analytics or personalization consent (README "Privacy").
+# What a profile holds without analytics or personalization consent (docs/privacy.md).
 CONSENT_PROFILE_FIELDS = ("schema_version", "user_id", "profile_version", "marketing_consent", "consent", "consent_history")
 # The pattern vocabulary's profile.* fields are these names (nested ones dotted: profile.rfm.score).
 PROFILE_FIELD_NAMES = (*_FIELDS, *_MODEL_FIELDS)

@@ -22,7 +22,7 @@ class RejectReason(StrEnum):
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     LATE_EVENT = "late_event"
     KEY_MISMATCH = "key_mismatch"
-    # Limits (README "Limits") and containment: an exception while processing one record dead-letters it.
+    # Limits (docs/contract.md "Limits") and containment: an exception while processing one record dead-letters it.
     RECORD_TOO_LARGE = "record_too_large"
     TOO_DEEP = "too_deep"
     EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
@@ -39,7 +39,7 @@ class SuppressReason(StrEnum):
     CANCELLED_BEFORE_RELEASE = "cancelled_before_release"
     NO_CONSENT_AT_RELEASE = "no_consent_at_release"
     EXPERIMENT_HOLDOUT = "experiment_holdout"
-    # A rule switch (README "Rules at runtime"): a pending match of a pattern removed, or whose state was reset.
+    # A rule switch (docs/behaviour.md "Rules at runtime"): a pending match of a pattern removed, or whose state was reset.
     PATTERN_REMOVED = "pattern_removed"
     PATTERN_RESET = "pattern_reset"
 

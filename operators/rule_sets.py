@@ -1,7 +1,7 @@
 """Rule sets as versioned data: a pattern file published as version N, with its pattern versions and a diff.
 
 Pure (no Redis): ``state/rule_registry.py`` stores the records, ``persona rules`` publishes them and the job
-switches to the newest one at runtime (README "Rules at runtime").
+switches to the newest one at runtime (docs/behaviour.md "Rules at runtime").
 
 Two numbers per pattern are derived at publication against version N-1:
 

@@ -171,7 +171,7 @@ class Watermarks:
 
 class ExampleBuffer:
     """Training examples waiting for their trainer, per model: one record per model and batch crosses to the
-    trainer, not one per example. An erasure purges the user's waiting examples (README "Privacy")."""
+    trainer, not one per example. An erasure purges the user's waiting examples (docs/privacy.md)."""
 
     def __init__(self) -> None:
         self._by_model: dict[str, list[Example]] = {}
@@ -283,7 +283,7 @@ class Runner:
         purged = self.examples.purge(user) if step.erase else 0
         self._carry_out(user, step, timers, now_ms, out)   # an erasure's triggers: those due before it
         if step.erase:
-            # Tombstones wherever the user's data is keyed (README "Privacy"), after anything released.
+            # Tombstones wherever the user's data is keyed (docs/privacy.md), after anything released.
             out.count(ERASURES)
             out.outputs += [(TRIGGER, user, None), (DEAD_LETTER, user, None)]
             out.change(user, None)
@@ -312,7 +312,7 @@ class Runner:
             out.count(("personalize", "suppressed", reason))
         if step.bot_flagged:
             out.count(BOT_FLAGS)
-        for group, name in step.bot_counts:   # which one flagged, and the model against the rule (README "Models")
+        for group, name in step.bot_counts:   # which one flagged, and the model against the rule (docs/models.md)
             out.count(("personalize", group, name))
         if step.examples:
             for ex in step.examples:

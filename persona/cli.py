@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no live line (events/s, dead letters, triggers)")
 
     st = sub.add_parser("status", help="a running job: state, restarts, rates, dead letters, triggers, watermark, "
-                        "checkpoints, Kafka lag, Redis (README \"Running it\")")
+                        "checkpoints, Kafka lag, Redis (docs/operations.md \"Running it\")")
     st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="job setting, e.g. kafka.group_id=my-job (finds the job and its consumer group)")
     st.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--savepoint", required=True, metavar="DIR", help="savepoint directory (path or Flink URI)")
 
     rules = sub.add_parser("rules", help="rule sets at runtime: publish, list, show, diff, roll back, and dry-run over "
-                           "recorded events (README \"Rules at runtime\")")
+                           "recorded events (docs/behaviour.md \"Rules at runtime\")")
     r_sub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
     publish = r_sub.add_parser("publish", help="check a pattern file as the job would, store it as the next version "
                                "and put it in force (running jobs switch within rules.refresh_ms)")
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         registry_command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="job setting, e.g. redis.key_prefix=demo:")
     dry = r_sub.add_parser("dry-run", help="run a candidate pattern file beside the live one over recorded events "
-                           "(README \"Rules at runtime\")")
+                           "(docs/behaviour.md \"Rules at runtime\")")
     dry.add_argument("file", type=Path, help="the candidate pattern file")
     source = dry.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", dest="events_file", type=Path, metavar="PATH",
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="job setting of both runs, e.g. patterns_file=live.yaml (the live rule set)")
 
     exps = sub.add_parser("experiments", help="experiments on triggers: per-variant conversion with 95%% intervals "
-                          "(README \"Experiments\")")
+                          "(docs/behaviour.md \"Experiments\")")
     x_sub = exps.add_subparsers(dest="action", required=True, metavar="ACTION")
     x_show = x_sub.add_parser("show", help="one experiment's tallies per variant")
     x_show.add_argument("name")
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="job setting, e.g. kafka.topics.events=my.events")
     top.add_argument("--yes", action="store_true", help="with delete: really delete (the records are lost)")
 
-    loader = sub.add_parser("loader", help="apply the profile changelog topic to Redis (a service; README "
+    loader = sub.add_parser("loader", help="apply the profile changelog topic to Redis (a service; docs/operations.md "
                             "\"Failures and upgrades\")")
     loader.add_argument("--rebuild", action="store_true",
                         help="read the whole changelog from its first offset into Redis, then stop")
@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("user_id")
     prof.add_argument("--export", action="store_true",
                       help="a data-access request: profile, sets, consent history, pending triggers, audit trail, "
-                           "triggers sent and dead letters, as JSON (README \"Privacy\")")
+                           "triggers sent and dead letters, as JSON (docs/privacy.md)")
     prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="job setting, e.g. redis.key_prefix=demo:")
 
@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="replay this recorded stream (the event contract, one record per line) instead of a "
                          "generated one")
     ev.add_argument("--noisy", action="store_true", help="the noisier generated stream: weaker, noisier, drifting and "
-                    "seasonal buying signals (README \"Models\")")
+                    "seasonal buying signals (docs/models.md)")
     ev.add_argument("--generator", dest="generator_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="generator setting of the generated stream, e.g. signal_strength=0.5 (conf/generator.yaml)")
 
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 OUR_LOGGERS = ("persona", "jobs", "bench", "operators", "state")
 # Events of a `persona bench` drain. 40,000 (the default until 2026-12-06) drained in ~10 s, most of it the JIT
-# warm-up of a new JVM: the C2 compiler threads used ~117 µs per event there, ~40 at 150,000 (README "Performance").
+# warm-up of a new JVM: the C2 compiler threads used ~117 µs per event there, ~40 at 150,000 (docs/performance.md).
 BENCH_EVENTS = 150_000
 
 

@@ -1,4 +1,4 @@
-"""The profile loader's own Prometheus endpoint (README "Running it"): its counters and the profiles' freshness.
+"""The profile loader's own Prometheus endpoint (docs/operations.md "Running it"): its counters and the profiles' freshness.
 
 A collector reads ``LoaderStats`` at each scrape, so the loader keeps one set of numbers. Served on
 ``loader.metrics_host:loader.metrics_port`` (port 0: a free one, printed; -1: none).

@@ -1,7 +1,7 @@
 """``persona rules publish | list | show | diff | rollback``: the rule-set registry from the command line.
 
 Every command reads the registry under ``redis.key_prefix`` (``--set`` and the environment overrides apply).
-Running jobs switch to a published version within ``rules.refresh_ms`` (README "Rules at runtime").
+Running jobs switch to a published version within ``rules.refresh_ms`` (docs/behaviour.md "Rules at runtime").
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ _LIBRDKAFKA_NAMES = {"bootstrap": "bootstrap.servers", "protocol": "security.pro
 
 
 class KafkaSecurity(_Strict):
-    """How every Kafka client of the project connects (README "Security"). Secrets come from the environment."""
+    """How every Kafka client of the project connects (docs/operations.md "Security"). Secrets come from the environment."""
 
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
@@ -175,18 +175,18 @@ class FlinkSettings(_Strict):
     state_ttl_s: int = Field(gt=0)
     state_cache_users: int = Field(ge=0)
     buffer_timeout_ms: int = Field(ge=0)
-    # The batched crossing (README "Performance"): users are spread over `shards` keys, each a batch of at most
+    # The batched crossing (docs/performance.md): users are spread over `shards` keys, each a batch of at most
     # `batch_records` records, flushed at the latest `batch_ms` after it started. `shards` is persisted layout
     # (the most subtasks the job can rescale to; changing it loses the state) and is fixed for a deployment.
     shards: int = Field(default=128, ge=1, le=32_768)
     batch_records: int = Field(default=500, ge=1, le=100_000)
     batch_ms: int = Field(default=20, ge=1, le=60_000)
-    # Once, to upgrade from a build with one Flink state per user (README "Failures and upgrades"): each shard's
+    # Once, to upgrade from a build with one Flink state per user (docs/operations.md "Failures and upgrades"): each shard's
     # states and timers are rebuilt from the profile changelog at its first batch or timer.
     seed_from_changelog: bool = False
     prometheus: bool = True   # Flink's Prometheus reporter on the mini-cluster (a free port, printed)
     connector_jars_dir: str = Field(min_length=1)
-    # Upgrading from a build before the Kafka source had a uid (README "Failures and upgrades"): that job's
+    # Upgrading from a build before the Kafka source had a uid (docs/operations.md "Failures and upgrades"): that job's
     # source vertex id (web UI, 32 hex digits), so its savepoint's offsets map to the source.
     previous_source_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
 
@@ -292,7 +292,7 @@ class ConsentSettings(_Strict):
 
 
 class RetentionSettings(_Strict):
-    """How long the topics the project creates keep their records (README "Privacy": retention)."""
+    """How long the topics the project creates keep their records (docs/privacy.md: retention)."""
 
     events_days: float = Field(gt=0)
     dead_letter_days: float = Field(gt=0)
@@ -377,7 +377,7 @@ class FlinkClusterSettings(_Strict):
     taskmanagers: int = Field(ge=1)
     taskmanager_slots: int = Field(ge=1)
     start_timeout_s: float = Field(gt=0)
-    # Flink's Prometheus reporter: the JobManager and each TaskManager take a port of this range (README "Running it").
+    # Flink's Prometheus reporter: the JobManager and each TaskManager take a port of this range (docs/operations.md "Running it").
     prometheus_ports: str = Field(default="9250-9260", pattern=r"^\d+(-\d+)?$")
 
 
@@ -415,7 +415,7 @@ class GeneratorSettings(_Strict):
     malformed_fraction: float = Field(ge=0, lt=1)
     malformed_kinds: tuple[MalformedKind, ...] = Field(min_length=1)
     bot_fraction: float = Field(ge=0, le=1)
-    # How much of the buying signal the stream carries (README "Models": the noisier stream). Defaults keep the
+    # How much of the buying signal the stream carries (docs/models.md: the noisier stream). Defaults keep the
     # default stream as it was; extra draws come from a generator of their own.
     signal_strength: float = Field(default=1.0, ge=0, le=1)   # share of product views whose dwell follows intent
     dwell_noise: float = Field(default=0.3, ge=0, lt=1)       # dwell times vary by this factor either way

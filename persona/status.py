@@ -4,7 +4,7 @@ Where the job runs: ``persona run`` (the embedded mini-cluster) writes its REST 
 ``{run_dir}/jobs/{kafka.group_id}.json`` while it runs; otherwise the local standalone cluster of
 ``conf/stack.yaml``, or any REST URL given with ``--rest``.
 
-The job's own counters are Flink metrics of the ``personalize`` operator (README "Running it"): valid
+The job's own counters are Flink metrics of the ``personalize`` operator (docs/operations.md "Running it"): valid
 events, dead letters by reason, late events, triggers by pattern, suppressions by reason, erasures.
 Counters are summed over the operator's subtasks.
 """

@@ -1,4 +1,4 @@
-"""Everything the system holds about one user, as JSON: ``persona profile USER --export`` (README "Privacy").
+"""Everything the system holds about one user, as JSON: ``persona profile USER --export`` (docs/privacy.md).
 
 A data-access request (GDPR art. 15, CCPA "right to know") is served from what the stores hold now:
 

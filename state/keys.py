@@ -1,4 +1,4 @@
-"""The Redis key schema, declared once. Consumers (front-ends) read these keys; see README "Redis key schema".
+"""The Redis key schema, declared once. Consumers (front-ends) read these keys; see docs/contract.md "Redis profiles".
 
 >>> k = RedisKeys("persona:")
 >>> k.profile("u1"), k.segment("cart_abandoners")

@@ -28,7 +28,7 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
     cart: dict[str, Any] | None = None
     rules_version: int = 0      # the rule set, and the pattern's own version in it, that produced the trigger
     pattern_version: int = 0
-    experiment: str | None = None   # README "Experiments": the user's variant of the pattern's experiment
+    experiment: str | None = None   # docs/behaviour.md "Experiments": the user's variant of the pattern's experiment
     variant: str | None = None
 
     def to_json(self) -> str:

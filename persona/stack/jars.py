@@ -1,5 +1,5 @@
 """Resolve the declared JVM artefacts (docker/jars/*/pom.xml) with Maven into a git-ignored cache, once, and build
-the project's one Java operator (docker/jars/batcher, README "Performance") into the connector folder beside them."""
+the project's one Java operator (docker/jars/batcher, docs/performance.md) into the connector folder beside them."""
 
 from __future__ import annotations
 

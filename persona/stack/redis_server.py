@@ -50,7 +50,7 @@ class RedisServer:
                "--dir", str(self.run_dir), "--daemonize", "no",
                # A profile hash has ~30 fields, two of them (windows, rfm) over Redis's default 64-byte limit
                # of the compact listpack encoding: with 512 a profile takes ~1.2 KB instead of ~2.9 KB.
-               # README "Redis profiles" asks operators to set the same on their servers.
+               # docs/contract.md "Redis profiles" asks operators to set the same on their servers.
                "--hash-max-listpack-value", str(PROFILE_LISTPACK_VALUE)]
         pid = spawn(cmd, self.log_file, self.pid_file)
         wait_until(self._pings, self.settings.start_timeout_s, f"redis at {self.url}",

@@ -59,7 +59,7 @@ DAY_MS = 86_400_000
 
 
 def retention_configs(job: JobSettings) -> dict[str, dict[str, str]]:
-    """Per topic settings key: the configs the project creates it with (README "Privacy": retention). Personal
+    """Per topic settings key: the configs the project creates it with (docs/privacy.md: retention). Personal
     data in raw events and dead letters lives at most this long; the changelog is compacted instead."""
     r = job.privacy.retention
 

@@ -319,7 +319,7 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
 def test_erasures_survive_a_taskmanager_killed_right_after_they_are_produced(
         cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
         connector_jars: list[Path], tmp_path: Path) -> None:
-    """The erasure test of README "Privacy" with a failover: a TaskManager is killed as soon as the erasures are in
+    """The erasure test of docs/privacy.md with a failover: a TaskManager is killed as soon as the erasures are in
     the topic; after recovery, nothing of the erased users is left, and a read_committed reader sees one audit
     record per erasure (exactly-once)."""
     case = build_case()
@@ -367,7 +367,7 @@ PREVIOUS_BUILD = "810be46"
 def test_a_savepoint_of_the_previous_build_restores_into_this_build(
         cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
         connector_jars: list[Path], tmp_path: Path) -> None:
-    """The upgrade path of README "Failures and upgrades", on a real savepoint made by the previous build (one state
+    """The upgrade path of docs/operations.md "Failures and upgrades", on a real savepoint made by the previous build (one state
     per user): its Kafka offsets restore, each shard's states and timers are rebuilt from the profile changelog
     (``flink.seed_from_changelog``), no trigger is sent again or unasked, and the profiles continue to the oracle's
     over both halves (a fresh state would count only the second half)."""
@@ -389,7 +389,7 @@ def test_a_savepoint_of_the_previous_build_restores_into_this_build(
         return {u: int(client.hget(keys.profile(u), "events_total") or 0) for u in users}
 
     with loader_process(base, tmp_path):
-        # Thread mode: a TaskManager's interpreter keeps the modules of the jobs it ran (README "Failures and upgrades").
+        # Thread mode: a TaskManager's interpreter keeps the modules of the jobs it ran (docs/operations.md "Failures and upgrades").
         cluster.restart_taskmanagers()
         job_id = cluster.submit("jobs.personalization", [a for o in base for a in ("--set", o)], connector_jars[:1],
                                 root=old)
@@ -416,7 +416,7 @@ def test_a_savepoint_of_the_previous_build_restores_into_this_build(
             assert cluster.rest(f"/jobs/{job_id}/checkpoints")["latest"]["restored"] is not None
             # Every trigger the job sent is one the oracle allows. (Not every one the oracle wants: the stream
             # ends without a final visit, so the releases after its last event, at the end of quiet hours, wait
-            # for a watermark that does not come; and see README "Failures and upgrades" for what seeding from
+            # for a watermark that does not come; and see docs/operations.md "Failures and upgrades" for what seeding from
             # the previous build's changelog cannot rebuild.)
             sent = read_all_json(kafka_bootstrap, topics.triggers)
             assert all(not m["extra"] for m in trigger_mismatches(sent, want).values())

@@ -1,4 +1,4 @@
-"""Erasure end to end on the real stack: Redis, every keyed topic, the triggers and the audit (README "Privacy")."""
+"""Erasure end to end on the real stack: Redis, every keyed topic, the triggers and the audit (docs/privacy.md)."""
 
 from __future__ import annotations
 

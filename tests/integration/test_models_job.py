@@ -104,7 +104,7 @@ def test_propensity_auc_segments_and_bots(kafka_bootstrap: str, redis_url: str, 
         triggered = {r["user_id"] for r in read_all_json(kafka_bootstrap, topics.triggers)}
         assert triggered, "the stream must produce triggers for humans"
         assert not triggered & bots
-        # The same numbers live (README "Models"): the rule flagged each of the generator's bots once, and the bot
+        # The same numbers live (docs/models.md): the rule flagged each of the generator's bots once, and the bot
         # model is measured against the rule.
         out = subprocess.run([sys.executable, "-m", "persona.cli", "status", "--json",
                               *(a for o in overrides for a in ("--set", o))], cwd=ROOT, capture_output=True, text=True,

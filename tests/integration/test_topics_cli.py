@@ -41,7 +41,7 @@ def test_topics_are_created_listed_and_deleted_under_custom_names(kafka_bootstra
             configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
             return str(configs["topic"][topic][key]["value"])
         policy = config(names["profiles"], "cleanup.policy")
-        # README "Privacy": the topics that hold personal data are bounded in time (privacy.retention).
+        # docs/privacy.md: the topics that hold personal data are bounded in time (privacy.retention).
         retention = {k: int(config(names[k], "retention.ms")) // 86_400_000
                      for k in ("events", "dead_letter", "triggers", "audit")}
     finally:

@@ -1,4 +1,4 @@
-"""The late-cancel count behind the default watermark bound (README "Event time")."""
+"""The late-cancel count behind the default watermark bound (docs/behaviour.md "Event time and lateness")."""
 
 from __future__ import annotations
 

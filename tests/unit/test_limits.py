@@ -1,4 +1,4 @@
-"""Input limits, containment and de-duplication (README "Limits"): every poison pill found by hand becomes a
+"""Input limits, containment and de-duplication (docs/contract.md "Limits"): every poison pill found by hand becomes a
 dead letter with its own reason or a counted drop; none raises, and none grows a user's state without bound."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Consent per purpose, erasure and minimisation through the per-event core (README "Privacy").
+"""Consent per purpose, erasure and minimisation through the per-event core (docs/privacy.md).
 
 The consent matrix: each purpose denied in turn, checking what is stored (state and the Redis profile),
 scored and learnt (model outputs, training examples) and sent (triggers), against all granted.

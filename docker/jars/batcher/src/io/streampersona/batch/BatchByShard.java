@@ -15,7 +15,7 @@ import org.apache.flink.types.Row;
 
 /**
  * The one Java operator of the project: turns records into one batch per shard, so that the Python function is
- * called once per batch instead of once per record (README "Performance": the batched crossing).
+ * called once per batch instead of once per record (docs/performance.md: the batched crossing).
  *
  * <p>Input (after {@code keyBy(new ShardKey(shards))}): {@code Row(user_key STRING, Row(value BYTES, topic STRING,
  * partition INT, offset BIGINT, ts TIMESTAMP_LTZ, trusted BOOLEAN))}. Output: {@code Row(shard INT, batch BYTES)},
