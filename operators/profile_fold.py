@@ -137,7 +137,26 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
     if not has_consent(s, ANALYTICS, now, rules):
         return consent_only(s)
     s.totals[kind] = s.totals.get(kind, 0) + 1
+    _fold_windows(s, kind, p, t, now)
+    _fold_session(s, kind, p, t, now, rules)
+    if kind in AFFINITY_WEIGHTS:
+        _fold_affinities(s, kind, p, t, now, rules)
+    device = ctx.get("device")
+    if device is not None:
+        s.device_counts[device] = s.device_counts.get(device, 0) + 1
+        if t >= now:
+            s.last_device = device
+    s.timezone = ctx.get("timezone", s.timezone)
+    if kind in _COMMERCE:
+        _fold_commerce(s, kind, p, t, rules, drops)
+    elif kind == "profile_update":
+        _fold_attributes(s, p["attributes"], rules, drops)
+    return s
 
+
+def _fold_windows(s: UserState, kind: str, p: dict[str, Any], t: int, now: int) -> None:
+    """The event's measures into every sliding window; every event moves "now", so buckets that left a window
+    leave its running sums too."""
     values = measures_of(kind, p)
     windows, sums = s.windows, s.window_sums
     for name, spec in WINDOWS.items():
@@ -151,10 +170,11 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
             total = sums[name] = list(spec.totals(buckets, now))
         if values is not None and spec.add(buckets, t, values, now_ms=now):
             add_into(total, values)
-        # Every event moves "now": buckets that left the window leave the sums too.
         for gone in spec.evict(buckets, now):
             add_into(total, gone, -1)
 
+
+def _fold_session(s: UserState, kind: str, p: dict[str, Any], t: int, now: int, rules: ProfileRules) -> None:
     if s.sessions.observe(t, rules.session_gap_ms, rules.recent_sessions):
         s.session_product_views = s.session_product_dwell_ms = 0
         s.session_starts = [x for x in s.session_starts if x > now - WEEK_MS] + [t]
@@ -162,27 +182,29 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
         s.session_product_views += 1
         s.session_product_dwell_ms += int(p.get("dwell_ms", 0))
 
-    weight = AFFINITY_WEIGHTS.get(kind)
-    if weight:
-        half_life = rules.affinity_half_life_ms
-        category = p.get("category")
-        if category:
-            s.affinities.add(category, weight, t, half_life)
-        elif kind == "purchase":
-            for item in p["items"]:
-                s.affinities.add(item["category"], weight, t, half_life)
-        # Memory stays bounded by pruning when a new category overflows the list; an entry that decays
-        # below the floor meanwhile is hidden by the view and is the first to go.
-        if len(s.affinities.entries) > rules.affinity_keep:
-            s.affinities.prune(now, AFFINITY_MIN_SCORE, rules.affinity_keep, half_life)
 
-    device = ctx.get("device")
-    if device is not None:
-        s.device_counts[device] = s.device_counts.get(device, 0) + 1
-        if t >= now:
-            s.last_device = device
-    s.timezone = ctx.get("timezone", s.timezone)
+def _fold_affinities(s: UserState, kind: str, p: dict[str, Any], t: int, now: int, rules: ProfileRules) -> None:
+    weight = AFFINITY_WEIGHTS[kind]
+    if not weight:
+        return
+    half_life = rules.affinity_half_life_ms
+    category = p.get("category")
+    if category:
+        s.affinities.add(category, weight, t, half_life)
+    elif kind == "purchase":
+        for item in p["items"]:
+            s.affinities.add(item["category"], weight, t, half_life)
+    # Memory stays bounded by pruning when a new category overflows the list; an entry that decays
+    # below the floor meanwhile is hidden by the view and is the first to go.
+    if len(s.affinities.entries) > rules.affinity_keep:
+        s.affinities.prune(now, AFFINITY_MIN_SCORE, rules.affinity_keep, half_life)
 
+
+_COMMERCE = frozenset({"add_to_cart", "remove_from_cart", "purchase"})
+
+
+def _fold_commerce(s: UserState, kind: str, p: dict[str, Any], t: int, rules: ProfileRules,
+                   drops: list[Dropped] | None) -> None:
     if kind == "add_to_cart":
         cart = s.cart
         product = p["product_id"]
@@ -194,24 +216,26 @@ def apply_event(state: UserState | None, event: Event, rules: ProfileRules, drop
         s.last_add_ms = max(s.last_add_ms or t, t)
     elif kind == "remove_from_cart":
         s.cart.pop(p["product_id"], None)
-    elif kind == "purchase":
+    else:   # purchase
         s.cart.clear()
         s.rfm.add_purchase(t, p["total_minor"])
         s.last_purchase_ms = max(s.last_purchase_ms or t, t)
-    elif kind == "profile_update":
-        allowed, longest = rules.demographic_attributes, rules.max_attribute_chars
-        for key, value in p["attributes"].items():
-            if key in rules.pii_fields:
-                # Personal data: never stored as given; a join key is kept as a salted hash.
-                if key in rules.pii_join_keys and isinstance(value, str) and value:
-                    s.demographics[f"{key}_hash"] = pii_hash(value, rules.pii_salt)
-                elif drops is not None:
-                    drops.append(Dropped.PII_ATTRIBUTE)
-            elif key in allowed and not (isinstance(value, str) and len(value) > longest):
-                s.demographics[key] = value
+
+
+def _fold_attributes(s: UserState, attributes: dict[str, Any], rules: ProfileRules,
+                     drops: list[Dropped] | None) -> None:
+    allowed, longest = rules.demographic_attributes, rules.max_attribute_chars
+    for key, value in attributes.items():
+        if key in rules.pii_fields:
+            # Personal data: never stored as given; a join key is kept as a salted hash.
+            if key in rules.pii_join_keys and isinstance(value, str) and value:
+                s.demographics[f"{key}_hash"] = pii_hash(value, rules.pii_salt)
             elif drops is not None:
-                drops.append(Dropped.DEMOGRAPHIC_ATTRIBUTE)
-    return s
+                drops.append(Dropped.PII_ATTRIBUTE)
+        elif key in allowed and not (isinstance(value, str) and len(value) > longest):
+            s.demographics[key] = value
+        elif drops is not None:
+            drops.append(Dropped.DEMOGRAPHIC_ATTRIBUTE)
 
 
 def pii_hash(value: str, salt: str) -> str:
