@@ -68,3 +68,11 @@ def sent_trigger_ids(settings: JobSettings) -> set[str]:
         consumer.close()
     log.info("seeding from the changelog: %d trigger ids already sent will not be sent again", len(ids))
     return ids
+
+
+def without_resent(emitted: list[tuple[str, str, bytes | None]], sent_before: set[str],
+                   trigger_kind: str) -> tuple[list[tuple[str, str, bytes | None]], int]:
+    """The outputs without the triggers the old job sent already (``sent_trigger_ids``), and how many were dropped."""
+    kept = [o for o in emitted if o[0] != trigger_kind or o[2] is None
+            or json.loads(o[2])["trigger_id"] not in sent_before]
+    return kept, len(emitted) - len(kept)

@@ -27,7 +27,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, Ou
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
-from jobs.changelog_seed import Seed, read_seeds, sent_trigger_ids
+from jobs.changelog_seed import Seed, read_seeds, sent_trigger_ids, without_resent
 from jobs.experiment_tally import TallyExperiments, experiment_key
 from jobs.flink_counters import FlinkCounters
 from jobs.job_cli import fail, parse_job_args, setup_logging
@@ -35,6 +35,7 @@ from jobs.kafka_io import keyed_json_sink, pin_kafka_uids, sharded_batches
 from jobs.model_training import TrainModels, example_key
 from jobs.runtime import make_environment
 from jobs.served_follower import ServedFollower
+from jobs.shard_timers import ShardTimers
 from jobs.state_ttl import state_ttl
 from operators.model_scoring import ExampleBatch
 from operators.online_models import MODEL_NAMES
@@ -58,6 +59,7 @@ from operators.runner import (
     Runner,
     decode_batch,
 )
+from operators.untrusted_warning import UntrustedWarnings
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer, rule_set_in_force
 from persona.settings import ConfigError, JobSettings
@@ -66,7 +68,7 @@ from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
 from persona.status import announce, flink_status, live_line, withdraw
 from state.keys import RedisKeys
 from state.user_state import USER_STATE
-from state.user_timers import TIMERS_STATE, UserTimers, decode_times, encode_times
+from state.user_timers import TIMERS_STATE, UserTimers
 
 log = logging.getLogger(__name__)
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
@@ -118,7 +120,7 @@ class Personalize(KeyedProcessFunction):
         self._users = runtime_context.get_map_state(users)
         timers = MapStateDescriptor(TIMERS_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
         timers.enable_time_to_live(ttl)
-        self._timer_state = runtime_context.get_map_state(timers)
+        self._timers = ShardTimers(runtime_context.get_map_state(timers))
         self._runner = Runner(personalizer(s, self._book), input_limits(s), s.flink.state_cache_users)
         self._seeds: dict[int, dict[str, Seed]] | None = None
         self._sent_before: set[str] = set()
@@ -126,8 +128,6 @@ class Personalize(KeyedProcessFunction):
             self._seeded = runtime_context.get_state(ValueStateDescriptor(SEEDED_STATE, Types.BOOLEAN()))
             self._seeds = read_seeds(s, self._runner.core)
             self._sent_before = sent_trigger_ids(s)
-        self._timers: dict[int, UserTimers] = {}     # per shard, restored from TIMERS_STATE on first use
-        self._armed: dict[int, int] = {}             # per shard, the Flink timer last registered
         self._client = redis.Redis.from_url(s.redis.connection_url())
         self._follower = ServedFollower(self._runner.core, self._runner.served, self._client,
                                         RedisKeys(s.redis.key_prefix), s.models.refresh_ms,
@@ -135,23 +135,18 @@ class Personalize(KeyedProcessFunction):
                                         s.profile.allowed_lateness_ms, subtask_of(runtime_context))
         self._counters = FlinkCounters(runtime_context.get_metrics_group(), KNOWN_COUNTERS)
         self._counters.counter(("personalize", "rules", "version")).inc(self._runner.core.engine.book.version)
-        self._interval = s.redis.flush_interval_ms
+        self._interval = s.flink.tick_ms
         self._example_batch = 50
         self._tick_due: int | None = None
         self._ledger: dict[str, int] = {}   # every record of this subtask: applied, duplicate, or dead-lettered
-        self._untrusted_since_warning = 0
-        self._next_untrusted_warning = 0.0
+        self._untrusted = UntrustedWarnings(s.source.max_timestamp_skew_ms)
         # The rule set in force now, before any timer fires: after a restore the job graph holds the start-up one.
         self._follower.rules(time.monotonic())
 
     def _shard_timers(self, shard: int) -> UserTimers:
-        timers = self._timers.get(shard)
-        if timers is None:   # first use of this shard since open: its persisted timers
-            timers = self._timers[shard] = UserTimers()
-            for user, data in self._timer_state.items():
-                timers.restore(user, decode_times(data))
-            if self._seeds is not None and not self._seeded.value():
-                self._seed(shard, timers)
+        timers, first_use = self._timers.of(shard)
+        if first_use and self._seeds is not None and not self._seeded.value():
+            self._seed(shard, timers)
         return timers
 
     def _seed(self, shard: int, timers: UserTimers) -> None:
@@ -184,7 +179,7 @@ class Personalize(KeyedProcessFunction):
         shard = ctx.get_current_key()
         timers = self._shard_timers(shard)
         watermark = ctx.timer_service().current_watermark()
-        self._armed.pop(shard, None)
+        self._timers.fired(shard)
         out = self._runner.on_watermark(max(watermark, timestamp), timers, self._users.get, int(time.time() * 1000))
         yield from self._carry_out(shard, timers, out, ctx)
         if watermark >= END_OF_INPUT:   # the input ended: no flush timer fires now
@@ -193,28 +188,12 @@ class Personalize(KeyedProcessFunction):
     def _carry_out(self, shard: int, timers: UserTimers, out: Result, ctx: Any) -> Iterator[Any]:
         if out.dirty:
             self._users.put_all(out.dirty)
-        changed = timers.take_changed()
-        if changed:
-            pending = {}
-            for user in changed:
-                times = timers.times_of(user)
-                if times:
-                    pending[user] = encode_times(times)
-                else:
-                    self._timer_state.remove(user)
-            if pending:
-                self._timer_state.put_all(pending)
-        due = timers.next_due()
-        if due is not None and self._armed.get(shard) != due:   # never re-register an armed timer
-            ctx.timer_service().register_event_time_timer(due)
-            self._armed[shard] = due
+        self._timers.persist(shard, timers, ctx.timer_service())
         self._account(out)
         emitted = list(out.emitted())
         if self._sent_before:   # after an upgrade (jobs/changelog_seed.py): a trigger the old job sent, not again
-            kept = [o for o in emitted if o[0] != TRIGGER or o[2] is None
-                    or json.loads(o[2])["trigger_id"] not in self._sent_before]
-            self._counters.add({("personalize", "upgrade_resends_dropped"): len(emitted) - len(kept)})
-            emitted = kept
+            emitted, dropped = without_resent(emitted, self._sent_before, TRIGGER)
+            self._counters.add({("personalize", "upgrade_resends_dropped"): dropped})
         if emitted:
             kinds, keys, vals = zip(*emitted, strict=True)
             yield Row(list(kinds), list(keys), list(vals))
@@ -229,26 +208,15 @@ class Personalize(KeyedProcessFunction):
             self._ledger[outcome] = self._ledger.get(outcome, 0) + n
         for error in out.errors:
             log.error("%s", error)
-        if out.untrusted is not None:
-            self._untrusted_timestamp(out)
-
-    def _untrusted_timestamp(self, out: Result) -> None:
-        """Valid events whose Kafka timestamp did not move the watermark: counted, and warned about at most once a
-        minute (one bad producer can send millions)."""
-        self._untrusted_since_warning += out.counts.get(UNTRUSTED, 0)
-        now = time.monotonic()
-        if now >= self._next_untrusted_warning and out.untrusted is not None:
-            r = out.untrusted
-            self._next_untrusted_warning = now + 60
-            log.warning("%d event(s) since the last warning had a Kafka timestamp more than %d ms from their "
-                        "event_time, or ahead of the wall clock (e.g. %s/%s/%s: timestamp %s ms); they do not move the "
-                        "watermark. Likely cause: the producer does not set the record timestamp to the event time.",
-                        self._untrusted_since_warning, self._settings.source.max_timestamp_skew_ms, r.topic,
-                        r.partition, r.offset, r.timestamp_ms)
-            self._untrusted_since_warning = 0
+        r = out.untrusted
+        if r is not None:   # valid events whose Kafka timestamp did not move the watermark
+            warning = self._untrusted.observe(out.counts.get(UNTRUSTED, 0),
+                                              (r.topic, r.partition, r.offset, r.timestamp_ms), time.monotonic())
+            if warning is not None:
+                log.warning("%s", warning)
 
     def _arm_tick(self, ctx: Any, now: int) -> None:
-        """A processing-time timer every ``redis.flush_interval_ms`` once the first batch came: the counts and example
+        """A processing-time timer every ``flink.tick_ms`` once the first batch came: the counts and example
         batches go out, and a newly published rule set is switched to, even while no record comes."""
         if self._tick_due is None:
             self._tick_due = now + self._interval

@@ -51,21 +51,7 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
                      prometheus_port: int | None = None) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
     """``rest_port``: the embedded mini-cluster's REST API and web UI on 127.0.0.1 at this port (else random).
     ``prometheus_port``: Flink's Prometheus reporter on this port (the plugin ships in the wheel's plugins/)."""
-    # Python workers start `python` from PATH; make it this interpreter (the venv) whatever the caller's PATH.
-    bin_dir = os.path.dirname(sys.executable)
-    if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    # The embedded mini-cluster's log (with every Python operator's log lines) goes to FLINK_LOG_DIR, by default
-    # a folder inside the installed pyflink package, shared by every job: keep it in this checkout's run folder.
-    if deployment == "local" and not os.environ.get("FLINK_LOG_DIR"):
-        log_dir = load_stack_settings().run_path / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["FLINK_LOG_DIR"] = str(log_dir)
-    if deployment == "local":
-        logging.getLogger(__name__).info("job log (Flink and the Python operators): %s/flink-*-python-*.log",
-                                         os.environ["FLINK_LOG_DIR"])
-    if deployment == "local" and prometheus_port is not None:
-        use_lib_with_prometheus()
+    _prepare_process(deployment, prometheus_port)
     conf = Configuration()
     if deployment == "local" and rest_port is not None:
         # The REST API serves metrics fetched from the TaskManagers this often (Flink's default: 10 s): `persona
@@ -83,20 +69,7 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
     if flink.execution_mode == "process":
         # The default 1 s bundle time adds up to a second of latency per Python stage.
         conf.set_string("python.fn-execution.bundle.time", "20")
-    # Restarts made for failover, bounded for crash loops. A lost TaskManager costs several attempts: redeploys
-    # to its slots fail until the JobManager declares it lost (~15-20 s here), so a fixed budget of 3 quick
-    # restarts was used up by one kill. Backing off (1 s, x1.5, capped) spans that with a few attempts; a job
-    # that keeps failing still fails after `restart_attempts` attempts without 10 min of stable running.
-    if flink.restart_attempts == 0:   # no restart at all: a failure ends the job (tests that must see every crash)
-        conf.set_string("restart-strategy.type", "none")
-    else:
-        conf.set_string("restart-strategy.type", "exponential-delay")
-    conf.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
-    conf.set_string("restart-strategy.exponential-delay.backoff-multiplier", "1.5")
-    conf.set_string("restart-strategy.exponential-delay.max-backoff", f"{flink.restart_max_backoff_ms} ms")
-    conf.set_string("restart-strategy.exponential-delay.reset-backoff-threshold", "10 min")
-    conf.set_string("restart-strategy.exponential-delay.jitter-factor", "0.1")
-    conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(flink.restart_attempts))
+    _restart_strategy(conf, flink)
     checkpoints = flink.checkpoint_uri()
     if checkpoints:
         conf.set_string("execution.checkpointing.dir", checkpoints)
@@ -112,3 +85,40 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
         env.add_jars(*(jar.as_uri() for jar in flink.connector_jars()))
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     return env, t_env
+
+
+def _prepare_process(deployment: Deployment, prometheus_port: int | None) -> None:
+    """Environment variables the Python workers and the mini-cluster read, set before the gateway starts."""
+    # Python workers start `python` from PATH; make it this interpreter (the venv) whatever the caller's PATH.
+    bin_dir = os.path.dirname(sys.executable)
+    if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    if deployment != "local":
+        return
+    # The embedded mini-cluster's log (with every Python operator's log lines) goes to FLINK_LOG_DIR, by default
+    # a folder inside the installed pyflink package, shared by every job: keep it in this checkout's run folder.
+    if not os.environ.get("FLINK_LOG_DIR"):
+        log_dir = load_stack_settings().run_path / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["FLINK_LOG_DIR"] = str(log_dir)
+    logging.getLogger(__name__).info("job log (Flink and the Python operators): %s/flink-*-python-*.log",
+                                     os.environ["FLINK_LOG_DIR"])
+    if prometheus_port is not None:
+        use_lib_with_prometheus()
+
+
+def _restart_strategy(conf: Configuration, flink: FlinkSettings) -> None:
+    # Restarts made for failover, bounded for crash loops. A lost TaskManager costs several attempts: redeploys
+    # to its slots fail until the JobManager declares it lost (~15-20 s here), so a fixed budget of 3 quick
+    # restarts was used up by one kill. Backing off (1 s, x1.5, capped) spans that with a few attempts; a job
+    # that keeps failing still fails after `restart_attempts` attempts without 10 min of stable running.
+    if flink.restart_attempts == 0:   # no restart at all: a failure ends the job (tests that must see every crash)
+        conf.set_string("restart-strategy.type", "none")
+    else:
+        conf.set_string("restart-strategy.type", "exponential-delay")
+    conf.set_string("restart-strategy.exponential-delay.initial-backoff", "1 s")
+    conf.set_string("restart-strategy.exponential-delay.backoff-multiplier", "1.5")
+    conf.set_string("restart-strategy.exponential-delay.max-backoff", f"{flink.restart_max_backoff_ms} ms")
+    conf.set_string("restart-strategy.exponential-delay.reset-backoff-threshold", "10 min")
+    conf.set_string("restart-strategy.exponential-delay.jitter-factor", "0.1")
+    conf.set_string("restart-strategy.exponential-delay.attempts-before-reset-backoff", str(flink.restart_attempts))
