@@ -10,7 +10,7 @@ Per system:
 5. the ceiling of the per-event work itself: the same functions over the same events in one process,
    with no Kafka, Redis or Flink (no system built on this Python code can drain faster on this machine).
 
-The baseline is a kafka-python consumer calling the same functions (bench/replay.py) and writing Redis
+The baseline is a kafka-python consumer calling the same functions (persona/replay.py) and writing Redis
 through the same pipelined writer, without fault tolerance.
 """
 
@@ -35,12 +35,12 @@ import redis
 from confluent_kafka import Consumer, Producer
 
 from bench.live_events import LiveTraffic
-from bench.replay import Replay, write_step
 from operators.config_files import read_yaml
 from operators.personalize import Step
 from operators.runner import Record
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
+from persona.replay import Replay, write_step
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, parse_overrides
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
@@ -730,7 +730,7 @@ def markdown_table(r: dict[str, Any]) -> str:
         f"{r['ratio_job_to_baseline_drain']:.2f}. The job checkpoints every 5 s; the peer and the baseline keep "
         "their state in memory only.",
         "",
-        f"The per-event core alone (`bench/replay.py` over the same events in one process: parse, profile, models "
+        f"The per-event core alone (`persona/replay.py` over the same events in one process: parse, profile, models "
         f"with training, patterns; no Kafka, Redis or Flink; `logic_only`): {r['logic_only']['events_per_s']:,} "
         f"events/s, {r['logic_only']['us_per_event']} µs per event.",
         "",

@@ -30,9 +30,9 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 
 from bench.harness import BENCH_SETTINGS
-from bench.replay import InlineModels, write_step
 from operators.personalize import Step
 from operators.runner import TRIGGER, Record, Result, Runner, Watermarks
+from persona.replay import InlineModels, write_step
 from persona.rules import input_limits, personalizer
 from persona.settings import load_job_settings
 from state.keys import RedisKeys

@@ -15,10 +15,13 @@ import time
 import redis
 
 from operators.model_scoring import ServedModels
+from operators.online_models import MODEL_SCHEMA
 from operators.personalize import Personalizer
+from operators.rule_sets import book_of
 from persona.rules import check_book
 from persona.settings import ConfigError
 from state.keys import RedisKeys
+from state.model_registry import kept_record, kept_versions
 from state.rule_registry import current_version, record_applied, rule_set
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class ServedFollower:
             if published is None:
                 return
             try:
-                book = check_book(published.book(), self._lateness, f"rule set v{version}")
+                book = check_book(book_of(published), self._lateness, f"rule set v{version}")
             except ConfigError as e:
                 self._refused_rules = version
                 self._count(("personalize", "rules", "refused"))
@@ -97,7 +100,7 @@ class ServedFollower:
     def _models(self) -> None:
         refused = self.served.refused
         try:
-            self.served.refresh(self._client, self._keys)
+            follow_model_registry(self.served, self._client, self._keys)
         except redis.RedisError as e:   # keep serving what we have; the next refresh retries
             log.warning("could not refresh the served models: %s", e)
         self._experiments()
@@ -117,3 +120,34 @@ class ServedFollower:
                 summary = json.loads(raw)
                 self.core.engine.experiment_stats[name] = {v: (int(x["exposed"]), int(x["converted"]))
                                                            for v, x in summary.items()}
+
+
+def follow_model_registry(served: ServedModels, client: redis.Redis, keys: RedisKeys) -> None:
+    """Serve what the registry in Redis (``state.model_registry``) says: the pinned version, else the newest.
+
+    A version is fetched only when it differs from the one served; a version no longer kept is skipped.
+    """
+    pipe = client.pipeline(transaction=False)
+    for name in MODEL_SCHEMA:
+        pipe.hmget(keys.model(name), "version", "pinned")
+    for name, (version, pinned) in zip(MODEL_SCHEMA, pipe.execute(), strict=True):
+        if pinned is not None:
+            if served.refused_before(name, int(pinned)):
+                continue
+            if name not in served.pinned or served.pinned[name].version != int(pinned):
+                record = kept_record(client, keys, name, int(pinned))
+                if record is not None:
+                    served.apply({**record, "kind": "pin"})
+            continue
+        if name in served.pinned:
+            served.apply({"kind": "unpin", "model": name})
+        if version is not None and not served.refused_before(name, int(version)) and (
+                name not in served.latest or served.latest[name].version < int(version)):
+            record = kept_record(client, keys, name, int(version))
+            if (record is None or not served.apply(record)) and name not in served.latest:
+                # Nothing served yet (a restarted scorer) and the newest is gone or refused: the newest valid
+                # kept version.
+                for older in kept_versions(client, keys, name):
+                    kept = kept_record(client, keys, name, older) if older < int(version) else None
+                    if kept is not None and served.apply(kept):
+                        break

@@ -25,7 +25,6 @@ from operators.model_features import (
     session_rate_features,
 )
 from operators.online_models import MODEL_SCHEMA, SEGMENT_MARGIN, CompiledLogistic, ModelSnapshot, restore
-from state.model_registry import kept_record, kept_versions
 from state.model_state import ModelOutputs
 from state.user_state import UserState
 
@@ -141,35 +140,9 @@ class ServedModels:
         self.last_refusal = ""
         self._refused: set[tuple[str, int]] = set()   # not fetched again (nor logged again) at every refresh
 
-    def refresh(self, client: Any, keys: Any) -> None:
-        """Follow the registry in Redis (``state.model_registry``): the pinned version, else the newest.
-
-        A version is fetched only when it differs from the one served; a version no longer kept is skipped.
-        """
-        pipe = client.pipeline(transaction=False)
-        for name in MODEL_SCHEMA:
-            pipe.hmget(keys.model(name), "version", "pinned")
-        for name, (version, pinned) in zip(MODEL_SCHEMA, pipe.execute(), strict=True):
-            if pinned is not None:
-                if (name, int(pinned)) in self._refused:
-                    continue
-                if name not in self.pinned or self.pinned[name].version != int(pinned):
-                    record = kept_record(client, keys, name, int(pinned))
-                    if record is not None:
-                        self.apply({**record, "kind": "pin"})
-                continue
-            if name in self.pinned:
-                self.apply({"kind": "unpin", "model": name})
-            if version is not None and (name, int(version)) not in self._refused and (
-                    name not in self.latest or self.latest[name].version < int(version)):
-                record = kept_record(client, keys, name, int(version))
-                if (record is None or not self.apply(record)) and name not in self.latest:
-                    # Nothing served yet (a restarted scorer) and the newest is gone or refused: the newest
-                    # valid kept version.
-                    for older in kept_versions(client, keys, name):
-                        kept = kept_record(client, keys, name, older) if older < int(version) else None
-                        if kept is not None and self.apply(kept):
-                            break
+    def refused_before(self, name: str, version: int) -> bool:
+        """This version was refused as malformed: not fetched again, nor logged again, at every refresh."""
+        return (name, version) in self._refused
 
     def apply(self, record: dict[str, Any]) -> bool:
         """A models-topic record: ``snapshot``, ``pin`` (with the pinned snapshot) or ``unpin``.

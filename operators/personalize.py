@@ -2,7 +2,7 @@
 
 Every caller runs the same sequence through this class: the Flink function in ``jobs/personalization.py``
 (which only loads and saves state, registers timers and emits), the logic-only loop and the plain-Python
-baseline of the benchmark (``bench/replay.py``), and ``persona evaluate``. Nothing here does I/O or reads
+baseline of the benchmark (``persona/replay.py``), and ``persona evaluate``. Nothing here does I/O or reads
 a clock: time comes in with the event and the timer.
 
 Per event: lateness (a ``late_event`` dead letter), the profile fold, the models (scores at decision

@@ -25,52 +25,29 @@ the deadline they were armed with, new anchors get the new one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
 from operators.config_files import ConfigError
 from operators.pattern_spec import PatternBook, compile_patterns
+from state.rule_set_record import RuleSet
 
-RULE_SET_SCHEMA_VERSION = 1
 # The fields of a pattern that its per-user state depends on (see the module docstring).
 STATE_FIELDS = {"absence": ("kind", "anchor", "cancel"), "threshold": ("kind", "check_on", "when"),
                 "escalation": ("kind", "of", "count", "scope")}
 
 
-@dataclass(frozen=True, slots=True)
-class RuleSet:
-    """One published version of the pattern file."""
+def book_of(rule_set: RuleSet) -> PatternBook:
+    """The compiled patterns of a published rule set, each stamped with its versions, and the book with the
+    rule-set version."""
+    where = f"rule set v{rule_set.version}"
+    book = compile_patterns(parse_source(rule_set.source, where), where)
+    specs = tuple(replace(p, version=rule_set.patterns[p.name][0], state_version=rule_set.patterns[p.name][1])
+                  for p in book.patterns)
+    return replace(book, patterns=specs, version=rule_set.version)
 
-    version: int
-    source: str                              # the YAML text as published
-    published_by: str
-    published_at: int                        # epoch ms
-    patterns: dict[str, tuple[int, int]]     # name -> (pattern version, state version)
-    diff: list[str] = field(default_factory=list)   # against version - 1
-    note: str = ""
-    rollback_of: int | None = None
-
-    def to_json(self) -> str:
-        return json.dumps({"schema_version": RULE_SET_SCHEMA_VERSION, "version": self.version, "source": self.source,
-                           "published_by": self.published_by, "published_at": self.published_at,
-                           "patterns": {k: list(v) for k, v in self.patterns.items()}, "diff": self.diff,
-                           "note": self.note, "rollback_of": self.rollback_of}, sort_keys=True)
-
-    @staticmethod
-    def from_json(text: str | bytes) -> RuleSet:
-        doc = json.loads(text)
-        return RuleSet(int(doc["version"]), doc["source"], doc["published_by"], int(doc["published_at"]),
-                       {k: (int(v[0]), int(v[1])) for k, v in doc["patterns"].items()}, list(doc.get("diff", [])),
-                       doc.get("note", ""), doc.get("rollback_of"))
-
-    def book(self) -> PatternBook:
-        """The compiled patterns, each stamped with its versions, and the book with the rule-set version."""
-        book = compile_patterns(parse_source(self.source, f"rule set v{self.version}"), f"rule set v{self.version}")
-        specs = tuple(replace(p, version=self.patterns[p.name][0], state_version=self.patterns[p.name][1])
-                      for p in book.patterns)
-        return replace(book, patterns=specs, version=self.version)
 
 
 def parse_source(text: str, where: str) -> Any:

@@ -328,10 +328,10 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
     if args.command == "models":
         return _models(args)
     if args.command == "evaluate":
-        from bench.evaluate import run_evaluation
+        from persona.evaluate import run_evaluation
         if args.events_file is not None and not args.events_file.is_file():
             raise ConfigError(f"--events: {args.events_file}: no such file")
-        from bench.evaluate import NOISY
+        from persona.evaluate import NOISY
         generator = {**(NOISY if args.noisy else {}), **parse_overrides(args.generator_overrides)}
         return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator)
     if args.command == "bench" and args.quick:

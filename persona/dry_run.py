@@ -1,6 +1,6 @@
 """``persona rules dry-run``: what a candidate pattern file would have done over recorded events, beside the live one.
 
-Both rule sets run the job's per-event core (``bench.replay.Replay``: the same ``Personalizer``, with
+Both rule sets run the job's per-event core (``persona.replay.Replay``: the same ``Personalizer``, with
 event-time timers fired as the watermark passes them and all of them at the end, as at the end of a
 bounded input). Per pattern it reports the matches (every gate decision), the triggers after the gate,
 the suppressions by reason, the users reached, and the triggers only one of the two rule sets sent.
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.replay import Replay
 from operators.events import Event
 from operators.personalize import Step
 from operators.runner import END_OF_INPUT
 from operators.validation import parse_event
+from persona.replay import Replay
 from persona.settings import JobSettings
 from persona.stack.topics import read_to_end
 

@@ -18,11 +18,11 @@ from typing import Any
 import matplotlib
 import numpy as np
 
-from bench.replay import Replay
 from operators.model_features import PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC
 from operators.model_scoring import Example
 from operators.runner import END_OF_INPUT
 from persona.generator.shoppers import bot_users, generate
+from persona.replay import Replay
 from persona.settings import load_generator_settings, load_job_settings
 
 matplotlib.use("Agg")

@@ -8,6 +8,7 @@ from typing import Any, cast
 import redis
 
 from operators.config_files import ConfigError
+from operators.rule_sets import book_of
 from persona.rules import redis_client, redis_reachable
 from persona.settings import JobSettings
 from state.keys import RedisKeys
@@ -53,7 +54,7 @@ def run_experiments_command(action: str, settings: JobSettings, name: str | None
                 print(json.dumps(summary, sort_keys=True, indent=2) if as_json else table(name, summary))
                 return 0
             rules = current_rule_set(client, keys)
-            names = sorted(p.experiment.name for p in rules.book().patterns if p.experiment) if rules else []
+            names = sorted(p.experiment.name for p in book_of(rules).patterns if p.experiment) if rules else []
             if not names:
                 print("no experiment in the rule set in force")
             for n in names:

@@ -14,11 +14,12 @@ from pathlib import Path
 import redis
 
 from operators.config_files import ConfigError
-from operators.rule_sets import RuleSet, rule_diff
+from operators.rule_sets import rule_diff
 from persona.rules import publish_rules, read_text, redis_client, redis_reachable
 from persona.settings import JobSettings
 from state.keys import RedisKeys
 from state.rule_registry import all_rule_sets, applied, current_version, rule_set
+from state.rule_set_record import RuleSet
 
 
 def publisher() -> str:

@@ -16,10 +16,11 @@ from operators.model_scoring import ModelRules
 from operators.pattern_spec import PatternBook, compile_patterns, load_patterns
 from operators.personalize import Personalizer
 from operators.profile_fold import ProfileRules
-from operators.rule_sets import RuleSet, next_rule_set, parse_source
+from operators.rule_sets import book_of, next_rule_set, parse_source
 from persona.settings import JobSettings, resolve_path
 from state.keys import RedisKeys
 from state.rule_registry import all_rule_sets, current_rule_set, publish
+from state.rule_set_record import RuleSet
 
 
 def model_rules(settings: JobSettings) -> ModelRules:
@@ -104,7 +105,7 @@ def rule_set_in_force(settings: JobSettings) -> PatternBook:
     finally:
         client.close()
     assert current is not None
-    return check_book(current.book(), settings.profile.allowed_lateness_ms, f"rule set v{current.version}")
+    return check_book(book_of(current), settings.profile.allowed_lateness_ms, f"rule set v{current.version}")
 
 
 @contextmanager

@@ -15,8 +15,8 @@ from typing import cast
 
 import redis
 
-from operators.rule_sets import RuleSet
 from state.keys import RedisKeys
+from state.rule_set_record import RuleSet
 
 
 def current_version(client: redis.Redis, keys: RedisKeys) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
+from jobs.served_follower import follow_model_registry
 from operators.model_scoring import ServedModels
 from operators.online_models import ModelTrainer
 from persona.cli import main
@@ -24,18 +25,18 @@ def test_scorers_follow_the_newest_version_a_pin_and_the_unpin(redis_url: str, r
     assert info is not None and info["version"] == 3 and info["versions"] == [2, 3]   # version 1 left the kept set
 
     served = ServedModels()
-    served.refresh(client, keys)
+    follow_model_registry(served, client, keys)
     assert served.get("segments")[0] == 3 and served.get("propensity") is None
 
     set_pinned(client, keys, "segments", 2)          # roll back
-    served.refresh(client, keys)
+    follow_model_registry(served, client, keys)
     assert served.get("segments")[0] == 2
     record_snapshot(client, keys, trainer.snapshot(created_at_ms=0).to_record(), keep=2)   # training goes on
-    served.refresh(client, keys)
+    follow_model_registry(served, client, keys)
     assert served.get("segments")[0] == 2
 
     set_pinned(client, keys, "segments", None)
-    served.refresh(client, keys)
+    follow_model_registry(served, client, keys)
     assert served.get("segments")[0] == 4
     client.close()
 
@@ -62,7 +63,7 @@ def test_a_pin_outlives_eviction_and_a_fresh_trainer_continues_the_numbering(red
     info = model_info(client, keys, "bots")
     assert info is not None and info["versions"] == [2, 32, 33]
     restarted = ServedModels()   # a scorer that restarts while the pin holds
-    restarted.refresh(client, keys)
+    follow_model_registry(restarted, client, keys)
     assert restarted.get("bots")[0] == 2
 
     # A trainer that lost its state continues from the registry: its first snapshot is the newest.
@@ -71,7 +72,7 @@ def test_a_pin_outlives_eviction_and_a_fresh_trainer_continues_the_numbering(red
     fresh.version = newest_version(client, keys, "bots")
     record_snapshot(client, keys, fresh.snapshot(created_at_ms=0).to_record(), keep=2)
     set_pinned(client, keys, "bots", None)
-    restarted.refresh(client, keys)
+    follow_model_registry(restarted, client, keys)
     assert restarted.get("bots")[0] == 34
     client.close()
 
@@ -85,7 +86,7 @@ def test_a_restarted_scorer_serves_the_newest_valid_version(redis_url: str, redi
     bad = {**trainer.snapshot(created_at_ms=0).to_record(), "blob": "bm90IGpzb24="}   # "not json": refused
     record_snapshot(client, keys, bad, keep=5)
     served = ServedModels()
-    served.refresh(client, keys)
+    follow_model_registry(served, client, keys)
     assert served.get("segments")[0] == 2 and served.refused == 1
     client.close()
 

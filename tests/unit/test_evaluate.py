@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.evaluate import auc, fit_logistic
 from persona.cli import main
+from persona.evaluate import auc, fit_logistic
 
 
 def test_rank_auc_counts_ties_as_half() -> None:

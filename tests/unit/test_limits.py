@@ -9,13 +9,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bench.replay import Replay
 from operators.dead_letter import dead_letter_record
 from operators.events import Event, Rejection, SourceRef
 from operators.input_limits import InputLimits, json_depth
 from operators.model_scoring import ServedModels
 from operators.validation import parse_event
 from persona.generator.shoppers import generate
+from persona.replay import Replay
 from persona.rules import personalizer
 from persona.settings import ROOT, load_generator_settings, load_job_settings
 from state.user_state import encode_state

@@ -13,7 +13,8 @@ from operators.model_scoring import ServedModels
 from operators.pattern_spec import DEFAULT_PATTERNS
 from operators.personalize import DEFAULT_MODEL_RULES, Personalizer, Step
 from operators.profile_fold import ProfileRules
-from operators.rule_sets import RuleSet, next_rule_set
+from operators.rule_sets import book_of, next_rule_set
+from state.rule_set_record import RuleSet
 from state.user_state import UserState, decode_state, encode_state
 
 LIVE = DEFAULT_PATTERNS.read_text()
@@ -50,7 +51,7 @@ class Runner:
     """One user through the core, firing timers in order as the watermark passes them."""
 
     def __init__(self, rules: RuleSet) -> None:
-        self.core = Personalizer(ProfileRules(), DEFAULT_MODEL_RULES, rules.book(), segments=5)
+        self.core = Personalizer(ProfileRules(), DEFAULT_MODEL_RULES, book_of(rules), segments=5)
         self.state: UserState | None = None
         self.timers: set[int] = set()
         self.sent: list[tuple[str, int, int, int]] = []    # (pattern, emitted_at, rules version, pattern version)
@@ -110,7 +111,7 @@ def test_a_compatible_change_keeps_pending_matches_with_their_deadline() -> None
     v1, v2 = published(LIVE, SHORT)
     run = Runner(v1)
     run.event(add_to_cart("a1", at(12)))            # armed under v1: due 12:30
-    run.core.use_rules(v2.book())
+    run.core.use_rules(book_of(v2))
     run.until(at(12, 35))
     run.event(add_to_cart("a2", at(13, day=3)))     # under v2: due 13:10 (a day later: the frequency cap)
     run.until(at(14, day=3))
@@ -124,7 +125,7 @@ def test_an_incompatible_change_resets_the_pattern_and_counts_what_it_dropped() 
                                           "anchor: {event: add_to_cart, where: {event.price_minor: {gt: 100}}}"))
     run = Runner(v1)
     run.event(add_to_cart("a1", at(12)))
-    run.core.use_rules(v2.book())
+    run.core.use_rules(book_of(v2))
     run.until(at(14))                               # the v1 match was dropped at the first step under v2
     assert run.sent == [] and run.suppressed == [("cart_abandonment", "pattern_reset")]
     run.event(add_to_cart("a2", at(15)))
@@ -149,7 +150,7 @@ def test_renaming_and_removing_patterns_while_matches_are_pending_never_crashes(
     run.event(add_to_cart("a2", at(22, 45), device="mobile"))   # arms both absence patterns
     armed = {name for name, a in run.state.patterns.absence.items() if a.armed}
     assert armed == {"cart_abandonment", "high_intent_mobile"}
-    run.core.use_rules(v2.book())
+    run.core.use_rules(book_of(v2))
     run.until(at(9, 0, day=3))
     assert sorted(run.suppressed) == [("cart_abandonment", "pattern_removed"), ("high_intent_mobile", "pattern_removed")]
     # The deferred trigger passed the gate under v1 and is released under its old name and versions.

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from bench.replay import Replay
 from operators.pattern_spec import load_patterns
 from operators.personalize import DEFAULT_MODEL_RULES, Personalizer, _failed
 from operators.profile_fold import ProfileRules
 from operators.runner import AUDIT, CHANGE, DEAD_LETTER, END_OF_INPUT, Record, Runner
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
+from persona.replay import Replay
 from persona.settings import load_generator_settings, load_job_settings, parse_overrides
 from state.profile_changelog import read_change
 from state.user_state import decode_state

@@ -6,9 +6,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from bench.replay import Replay
 from operators.profile_fold import WINDOWS
 from persona.generator.shoppers import generate
+from persona.replay import Replay
 from persona.settings import load_generator_settings, load_job_settings
 from state.user_state import STATE_FORMAT, UserState, decode_state, encode_state
 
