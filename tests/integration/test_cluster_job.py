@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,21 @@ def test_web_ui_polling_for_a_minute_never_kills_a_taskmanager(
     wait_until(lambda: cluster.job_status(job_id) == "CANCELED", 60, f"job {job_id} CANCELED", interval_s=0.5)
 
 
+def first_half_then_savepoint(cluster: FlinkCluster, job_id: str, kafka_bootstrap: str, topics: TopicNames,
+                              first: list[Any], stored: Callable[[dict[str, dict[str, Any]]], dict[str, int]],
+                              tmp_path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """Once the job runs: the first half produced, every profile of it in Redis as the oracle has it, then a stop with
+    a savepoint. Returns the savepoint and the triggers sent until then."""
+    wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
+    produce(kafka_bootstrap, topics.events, first)
+    want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
+    wait_until(lambda: stored(want_first) == want_first, 180, "the first half's profiles in Redis", interval_s=0.5)
+    savepoint = cluster.stop_with_savepoint(job_id, str(tmp_path / "savepoints"))
+    # The savepoint completes first; the job reaches FINISHED a moment later.
+    wait_until(lambda: cluster.job_status(job_id) == "FINISHED", 60, f"job {job_id} FINISHED", interval_s=0.5)
+    return savepoint, read_all_json(kafka_bootstrap, topics.triggers)
+
+
 def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
         cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str,
         connector_jars: list[Path], tmp_path: Path) -> None:
@@ -189,18 +204,12 @@ def test_stop_with_savepoint_and_upgrade_resends_nothing_and_profiles_continue(
     loader = loader_process(base, tmp_path)   # on a cluster the profile loader is a service of its own
     loader.__enter__()
     job_id = cluster.submit("jobs.personalization", [a for o in base for a in ("--set", o)], connector_jars)
-    wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
-    produce(kafka_bootstrap, topics.events, first)
-    want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
-    wait_until(lambda: stored(want_first) == want_first, 180, "the first half in Redis", interval_s=0.5)
-    savepoint = cluster.stop_with_savepoint(job_id, str(tmp_path / "savepoints"))
-    # The savepoint completes first; the job reaches FINISHED a moment later.
-    wait_until(lambda: cluster.job_status(job_id) == "FINISHED", 60, f"job {job_id} FINISHED", interval_s=0.5)
-    triggers_before = read_all_json(kafka_bootstrap, topics.triggers)
+    savepoint, triggers_before = first_half_then_savepoint(cluster, job_id, kafka_bootstrap, topics, first, stored,
+                                                           tmp_path)
 
     # The upgrade: a changed setting, the same state and offsets.
     produce(kafka_bootstrap, topics.events, second)
-    upgraded = [*base, "redis.flush_interval_ms=200"]
+    upgraded = [*base, "flink.tick_ms=200"]
     job_id = cluster.submit("jobs.personalization", [a for o in upgraded for a in ("--set", o)], connector_jars,
                             from_savepoint=savepoint)
     try:
@@ -393,13 +402,8 @@ def test_a_savepoint_of_the_previous_build_restores_into_this_build(
         cluster.restart_taskmanagers()
         job_id = cluster.submit("jobs.personalization", [a for o in base for a in ("--set", o)], connector_jars[:1],
                                 root=old)
-        wait_until(lambda: cluster.job_status(job_id) == "RUNNING", 120, f"job {job_id} RUNNING", interval_s=0.5)
-        produce(kafka_bootstrap, topics.events, first)
-        want_first = {u: f["events_total"] for u, f in expected(first).profiles.items()}
-        wait_until(lambda: stored(want_first) == want_first, 180, "the previous build's profiles", interval_s=0.5)
-        savepoint = cluster.stop_with_savepoint(job_id, str(tmp_path / "savepoints"))
-        wait_until(lambda: cluster.job_status(job_id) == "FINISHED", 60, f"job {job_id} FINISHED", interval_s=0.5)
-        triggers_before = read_all_json(kafka_bootstrap, topics.triggers)
+        savepoint, triggers_before = first_half_then_savepoint(cluster, job_id, kafka_bootstrap, topics, first,
+                                                               stored, tmp_path)
 
         produce(kafka_bootstrap, topics.events, second)
         cluster.restart_taskmanagers()
