@@ -51,7 +51,7 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
                      prometheus_port: int | None = None) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
     """``rest_port``: the embedded mini-cluster's REST API and web UI on 127.0.0.1 at this port (else random).
     ``prometheus_port``: Flink's Prometheus reporter on this port (the plugin ships in the wheel's plugins/)."""
-    _prepare_process(deployment, prometheus_port)
+    _prepare_process(flink, deployment, prometheus_port)
     conf = Configuration()
     if deployment == "local" and rest_port is not None:
         # The REST API serves metrics fetched from the TaskManagers this often (Flink's default: 10 s): `persona
@@ -87,7 +87,7 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
     return env, t_env
 
 
-def _prepare_process(deployment: Deployment, prometheus_port: int | None) -> None:
+def _prepare_process(flink: FlinkSettings, deployment: Deployment, prometheus_port: int | None) -> None:
     """Environment variables the Python workers and the mini-cluster read, set before the gateway starts."""
     # Python workers start `python` from PATH; make it this interpreter (the venv) whatever the caller's PATH.
     bin_dir = os.path.dirname(sys.executable)
@@ -105,6 +105,8 @@ def _prepare_process(deployment: Deployment, prometheus_port: int | None) -> Non
                                      os.environ["FLINK_LOG_DIR"])
     if prometheus_port is not None:
         use_lib_with_prometheus()
+    if flink.jvm_args:   # PyFlink's launcher of the mini-cluster's JVM adds JVM_ARGS to its command line
+        os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} {flink.jvm_args}".strip()
 
 
 def _restart_strategy(conf: Configuration, flink: FlinkSettings) -> None:

@@ -182,6 +182,7 @@ class FlinkSettings(_Strict):
     batch_records: int = Field(default=500, ge=1, le=100_000)
     batch_ms: int = Field(default=20, ge=1, le=60_000)
     tick_ms: int = Field(default=100, gt=0)
+    jvm_args: str = ""
     # Once, to upgrade from a build with one Flink state per user (docs/operations.md "Failures and upgrades"): each shard's
     # states and timers are rebuilt from the profile changelog at its first batch or timer.
     seed_from_changelog: bool = False
