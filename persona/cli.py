@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
                     "seasonal buying signals (docs/models.md)")
     ev.add_argument("--generator", dest="generator_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="generator setting of the generated stream, e.g. signal_strength=0.5 (conf/generator.yaml)")
+    ev.add_argument("--recommend", action="store_true", help="next-item prediction instead: the streaming recommender's "
+                    "prequential HR@10, HR@20 and MRR@20 vs item-kNN, and popularity in hindsight, on the generated "
+                    "stream and its control stream (no item structure); docs/recommendations.md")
 
     bench = sub.add_parser("bench", help="benchmark the job, a peer engine and the plain-Python baseline on the local stack")
     bench.add_argument("--events", type=int, default=None,
@@ -333,6 +336,9 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
             raise ConfigError(f"--events: {args.events_file}: no such file")
         from persona.evaluate import NOISY
         generator = {**(NOISY if args.noisy else {}), **parse_overrides(args.generator_overrides)}
+        if args.recommend:
+            from persona.recommend_eval import run_recommend_evaluation
+            return run_recommend_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator)
         return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator)
     if args.command == "bench" and args.quick:
         from bench.quick import run_quick

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 
+from operators.co_occurrence import RecommendRules
 from operators.config_files import ConfigError
 from operators.consent import ConsentPolicy
 from operators.input_limits import InputLimits
@@ -42,6 +43,11 @@ def profile_rules(settings: JobSettings) -> ProfileRules:
                         pii_fields=frozenset(settings.privacy.pii_fields),
                         pii_join_keys=frozenset(settings.privacy.pii_join_keys),
                         pii_salt=settings.privacy.pii_salt.get_secret_value())
+
+
+def recommend_rules(settings: JobSettings) -> RecommendRules:
+    """The settings' ``recommend`` section is the recommender's parameters, field by field."""
+    return RecommendRules(**settings.recommend.model_dump())
 
 
 def consent_policy(settings: JobSettings) -> ConsentPolicy:

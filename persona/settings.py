@@ -330,6 +330,23 @@ class RulesSettings(_Strict):
     refresh_ms: int = Field(default=1000, gt=0, le=5000)   # the job looks for a newly published rule set this often
 
 
+class RecommendSettings(_Strict):
+    """The recommender (docs/recommendations.md): the fields of ``operators.co_occurrence.RecommendRules``, by name."""
+
+    view_weight: float = Field(gt=0)
+    cart_weight: float = Field(gt=0)
+    purchase_weight: float = Field(gt=0)
+    half_life_ms: int = Field(gt=0)
+    recent_items: int = Field(ge=1, le=200)
+    pair_window_ms: int = Field(gt=0)
+    pair_items: int = Field(ge=1, le=200)
+    neighbours_per_item: int = Field(ge=1, le=1_000)
+    list_size: int = Field(ge=1, le=200)
+    recency_half_life_ms: int = Field(gt=0)
+    content_weight: float = Field(ge=0)
+    popularity_weight: float = Field(ge=0)
+
+
 class JobSettings(_Strict):
     kafka: KafkaSettings
     source: SourceSettings
@@ -342,6 +359,7 @@ class JobSettings(_Strict):
     loader: LoaderSettings = LoaderSettings()
     privacy: PrivacySettings = PrivacySettings()
     rules: RulesSettings = RulesSettings()
+    recommend: RecommendSettings
 
     def model_post_init(self, _: Any) -> None:
         # Process mode's Python workers dump their whole environment into the log at job end (STACK-FACTS):
@@ -423,6 +441,12 @@ class GeneratorSettings(_Strict):
     dwell_noise: float = Field(default=0.3, ge=0, lt=1)       # dwell times vary by this factor either way
     drift: float = Field(default=0.0, ge=0, le=1)             # share of the signal lost by the end of the span
     seasonality: float = Field(default=0.0, ge=0, le=1)       # daily swing of the purchase probability (peak 20h UTC)
+    # The item structure a recommender can find (persona/generator/items.py; defaults in conf/generator.yaml);
+    # all 0 is the control stream, where a product view picks uniformly in its category.
+    item_zipf: float = Field(ge=0, le=3)          # popularity: the rank-r item of a category weighs 1/r**zipf
+    item_styles: float = Field(ge=0, le=1)        # share of views from the shopper's style (latent factor)
+    item_pairs: float = Field(ge=0, le=1)         # after an add-to-cart, the next view is its partner
+    item_sequences: float = Field(ge=0, le=1)     # after a view, the next view is the item's successor
 
 
 # --------------------------------------------------------------------------- loading

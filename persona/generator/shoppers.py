@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from persona.generator.items import ITEMS_PER_CATEGORY, ItemWorld
 from persona.generator.malformed import EXPECTED_REASON, corrupt
 from persona.settings import GeneratorSettings
 
@@ -117,10 +118,13 @@ def _new_user(idx: int, seed: int, bot_fraction: float = 0.0) -> _User:
 class _SessionWalk:
     """Yields one user's events, session after session, in event-time order."""
 
-    def __init__(self, user: _User, start_ms: int, end_ms: int, signal: Signal | None = None, seed: int = 0) -> None:
+    def __init__(self, user: _User, start_ms: int, end_ms: int, signal: Signal | None = None, seed: int = 0,
+                 items: ItemWorld | None = None) -> None:
         self.user, self.end_ms = user, end_ms
         self.start_ms, self.signal = start_ms, signal or Signal()
         self.noise = random.Random(f"{seed}:noise:{user.idx}")   # the noisier stream's draws only
+        self.items = items or ItemWorld(seed)
+        self.taste = self.items.taste(user.idx)                  # the planted item structure's draws only
         self.t = start_ms + int(user.rng.random() * min(user.mean_gap_ms, end_ms - start_ms))
 
     def events(self) -> Iterator[dict[str, Any]]:
@@ -156,9 +160,7 @@ class _SessionWalk:
                 yield self._event("page_view", session_id, referrer,
                                   {"page_type": "category", "category": category, "dwell_ms": self._dwell(5, 60)})
             elif r < 0.70 or product is None:
-                lo, hi = PRICE_RANGE[category]
-                product = {"product_id": f"p-{category}-{rng.randint(1, 400)}", "category": category,
-                           "price": round(rng.uniform(lo, hi), 2)}
+                product = self._product(category)
                 # Mobile shoppers with high intent linger on product pages.
                 # Buyers read longer (the signal the propensity model can find).
                 typical = 200 if u.device == "mobile" and u.buy_prob > 0.35 else 15 + 150 * u.buy_prob
@@ -172,6 +174,7 @@ class _SessionWalk:
             elif r < 0.86:
                 item = dict(product, currency=u.place[4], quantity=rng.choice((1, 1, 1, 2, 3)))
                 u.cart[item["product_id"]] = item
+                self.taste.last_carted = item["product_id"]
                 yield self._event("add_to_cart", session_id, referrer, item)
             elif u.cart and r < 0.90:
                 pid = rng.choice(sorted(u.cart))
@@ -183,6 +186,17 @@ class _SessionWalk:
             yield self._event("page_view", session_id, referrer, {"page_type": "checkout", "dwell_ms": self._dwell(20, 120)})
             self._advance()
             yield self._event("purchase", session_id, referrer, self._purchase_payload())
+
+    def _product(self, category: str) -> dict[str, Any]:
+        """The product viewed next: uniform in the category, or from the planted item structure."""
+        rng = self.user.rng
+        lo, hi = PRICE_RANGE[category]
+        # Drawn whether used or not, so that the structure changes nothing but the product and its price.
+        number, price = rng.randint(1, ITEMS_PER_CATEGORY), round(rng.uniform(lo, hi), 2)
+        if not self.items.structured:
+            return {"product_id": f"p-{category}-{number}", "category": category, "price": price}
+        product_id = self.items.pick(category, self.taste)
+        return {"product_id": product_id, "category": category, "price": self.items.price(product_id, lo, hi)}
 
     def _informative(self) -> bool:
         """Whether this product view's dwell follows the user's intent (always, in the default stream)."""
@@ -283,8 +297,9 @@ def replay_age_override(settings: GeneratorSettings, now_ms: int, default_ms: in
 def _time_ordered(settings: GeneratorSettings, start_ms: int) -> Iterator[dict[str, Any]]:
     end_ms = start_ms + int(settings.span_hours * 3_600_000)
     signal = Signal(settings.signal_strength, settings.dwell_noise, settings.drift, settings.seasonality)
+    items = ItemWorld(settings.seed, settings.item_zipf, settings.item_styles, settings.item_pairs, settings.item_sequences)
     walks = (_SessionWalk(_new_user(i, settings.seed, settings.bot_fraction), start_ms, end_ms, signal,
-                          settings.seed).events()
+                          settings.seed, items).events()
              for i in range(settings.users))
     heap: list[tuple[int, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
     for i, it in enumerate(walks):
