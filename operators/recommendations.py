@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping
 
 from operators.co_occurrence import ItemSignal, RecommendRules, add_decayed, decayed
-from state.item_state import ItemNeighbours, RecentItems
+from state.item_state import ItemNeighbours, RecentItem, RecentItems
 
 TOP_PER_CATEGORY = 50
 CATEGORIES_CONSIDERED = 3
@@ -84,7 +84,7 @@ def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popu
         anchor = table.get(r.item)
         if anchor is None or anchor.weight <= 0:
             continue
-        say = r.weight * 2.0 ** (-max(now - r.t, 0) / rules.recency_half_life_ms)
+        say = say_of(r, now, rules)
         w_anchor = decayed(anchor.weight, anchor.at, now, half_life)
         for other, (value, at) in anchor.neighbours.items():
             candidate = table.get(other)
@@ -104,6 +104,21 @@ def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popu
     skip = exclude | ({recent.items[-1].item} if recent.items else set())
     ranked = heapq.nsmallest(rules.list_size + len(skip), scores.items(), key=lambda p: (-p[1], p[0]))
     return [(item, score) for item, score in ranked if item not in skip][:rules.list_size]
+
+
+def say_of(recent: RecentItem, now: int, rules: RecommendRules) -> float:
+    """A recent item's say in the user's list: the user's weight for it, halving every ``recency_half_life_ms``.
+
+    >>> say_of(RecentItem("a", "books", 3.0, 0), 1_800_000, RecommendRules())
+    1.5
+    """
+    return recent.weight * float(2.0 ** (-max(now - recent.t, 0) / rules.recency_half_life_ms))
+
+
+def never_listed(recent: RecentItems, cart: set[str], rules: RecommendRules) -> set[str]:
+    """What a list must not show: the cart, what was bought within the window, and the item the user is on."""
+    bought = {r.item for r in recent.items if r.weight >= rules.purchase_weight}
+    return cart | bought | ({recent.items[-1].item} if recent.items else set())
 
 
 def _category_shares(recent: RecentItems) -> list[tuple[str, float]]:

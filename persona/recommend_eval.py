@@ -20,16 +20,16 @@ import json
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 
-from operators.co_occurrence import RecommendRules, fold_signal, remember, touches
+from operators.co_occurrence import RecommendRules, Touch, fold_signal, remember, touches
 from operators.events import Event
-from operators.recommendations import PopularItems, personal_list
+from operators.recommendations import PopularItems, never_listed, personal_list, say_of
 from operators.validation import parse_event
 from persona.rules import input_limits, recommend_rules
 from persona.settings import load_generator_settings, load_job_settings
@@ -57,31 +57,25 @@ class Decision:
     exclude: frozenset[str]
 
 
-@dataclass
 class InlineRecommender:
     """The recommender in one process: per-user windows, per-item states and popularity, as the job keeps them."""
 
-    rules: RecommendRules
-    recent: dict[str, RecentItems] = field(default_factory=dict)
-    carts: dict[str, set[str]] = field(default_factory=dict)
-    table: dict[str, ItemNeighbours] = field(default_factory=dict)
-    popular: PopularItems | None = None
+    def __init__(self, rules: RecommendRules) -> None:
+        self.rules = rules
+        self.recent: dict[str, RecentItems] = {}
+        self.carts: dict[str, set[str]] = {}
+        self.table: dict[str, ItemNeighbours] = {}
+        self.popular = PopularItems(rules)
 
-    def __post_init__(self) -> None:
-        self.popular = PopularItems(self.rules)
+    def decision(self, user: str, target: str, now: int) -> tuple[Decision, list[str]]:
+        """The moment before ``user`` views ``target``: what the references are given, and this model's list."""
+        recent = self.recent.get(user, RecentItems())
+        exclude = never_listed(recent, self.carts.get(user, set()), self.rules)
+        listed = personal_list(recent, self.table, self.popular, exclude, now, self.rules)
+        anchors = tuple((r.item, say_of(r, now, self.rules)) for r in recent.items)
+        return Decision(user, target, now, anchors, frozenset(exclude)), [item for item, _ in listed]
 
-    def recommend(self, user: str, now: int) -> list[str]:
-        assert self.popular is not None
-        return [item for item, _ in personal_list(self.recent.get(user, RecentItems()), self.table, self.popular,
-                                                  self.excluded(user), now, self.rules)]
-
-    def excluded(self, user: str) -> set[str]:
-        """In the cart, or bought within the window."""
-        bought = {r.item for r in self.recent.get(user, RecentItems()).items if r.weight >= self.rules.purchase_weight}
-        return self.carts.get(user, set()) | bought
-
-    def learn(self, event: Event) -> None:
-        assert self.popular is not None
+    def learn(self, event: Event, event_touches: list[Touch]) -> None:
         user, p = event.user_id, event.payload
         cart = self.carts.setdefault(user, set())
         if event.event_type == "add_to_cart":
@@ -95,14 +89,10 @@ class InlineRecommender:
             self.carts.pop(user, None)
             return
         recent = self.recent.setdefault(user, RecentItems())
-        for touch in touches(event.event_type, p, event.event_time_ms, self.rules):
+        for touch in event_touches:
             for signal in remember(recent, touch, self.rules):
                 fold_signal(self.table.setdefault(signal.item, ItemNeighbours(signal.item)), signal, self.rules)
                 self.popular.add(signal)
-
-
-def anchors_of(recent: RecentItems, now: int, rules: RecommendRules) -> tuple[tuple[str, float], ...]:
-    return tuple((r.item, r.weight * 2.0 ** (-max(now - r.t, 0) / rules.recency_half_life_ms)) for r in recent.items)
 
 
 def replay(stream: Iterable[bytes], rules: RecommendRules, limits: Any) -> tuple[list[Decision], list[int], dict[str, dict[str, float]]]:
@@ -117,19 +107,16 @@ def replay(stream: Iterable[bytes], rules: RecommendRules, limits: Any) -> tuple
         event = parse_event(raw, limits)
         if not isinstance(event, Event):
             continue
-        p = event.payload
-        if event.event_type == "page_view" and p.get("page_type") == "product" and p.get("product_id"):
-            user, now = event.user_id, event.event_time_ms
-            listed = model.recommend(user, now)
-            target = p["product_id"]
+        event_touches = touches(event.event_type, event.payload, event.event_time_ms, rules)
+        if event.event_type == "page_view" and event_touches:     # a product view: a moment of truth
+            target = event_touches[0].item
+            decision, listed = model.decision(event.user_id, target, event.event_time_ms)
+            decisions.append(decision)
             ranks.append(listed.index(target) + 1 if target in listed else 0)
-            recent = model.recent.get(user, RecentItems())
-            last = {recent.items[-1].item} if recent.items else set()
-            decisions.append(Decision(user, target, now, anchors_of(recent, now, rules), frozenset(model.excluded(user) | last)))
-        for touch in touches(event.event_type, p, event.event_time_ms, rules):
+        for touch in event_touches:
             row = matrix.setdefault(event.user_id, {})
             row[touch.item] = max(row.get(touch.item, 0.0), touch.weight)
-        model.learn(event)
+        model.learn(event, event_touches)
         if n % 20_000 == 0:
             print(f"  replayed {n:,} records, {len(decisions):,} product views ({n / (time.monotonic() - t0):,.0f} records/s)",
                   flush=True)
