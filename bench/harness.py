@@ -36,16 +36,20 @@ from confluent_kafka import Consumer, Producer
 
 from bench.live_events import LiveTraffic
 from operators.config_files import read_yaml
+from operators.item_table import publications
 from operators.personalize import Step
 from operators.runner import Record
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
 from persona.replay import Replay, write_step
+from persona.rules import recommend_rules
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, parse_overrides
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
 from persona.stack.topics import ensure_topics
+from state.item_state import ItemNeighbours
+from state.item_store import ItemWriter
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 
@@ -483,16 +487,22 @@ class Baseline:
         self.triggers = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self.trigger_topic = topics["triggers"]
         self.replay = Replay(settings, on_trigger=lambda t: self.triggers.send(
-            self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()), on_step=self._write)
+            self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()), on_step=self._write,
+            on_items=self._publish_items)
         self.now = int(time.time() * 1000)
         self.writer = ProfileWriter.from_url(redis_url, self.keys, r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.replay.core.memberships_known)
+        self.items = ItemWriter(redis.Redis.from_url(redis_url), self.keys)   # as the job's item operator, once per batch
+        self.recommend = recommend_rules(settings)
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
         self.stop: Any = threading.Event()
 
     def _write(self, user: str, step: Step) -> None:
         write_step(self.writer, self.replay.core, user, step, self.now)
+
+    def _publish_items(self, changed: dict[str, ItemNeighbours]) -> None:
+        self.items.publish(publications(changed.values(), self.recommend))
 
     def run(self) -> None:
         while not self.stop.is_set():

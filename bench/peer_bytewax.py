@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
@@ -30,11 +31,13 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 
 from bench.harness import BENCH_SETTINGS
+from operators.item_table import ItemTable, publications
 from operators.personalize import Step
 from operators.runner import TRIGGER, Record, Result, Runner, Watermarks
 from persona.replay import InlineModels, write_step
-from persona.rules import input_limits, personalizer
+from persona.rules import input_limits, personalizer, recommend_rules
 from persona.settings import load_job_settings
+from state.item_store import ItemWriter
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 from state.user_timers import UserTimers
@@ -57,6 +60,10 @@ class _Runtime:
         r = settings.redis
         self.writer = ProfileWriter.from_url(redis_url, RedisKeys(prefix), r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.core.memberships_known)
+        # The item operator in line, publishing as the job's does (jobs/item_folding.py).
+        self.recommend = recommend_rules(settings) if settings.recommend.enabled else None
+        self.items = ItemTable(self.recommend) if self.recommend is not None else None
+        self.item_writer = ItemWriter(redis.Redis.from_url(redis_url), RedisKeys(prefix))
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         self.triggers_topic = triggers_topic
         self.watermarks = Watermarks(settings.source.max_out_of_orderness_ms, settings.source.idleness_ms)
@@ -75,6 +82,8 @@ class _Runtime:
     def fire(self, watermark: int, out: Result | None = None) -> None:
         out = self.runner.on_watermark(watermark, self.timers, self.store.get, self.now, out)
         self.store.update(out.dirty)
+        if out.items and self.items is not None and self.recommend is not None:
+            self.item_writer.publish(publications(self.items.fold(out.items).values(), self.recommend))
         for kind, key, value in out.emitted():
             if kind == TRIGGER and value is not None and key is not None:
                 self.producer.produce(self.triggers_topic, key=key.encode(), value=value)

@@ -30,6 +30,7 @@ from pyflink.table import StreamTableEnvironment
 from jobs.changelog_seed import Seed, read_seeds, sent_trigger_ids, without_resent
 from jobs.experiment_tally import TallyExperiments, experiment_key
 from jobs.flink_counters import FlinkCounters
+from jobs.item_folding import FoldItems
 from jobs.job_cli import fail, parse_job_args, setup_logging
 from jobs.kafka_io import keyed_json_sink, pin_kafka_uids, sharded_batches
 from jobs.model_training import TrainModels, example_key
@@ -37,6 +38,7 @@ from jobs.runtime import make_environment
 from jobs.served_follower import ServedFollower
 from jobs.shard_timers import ShardTimers
 from jobs.state_ttl import state_ttl
+from operators.item_table import signal_batches
 from operators.model_scoring import ExampleBatch
 from operators.online_models import MODEL_NAMES
 from operators.pattern_spec import PatternBook
@@ -50,6 +52,7 @@ from operators.runner import (
     DUPLICATES,
     END_OF_INPUT,
     ERASURES,
+    ITEMS,
     LATE,
     TIMER_ERRORS,
     TRIGGER,
@@ -61,7 +64,7 @@ from operators.runner import (
 )
 from operators.untrusted_warning import UntrustedWarnings
 from persona.loader import EmbeddedLoader
-from persona.rules import check_patterns, input_limits, personalizer, rule_set_in_force
+from persona.rules import check_patterns, input_limits, personalizer, recommend_rules, rule_set_in_force
 from persona.settings import ConfigError, JobSettings
 from persona.stack.procs import free_port
 from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
@@ -136,6 +139,7 @@ class Personalize(KeyedProcessFunction):
         self._counters = FlinkCounters(runtime_context.get_metrics_group(), KNOWN_COUNTERS)
         self._counters.counter(("personalize", "rules", "version")).inc(self._runner.core.engine.book.version)
         self._interval = s.flink.tick_ms
+        self._item_shards = s.flink.item_shards if s.recommend.enabled else 0
         self._example_batch = 50
         self._tick_due: int | None = None
         self._ledger: dict[str, int] = {}   # every record of this subtask: applied, duplicate, or dead-lettered
@@ -194,6 +198,8 @@ class Personalize(KeyedProcessFunction):
         if self._sent_before:   # after an upgrade (jobs/changelog_seed.py): a trigger the old job sent, not again
             emitted, dropped = without_resent(emitted, self._sent_before, TRIGGER)
             self._counters.add({("personalize", "upgrade_resends_dropped"): dropped})
+        if out.items and self._item_shards:   # one record per item shard, routed to the item operator (fold_items)
+            emitted += [(ITEMS, str(shard), data) for shard, data in signal_batches(out.items, self._item_shards).items()]
         if emitted:
             kinds, keys, vals = zip(*emitted, strict=True)
             yield Row(list(kinds), list(keys), list(vals))
@@ -261,6 +267,22 @@ def route(t_env: StreamTableEnvironment, outputs: DataStream) -> dict[str, str]:
     return {name: ("SELECT o.`keys`[t.i] AS k, o.`vals`[t.i] AS v FROM persona_outputs AS o "
                    f"CROSS JOIN UNNEST(o.`kinds`) WITH ORDINALITY AS t(kind, i) WHERE t.kind = '{kind}'")
             for name, kind in ROUTES.items()}
+
+
+def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStream:
+    """The item operator (jobs/item_folding.py) behind the batches' item records (``route`` declared the view),
+    keyed by item shard on the Java side: no Python call to key them."""
+    from pyflink.java_gateway import get_gateway
+
+    table = t_env.sql_query("SELECT CAST(o.`keys`[t.i] AS INT) AS shard, o.`vals`[t.i] AS v FROM persona_outputs AS o "
+                            f"CROSS JOIN UNNEST(o.`kinds`) WITH ORDINALITY AS t(kind, i) WHERE t.kind = '{ITEMS}'")
+    stream = t_env.to_append_stream(table, Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
+    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
+    r = settings.redis
+    return (KeyedStream(j_keyed, Types.PRIMITIVE_ARRAY(Types.BYTE()), stream)
+            .process(FoldItems(recommend_rules(settings), r.connection_url(), r.key_prefix, settings.flink.state_ttl_s),
+                     output_type=KEYED_JSON)
+            .name("fold-items").uid("fold-items"))
 
 
 def build(batches: KeyedStream, settings: JobSettings, book: PatternBook) -> tuple[DataStream, DataStream]:
@@ -364,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                               wake_every_shard=f.seed_from_changelog)
     outputs, published = build(batches, settings, book)
     queries = route(t_env, outputs)
+    if settings.recommend.enabled:   # emits nothing: joined to the model updates' stream to be in the job graph
+        published = published.union(fold_items(t_env, settings))
     t = settings.kafka.topics
     exactly_once = settings.kafka.triggers_delivery == "exactly-once"
     statements = t_env.create_statement_set()

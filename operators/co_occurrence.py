@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from state.item_state import ItemNeighbours, RecentItem, RecentItems
 
 DAY_MS = 86_400_000
@@ -54,9 +56,10 @@ class Touch:
     t: int
 
 
-@dataclass(frozen=True, slots=True)
-class ItemSignal:
-    """A change to one item's state, routed by ``item``: its weight (``other`` empty) or its pair with ``other``."""
+class ItemSignal(msgspec.Struct, frozen=True, array_like=True):
+    """A change to one item's state, routed by ``item``: its weight (``other`` empty) or its pair with ``other``.
+
+    It crosses from the user operator to the item operator as MessagePack (``operators.item_table``)."""
 
     item: str
     category: str

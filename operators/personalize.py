@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.audit import AuditEntry
+from operators.co_occurrence import ItemSignal, RecommendRules, remember, touches
 from operators.consent import ANALYTICS, PERSONALIZATION, PURPOSES
 from operators.events import Event, Rejection
 from operators.experiments import ExperimentOutcome
@@ -47,6 +48,7 @@ from operators.profile_fold import (
     profile_sets,
 )
 from operators.reasons import Dropped, RejectReason, SuppressReason
+from state.item_state import RecentItems
 from state.model_state import ModelOutputs
 from state.user_state import UserState
 
@@ -74,6 +76,7 @@ class Step:
     dropped: Sequence[Dropped] = ()                  # what a limit kept out (docs/contract.md "Limits"), for counting
     audit: AuditEntry | None = None                  # a consent change or an erasure, for the audit topic
     experiments: Sequence[ExperimentOutcome] = ()    # resolved exposures of experiments (docs/behaviour.md "Experiments")
+    item_signals: Sequence[ItemSignal] = ()          # for the item operator (operators/co_occurrence.py)
     failed: bool = False                             # an exception: ``state`` is None and the caller's copy may be
                                                      # half-updated, so it reloads the last stored state
 
@@ -90,8 +93,11 @@ def _remember(seen: list[int], h: int, keep: int) -> None:
 
 
 class Personalizer:
-    def __init__(self, profile_rules: ProfileRules, model_rules: ModelRules, book: PatternBook, segments: int) -> None:
+    def __init__(self, profile_rules: ProfileRules, model_rules: ModelRules, book: PatternBook, segments: int,
+                 recommend: RecommendRules | None = None) -> None:
+        """``recommend``: the recommender's rules; None learns no item signals."""
         self.rules = profile_rules
+        self.recommend = recommend
         self.models = ModelStep(model_rules)
         self.engine = PatternEngine(book, profile_rules.max_pattern_marks, profile_rules)
         self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
@@ -147,19 +153,35 @@ class Personalizer:
             return Step(state, store=True, write_profile=True, audit=audit, dropped=drops)
         view = ProfileView(event.user_id, state, rules)
         was_bot, was_ruled, was_judged = state.models.bot, state.models.bot_by == "rule", state.models.model_judged_bot
+        signals: Sequence[ItemSignal] = ()
         if has_consent(state, PERSONALIZATION, now, rules):
             examples, timers = self.models.on_event(state, event, view, served)
-        else:   # no scoring, no segment, no training example; what the models said about the user goes
+            if self.recommend is not None:
+                signals = self._item_signals(state, event, self.recommend)
+        else:   # no scoring, no segment, no training example, no item signal; what was learnt about the user goes
             examples, timers = [], []
             if state.models != _NO_MODELS:
                 state.models = ModelOutputs()
+            state.recent_items = None
         outcome = self.engine.on_event(state, event, view)
         if outcome.timers:
             timers += outcome.timers
         return Step(state, store=True, write_profile=True, examples=examples, triggers=outcome.triggers,
                     timers=timers, suppressed=outcome.suppressed, bot_flagged=state.models.bot and not was_bot,
                     bot_counts=self._bot_counts(state, was_bot, was_ruled, was_judged),
-                    dropped=drops, audit=audit, experiments=outcome.experiments)
+                    dropped=drops, audit=audit, experiments=outcome.experiments, item_signals=signals)
+
+    @staticmethod
+    def _item_signals(state: UserState, event: Event, rules: RecommendRules) -> list[ItemSignal]:
+        event_touches = touches(event.event_type, event.payload, event.event_time_ms, rules)
+        if not event_touches:
+            return []
+        if state.recent_items is None:
+            state.recent_items = RecentItems()
+        signals: list[ItemSignal] = []
+        for touch in event_touches:
+            signals += remember(state.recent_items, touch, rules)
+        return signals
 
     @staticmethod
     def _bot_counts(state: UserState, was_bot: bool, was_ruled: bool, was_judged: bool) -> Sequence[tuple[str, str]]:

@@ -378,6 +378,10 @@ _FIELDS: dict[str, Callable[[ProfileView], Any]] = {
     "consent": lambda v: consent_flags(consent_log_of(v.state), v.state.newest_event_ms, v.state.country, v.rules.consent),
     "consent_history": lambda v: [list(c) for c in consent_log_of(v.state)],
     "cart_items": lambda v: len(v.state.cart),
+    "cart_products": lambda v: sorted(v.state.cart) or None,
+    # The recommender's anchors (docs/recommendations.md "Serving"): [item, category, weight, event time], oldest first.
+    "recent_items": lambda v: [[r.item, r.category, r.weight, r.t] for r in v.state.recent_items.items]
+    if v.state.recent_items is not None and v.state.recent_items.items else None,
     "cart_value_minor": lambda v: cart_value_minor(v.state),
     "stage": lambda v: stage(v.state, v.rules),
 }

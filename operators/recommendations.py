@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping
+from typing import Protocol
 
 from operators.co_occurrence import ItemSignal, RecommendRules, add_decayed, decayed
 from state.item_state import ItemNeighbours, RecentItem, RecentItems
@@ -75,7 +76,34 @@ class PopularItems:
         self.changes[category] = 0
 
 
-def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popular: PopularItems,
+class Popularity(Protocol):
+    """Where a list's content-based and popular candidates come from: ``PopularItems`` in the stream, or the
+    published weights (``PublishedPopularity``)."""
+
+    def top(self, category: str, now: int) -> list[tuple[str, float]]: ...
+
+    def overall(self, now: int, n: int) -> list[tuple[str, float]]: ...
+
+
+class PublishedPopularity:
+    """The best items as Redis holds them (``state.item_store``): sorted by ``log2(weight) + at / half_life``,
+    so a score is a weight at any time (``operators.item_table.weight_at``)."""
+
+    def __init__(self, by_category: Mapping[str, list[tuple[str, float]]], everything: list[tuple[str, float]],
+                 half_life_ms: int) -> None:
+        self._by_category, self._everything, self._half_life = by_category, everything, half_life_ms
+
+    def _weights(self, scored: list[tuple[str, float]], now: int) -> list[tuple[str, float]]:
+        return [(item, float(2.0 ** (score - now / self._half_life))) for item, score in scored]
+
+    def top(self, category: str, now: int) -> list[tuple[str, float]]:
+        return self._weights(self._by_category.get(category, []), now)
+
+    def overall(self, now: int, n: int) -> list[tuple[str, float]]:
+        return self._weights(self._everything[:n], now)
+
+
+def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popular: Popularity,
                   exclude: set[str], now: int, rules: RecommendRules) -> list[tuple[str, float]]:
     """The user's top ``rules.list_size`` items as of ``now``, best first, ties by item id."""
     scores: dict[str, float] = {}
@@ -119,6 +147,11 @@ def never_listed(recent: RecentItems, cart: set[str], rules: RecommendRules) -> 
     """What a list must not show: the cart, what was bought within the window, and the item the user is on."""
     bought = {r.item for r in recent.items if r.weight >= rules.purchase_weight}
     return cart | bought | ({recent.items[-1].item} if recent.items else set())
+
+
+def list_categories(recent: RecentItems) -> list[str]:
+    """The categories whose best items a list considers (content-based candidates)."""
+    return [category for category, _ in _category_shares(recent)]
 
 
 def _category_shares(recent: RecentItems) -> list[tuple[str, float]]:

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from operators.audit import audit_record
+from operators.co_occurrence import ItemSignal
 from operators.dead_letter import dead_letter_record
 from operators.events import Event, Rejection, SourceRef
 from operators.input_limits import InputLimits
@@ -56,6 +57,7 @@ from state.user_timers import UserTimers
 
 # Output kinds: the Java side routes each to its topic (jobs/personalization.py).
 TRIGGER, DEAD_LETTER, CHANGE, AUDIT = "trigger", "dead_letter", "change", "audit"
+ITEMS = "items"   # a batch of item signals for one item shard (operators/item_table.py), from the job's wiring
 # Counter paths (Flink metric group names, then the counter) that every batch may move.
 # The watermark at the end of a bounded input (Flink's Long.MAX_VALUE): every deadline and release passes.
 END_OF_INPUT = 2**63 - 1
@@ -118,6 +120,7 @@ class Result:
     errors: list[str] = field(default_factory=list)              # failed steps, for the caller's log
     untrusted: Record | None = None                              # one record whose timestamp was not trusted
     newest_event_ms: int | None = None                           # of the events not dead-lettered
+    items: list[ItemSignal] = field(default_factory=list)        # for the item operator, in order
     _change_at: dict[str, int] = field(default_factory=dict)
 
     def count(self, path: tuple[str, ...], n: int = 1) -> None:
@@ -322,6 +325,8 @@ class Runner:
             spec = self.core.engine.experiment(outcome.experiment)
             holdout = spec is not None and outcome.variant == spec.holdout
             out.experiments.append((outcome.experiment, outcome.to_json(holdout).encode()))
+        if step.item_signals:
+            out.items += step.item_signals
         for trigger in step.triggers:
             out.count(("personalize", "triggers", trigger.pattern))
             out.outputs.append((TRIGGER, trigger.user_id, trigger.to_json().encode()))

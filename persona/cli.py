@@ -153,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="job setting, e.g. redis.key_prefix=demo:")
 
+    rec = sub.add_parser("recommend", help="a user's personal list, read from Redis as a front-end would "
+                                           "(docs/recommendations.md \"Serving\")")
+    rec.add_argument("user_id")
+    rec.add_argument("--json", action="store_true", help="one JSON object (schemas: item, score; lookup_ms)")
+    rec.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="job setting, e.g. redis.key_prefix=demo:")
+
     models = sub.add_parser("models", help="published model versions; pin (roll back) or unpin the served one")
     models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="job setting, e.g. redis.key_prefix=demo:")
@@ -311,6 +318,8 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _cluster(args)
     if args.command == "profile":
         return _profile(args.user_id, args.overrides, args.export)
+    if args.command == "recommend":
+        return _recommend(args.user_id, args.overrides, args.json)
     if args.command == "topics":
         return _topics(args.action, args.overrides, args.yes)
     if args.command == "rules":
@@ -572,6 +581,30 @@ def _profile(user_id: str, overrides: list[str], export: bool = False) -> int:
         print(f"no profile for user {user_id!r}", file=sys.stderr)
         return 1
     print(json.dumps(profile, indent=2, sort_keys=True))
+    return 0
+
+
+def _recommend(user_id: str, overrides: list[str], as_json: bool) -> int:
+    from persona.rules import recommend_rules
+    from persona.serving import recommend
+    from state.keys import RedisKeys
+    job = load_job_settings(parse_overrides(overrides))
+    client = redis.Redis.from_url(job.redis.connection_url())
+    try:
+        rec = recommend(client, RedisKeys(job.redis.key_prefix), user_id, recommend_rules(job))
+    except redis.exceptions.ConnectionError:
+        raise StackError(f"redis at {job.redis.masked_url} did not answer") from None
+    finally:
+        client.close()
+    if as_json:
+        print(rec.to_json())
+        return 0
+    who = f"user {user_id!r}" if rec.known else f"user {user_id!r} (no profile: the shop's best items)"
+    print(f"{who}, as of event time {rec.as_of}, looked up in {rec.lookup_ms:.1f} ms:")
+    for rank, (item, score) in enumerate(rec.items, 1):
+        print(f"  {rank:>2}. {item}  {score:.4f}")
+    if not rec.items:
+        print("  (nothing yet: no item has been seen)")
     return 0
 
 

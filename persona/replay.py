@@ -15,13 +15,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
+from operators.item_table import ItemTable
 from operators.model_scoring import Example, ServedModels
 from operators.online_models import MODEL_NAMES, ModelTrainer
 from operators.pattern_engine import Trigger
 from operators.personalize import Personalizer, Step
 from operators.runner import Record, Result, Runner, Watermarks
-from persona.rules import input_limits, personalizer
+from persona.rules import input_limits, personalizer, recommend_rules
 from persona.settings import JobSettings
+from state.item_state import ItemNeighbours
 from state.profile_store import ProfileWriter
 from state.user_state import UserState, decode_state, encode_state
 from state.user_timers import UserTimers
@@ -59,6 +61,7 @@ class Replay:
     on_example: Callable[[Example], None] | None = None
     on_trigger: Callable[[Trigger], None] | None = None
     on_step: Callable[[str, Step], None] | None = None   # every step of an event or timer (e.g. to write Redis)
+    on_items: Callable[[dict[str, ItemNeighbours]], None] | None = None   # items changed by a batch (to publish them)
     store: dict[str, bytes] = field(default_factory=dict)   # user -> encoded state, as Flink's state holds it
 
     def __post_init__(self) -> None:
@@ -69,6 +72,8 @@ class Replay:
         self.runner = Runner(self.core, input_limits(self.settings), cache_users=2**62, served=self.served,
                              on_step=self._observe)
         self.timers = UserTimers()
+        # The item operator, in line (the job's is keyed by item shard, jobs/item_folding.py).
+        self.items = ItemTable(recommend_rules(self.settings)) if self.settings.recommend.enabled else None
         self.watermarks = Watermarks(self.settings.source.max_out_of_orderness_ms, self.settings.source.idleness_ms)
         self.triggers = 0
         self.ledger: dict[str, int] = {}   # applied, duplicate, dead_letter.<reason>
@@ -116,6 +121,10 @@ class Replay:
 
     def _finish(self, out: Result) -> None:
         self.store.update(out.dirty)
+        if out.items and self.items is not None:
+            changed = self.items.fold(out.items)
+            if self.on_items is not None:
+                self.on_items(changed)
         for outcome, n in out.ledger.items():
             self.ledger[outcome] = self.ledger.get(outcome, 0) + n
         examples = self.runner.examples.take()

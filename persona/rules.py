@@ -47,7 +47,7 @@ def profile_rules(settings: JobSettings) -> ProfileRules:
 
 def recommend_rules(settings: JobSettings) -> RecommendRules:
     """The settings' ``recommend`` section is the recommender's parameters, field by field."""
-    return RecommendRules(**settings.recommend.model_dump())
+    return RecommendRules(**settings.recommend.model_dump(exclude={"enabled"}))
 
 
 def consent_policy(settings: JobSettings) -> ConsentPolicy:
@@ -137,4 +137,4 @@ def read_text(path: Path) -> str:
 def personalizer(settings: JobSettings, book: PatternBook | None = None) -> Personalizer:
     """The per-event core configured by ``settings`` (``book``: the already checked patterns, if any)."""
     return Personalizer(profile_rules(settings), model_rules(settings), book or check_patterns(settings),
-                        settings.models.segments)
+                        settings.models.segments, recommend_rules(settings) if settings.recommend.enabled else None)

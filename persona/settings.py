@@ -181,6 +181,9 @@ class FlinkSettings(_Strict):
     shards: int = Field(default=128, ge=1, le=32_768)
     batch_records: int = Field(default=500, ge=1, le=100_000)
     batch_ms: int = Field(default=20, ge=1, le=60_000)
+    # Items are spread over `item_shards` keys of the item operator (one record per shard and batch): the most
+    # subtasks it can rescale to, and persisted layout like `shards`.
+    item_shards: int = Field(default=16, ge=1, le=32_768)
     tick_ms: int = Field(default=100, gt=0)
     jvm_args: str = ""
     # Once, to upgrade from a build with one Flink state per user (docs/operations.md "Failures and upgrades"): each shard's
@@ -331,8 +334,10 @@ class RulesSettings(_Strict):
 
 
 class RecommendSettings(_Strict):
-    """The recommender (docs/recommendations.md): the fields of ``operators.co_occurrence.RecommendRules``, by name."""
+    """The recommender (docs/recommendations.md): ``enabled``, then the fields of
+    ``operators.co_occurrence.RecommendRules``, by name."""
 
+    enabled: bool = True
     view_weight: float = Field(gt=0)
     cart_weight: float = Field(gt=0)
     purchase_weight: float = Field(gt=0)

@@ -53,5 +53,15 @@ class RedisKeys:
         """Hash: job subtask -> the rule-set version it switched to, and when."""
         return f"{self.prefix}rules:applied"
 
+    def item(self, item_id: str) -> str:
+        """Hash of an item's neighbours, written by the item operator: ``folded`` (orders the writes) and
+        ``record`` (JSON, schemas/item_neighbours.v1.json)."""
+        return f"{self.prefix}item:{item_id}"
+
+    def item_weights(self, category: str | None = None) -> str:
+        """Sorted set of items by decayed weight (score ``log2(weight) + at / half_life``, operators/item_table.py):
+        every item, or a category's."""
+        return f"{self.prefix}items:weight" + (f":{category}" if category is not None else "")
+
     def profile_pattern(self) -> str:
         return f"{self.prefix}profile:*"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import msgspec
 
 from state.affinity import Affinities
+from state.item_state import RecentItems
 from state.model_state import ModelOutputs
 from state.pattern_state import PatternState
 from state.rfm import Rfm
@@ -43,7 +44,8 @@ class UserState(msgspec.Struct, omit_defaults=True,
                         "rfm": "r", "affinities": "a", "device_counts": "dc", "last_device": "ld", "country": "c",
                         "timezone": "tz", "demographics": "d", "consent_log": "cl", "consents": "cg",
                         "cart": "ct", "last_purchase_ms": "lp", "last_add_ms": "la", "last_abandon_ms": "lb",
-                        "patterns": "p", "models": "m", "seen_events": "e", "seen_orders": "o", "epoch_ms": "ep"}):
+                        "patterns": "p", "models": "m", "seen_events": "e", "seen_orders": "o", "epoch_ms": "ep",
+                        "recent_items": "ri"}):
     version: int = 0
     newest_event_ms: int = 0
     totals: dict[str, int] = {}
@@ -79,6 +81,9 @@ class UserState(msgspec.Struct, omit_defaults=True,
     # Wall-clock ms at which the job created this state (set by the caller, not the core, which reads no clock).
     # With ``version`` it orders Redis writes: a state started afresh after a loss has a newer epoch.
     epoch_ms: int = 0
+    # The items the user touched lately, for the recommender (operators/co_occurrence.py); None until the first,
+    # and for a user without the personalization purpose.
+    recent_items: RecentItems | None = None
 
 
 _HEADER = bytes([STATE_FORMAT])

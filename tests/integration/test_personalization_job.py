@@ -18,12 +18,15 @@ import redis
 from persona.dry_run import dry_run
 from persona.generator.shoppers import generate
 from persona.rule_commands import live_rules_file
+from persona.rules import recommend_rules
+from persona.serving import recommend
 from persona.settings import ROOT, RedisServiceSettings, load_generator_settings, load_job_settings
 from persona.stack.procs import free_port, wait_until
 from persona.stack.redis_server import RedisServer
 from persona.stack.topics import ensure_topics
 from state.keys import RedisKeys
 from state.profile_store import read_profile
+from tests.fixtures.item_oracle import expected_items, expected_lists, item_mismatches, list_mismatches
 from tests.fixtures.jobs import history_override, run_bounded_job
 from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
 from tests.fixtures.personalization_oracle import expected, leftovers, stored_field, trigger_mismatches
@@ -37,7 +40,20 @@ def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: st
             f"redis.key_prefix={prefix}", "kafka.starting_offsets=earliest", f"kafka.group_id={group}",
             # The oracle knows the bot rule's verdicts (none for these humans), not the bot model's, whose
             # published versions arrive with processing-time timing.
-            "models.bot_min_session_events=1000000", history_override()]
+            "models.bot_min_session_events=1000000", history_override(),
+            # No neighbour is evicted: which one a full item evicts depends on the order signals arrive in.
+            "recommend.neighbours_per_item=1000"]
+
+
+def stored_items(client: redis.Redis, keys: RedisKeys) -> dict[str, dict[str, Any]]:
+    """Every item record in Redis, with ``weight_at_as_of`` from the item's score in its category's sorted set."""
+    out = {}
+    for key in client.scan_iter(keys.item("*"), count=1000):
+        record = json.loads(client.hget(key, "record"))
+        score = client.zscore(keys.item_weights(record["category"]), record["item"])
+        record["weight_at_as_of"] = None if score is None else 2 ** (score - record["as_of"] / 604_800_000)
+        out[record["item"]] = record
+    return out
 
 
 def triggers_by_pattern(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
@@ -104,6 +120,17 @@ def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: st
     stages = Counter(f["stage"] for f in want.profiles.values())
     for stage, n in stages.items():
         assert len(client.smembers(keys.segment(stage))) == n, stage
+    # The item operator (keyed by item shard, fed by every Personalize subtask): the decayed co-occurrence of
+    # the same events, computed independently.
+    items = expected_items(records)
+    assert len(items) > 100 and sum(len(i["neighbours"]) for i in items.values()) > 1_000
+    assert item_mismatches(stored_items(client, keys), items) == []
+    # Each user's list, looked up as a front-end would (`persona recommend`), against the oracle's ranking.
+    lists = expected_lists(records)
+    assert sum(1 for ranked in lists.values() if len(ranked) == 20) > 300
+    rules = recommend_rules(load_job_settings())
+    got = {user: recommend(client, keys, user, rules).items for user in lists}
+    assert list_mismatches(got, lists) == []
 
 
 def test_absence_timer_fires_for_a_silent_user(kafka_bootstrap: str, redis_url: str, topics: TopicNames,

@@ -71,3 +71,15 @@ def test_masked_dead_letters_follow_the_dead_letter_schema() -> None:
     jsonschema.validate(entry, schema("dead_letter.v2.json"))
     assert entry["raw_masked"] == 2 and "81.2.69.142" not in entry["raw"] and "a@b.de" not in entry["raw"]
     assert json.loads(entry["raw"])["context"]["ip"] == "***"
+
+
+def test_item_records_follow_the_item_schema() -> None:
+    from operators.co_occurrence import ItemSignal, RecommendRules
+    from operators.item_table import ItemTable, published
+    rules = RecommendRules()
+    table = ItemTable(rules)
+    changed = table.fold([ItemSignal("a", "toys", "", 1.0, 5), ItemSignal("a", "toys", "b", 3.0, 9),
+                          ItemSignal("b", "", "", 1.0, 9)])
+    for state in changed.values():
+        jsonschema.validate(published(state, rules), schema("item_neighbours.v1.json"))
+    assert published(changed["a"], rules)["as_of"] == 9 and published(changed["a"], rules)["folded"] == 2

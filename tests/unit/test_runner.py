@@ -10,17 +10,22 @@ from typing import Any
 
 import pytest
 
+from operators.item_table import published, table_from_published, weight_score
 from operators.pattern_spec import load_patterns
 from operators.personalize import DEFAULT_MODEL_RULES, Personalizer, _failed
 from operators.profile_fold import ProfileRules
+from operators.recommendations import TOP_PER_CATEGORY, PublishedPopularity, never_listed, personal_list
 from operators.runner import AUDIT, CHANGE, DEAD_LETTER, END_OF_INPUT, Record, Runner
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
 from persona.replay import Replay
+from persona.rules import recommend_rules
 from persona.settings import load_generator_settings, load_job_settings, parse_overrides
+from state.item_state import RecentItems
 from state.profile_changelog import read_change
 from state.user_state import decode_state
 from state.user_timers import UserTimers
+from tests.fixtures.item_oracle import expected_items, expected_lists, item_mismatches, list_mismatches
 from tests.fixtures.personalization_oracle import expected, stored_field, trigger_mismatches
 
 T0 = 1_793_620_800_000   # 2026-11-02T10:00:00Z
@@ -143,7 +148,8 @@ def test_the_oracle_stream_through_the_runner_equals_the_oracle(seed: int) -> No
     id, and every deterministic profile field (a bounded input: every deadline passes at the end)."""
     records = list(generate(load_generator_settings({"users": 450, "seed": seed, "bot_fraction": 0.0}),
                             max_records=22_000))
-    settings = load_job_settings({**parse_overrides([history_override()]), "models.bot_min_session_events": 1_000_000})
+    settings = load_job_settings({**parse_overrides([history_override()]), "models.bot_min_session_events": 1_000_000,
+                                  "recommend.neighbours_per_item": 1_000})
     sent: list[dict[str, Any]] = []
     replay = Replay(settings, on_trigger=lambda t: sent.append(json.loads(t.to_json())))
     now = int(time.time() * 1000)
@@ -159,3 +165,31 @@ def test_the_oracle_stream_through_the_runner_equals_the_oracle(seed: int) -> No
              for name, value in fields.items()
              if stored_field(replay.core.profile(user, states[user], now)[0], name) != value]
     assert wrong == []
+    assert replay.items is not None
+    rules = recommend_rules(settings)
+    items = expected_items(records)
+    assert len(items) > 100
+    assert item_mismatches({i: published(s, rules) for i, s in replay.items.states().items()}, items) == []
+    lists = expected_lists(records)
+    assert sum(1 for ranked in lists.values() if len(ranked) == rules.list_size) > 300
+    assert list_mismatches(_lists_as_served(replay.items.states(), states, rules), lists) == []
+
+
+def _lists_as_served(items: dict[str, Any], states: dict[str, Any], rules: Any) -> dict[str, list[tuple[str, float]]]:
+    """Each user's list from the item states as Redis would hold them (``persona.serving`` without Redis)."""
+    records = {i: published(s, rules) for i, s in items.items()}
+    scores = {i: weight_score(s, rules.half_life_ms) for i, s in items.items()}
+    by_category: dict[str, list[tuple[str, float]]] = {}
+    for item, score in sorted(scores.items(), key=lambda p: (-p[1], p[0])):
+        by_category.setdefault(items[item].category, []).append((item, score))
+    popular = PublishedPopularity({c: ranked[:TOP_PER_CATEGORY] for c, ranked in by_category.items()},
+                                  sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:rules.list_size * 2],
+                                  rules.half_life_ms)
+    out = {}
+    for user, state in states.items():
+        recent, now = state.recent_items or RecentItems(), state.newest_event_ms
+        if now == 0:   # no event since an erasure: no list of its own
+            continue
+        table = table_from_published({r.item: records[r.item] for r in recent.items}, scores, now, rules.half_life_ms)
+        out[user] = personal_list(recent, table, popular, never_listed(recent, set(state.cart), rules), now, rules)
+    return out

@@ -1,0 +1,104 @@
+"""Publish items' neighbours and weights to Redis, never letting an older state of an item win.
+
+One Lua call per changed item, pipelined per batch: the item hash (``RedisKeys.item``) is replaced only if the
+stored ``folded`` count is lower, and the weight sorted sets (``RedisKeys.item_weights``) move with it. A replay
+after a failover refolds the same signals from the checkpoint, so its writes are refused until it passes what
+Redis holds, and Redis ends where the stream does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from state.keys import RedisKeys
+
+# KEYS[1] item hash, KEYS[2] all items' weights, KEYS[3] the category's weights; ARGV[1] folded, ARGV[2] record
+# JSON, ARGV[3] weight score (empty: none), ARGV[4] item id.
+_PUBLISH_IF_NEWER = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'folded') or '-1')
+if stored >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'folded', ARGV[1], 'record', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+end
+return 1
+"""
+
+
+class ItemWriter:
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+        self._client, self._keys = client, keys
+        # Called by its SHA, loaded once (as the profile writer's guard: no SCRIPT EXISTS per pipeline).
+        self._script = client.register_script(_PUBLISH_IF_NEWER)
+        self.written = 0
+
+    def publish(self, items: Iterable[tuple[dict[str, Any], float]]) -> int:
+        """Write (record, weight score) pairs (``operators.item_table.published``, ``weight_score``) in one
+        pipeline; returns how many were newer than Redis."""
+        batch = list(items)
+        if not batch:
+            return 0
+        try:
+            replies = self._send(batch)
+        except redis.exceptions.NoScriptError:   # a restarted or flushed Redis: load the script, send again
+            self._client.script_load(_PUBLISH_IF_NEWER)
+            replies = self._send(batch)
+        applied = sum(1 for r in replies if r == 1)
+        self.written += applied
+        return applied
+
+    def _send(self, batch: list[tuple[dict[str, Any], float]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        everything = self._keys.item_weights()
+        for record, score in batch:
+            item = record["item"]
+            pipe.evalsha(self._script.sha, 3, self._keys.item(item), everything, self._keys.item_weights(record["category"]),
+                         record["folded"], json.dumps(record, separators=(",", ":")),
+                         repr(score) if math.isfinite(score) else "", item)
+        return pipe.execute()
+
+
+def read_item(client: redis.Redis, keys: RedisKeys, item: str) -> dict[str, Any] | None:
+    raw = cast(bytes | str | None, client.hget(keys.item(item), "record"))   # a sync client's reply
+    return json.loads(raw) if raw else None
+
+
+@dataclass
+class ListInputs:
+    """What a personal list is made of, as Redis holds it: the anchors' records, the weight scores of the anchors
+    and their neighbours, and the best items of some categories and of the shop (item, score), best first."""
+
+    records: dict[str, dict[str, Any]]
+    scores: dict[str, float]
+    by_category: dict[str, list[tuple[str, float]]]
+    everything: list[tuple[str, float]]
+
+
+def read_list_inputs(client: redis.Redis, keys: RedisKeys, anchors: list[str], categories: list[str],
+                     per_category: int, overall: int) -> ListInputs:
+    """Two round trips: the anchors' records and the best items, then the weight scores of every candidate."""
+    pipe = client.pipeline(transaction=False)
+    for item in anchors:
+        pipe.hget(keys.item(item), "record")
+    for key, n in [*((keys.item_weights(c), per_category) for c in categories), (keys.item_weights(), overall)]:
+        pipe.zrevrange(key, 0, max(n, 1) - 1, withscores=True)
+    replies = pipe.execute()
+    records = {item: json.loads(raw) for item, raw in zip(anchors, replies, strict=False) if raw}
+    ranked = [[(_text(item), float(score)) for item, score in reply] for reply in replies[len(anchors):]]
+    everything = ranked.pop()
+    wanted = sorted(set(records) | {other for r in records.values() for other, _ in r["neighbours"]})
+    weights = cast(list[float | None], client.zmscore(keys.item_weights(), wanted)) if wanted else []
+    scores = dict(zip(wanted, weights, strict=True))
+    return ListInputs(records, {k: float(v) for k, v in scores.items() if v is not None},
+                      dict(zip(categories, ranked, strict=True)), everything)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
