@@ -43,6 +43,7 @@ from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
 from persona.replay import Replay, write_step
 from persona.rules import recommend_rules
+from persona.serving import recommend
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, parse_overrides
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
@@ -307,7 +308,8 @@ def _state_sizes(client: redis.Redis, keys: RedisKeys, users: list[str], checkpo
     # SAMPLES 0: every field counted. The default estimates a hash from 5 sampled fields; with a few large
     # JSON fields among many small ones it undercounted by 9-26% here, varying with the server's hash seed.
     mem = [client.memory_usage(keys.profile(u), samples=0) or 0 for u in sample]
-    out: dict[str, Any] = {"redis_bytes_per_profile": round(statistics.mean(mem)) if mem else None}
+    out: dict[str, Any] = {"redis_bytes_per_profile": round(statistics.mean(mem)) if mem else None,
+                           "recommend_lookup_ms": _lookup_ms(client, keys, sample)}
     if checkpoint_dir is not None:
         chks = sorted(checkpoint_dir.glob("*/chk-*"), key=lambda p: p.stat().st_mtime)
         if chks:
@@ -315,6 +317,18 @@ def _state_sizes(client: redis.Redis, keys: RedisKeys, users: list[str], checkpo
             shared = sum(f.stat().st_size for f in checkpoint_dir.glob("*/shared/**/*") if f.is_file())
             out["checkpoint_bytes"] = size + shared
     return out
+
+
+def _lookup_ms(client: redis.Redis, keys: RedisKeys, users: list[str]) -> dict[str, float] | None:
+    """The front-end's lookup of a personal list (``persona.serving.recommend``: three round trips to the local
+    Redis and the scoring), timed per user from this process."""
+    rules = recommend_rules(load_job_settings(BENCH_SETTINGS))
+    times = [recommend(client, keys, user, rules).lookup_ms for user in users]
+    if not times:
+        return None
+    times.sort()
+    return {"p50": round(times[len(times) // 2], 2), "p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2),
+            "n": len(times)}
 
 
 def _run_job(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int, final: dict[str, int],
@@ -733,6 +747,9 @@ def markdown_table(r: dict[str, Any]) -> str:
             "state.checkpoint_bytes_per_user"),
         row("Redis MEMORY USAGE per profile (SAMPLES 0)", lambda x: x["state"]["redis_bytes_per_profile"],
             "state.redis_bytes_per_profile", " B"),
+        row("personal list lookup from Redis (`persona recommend`): p50 / p99",
+            lambda x: (lambda t: f"{t['p50']} / {t['p99']} ms (n={t['n']})" if t else "n/a")(x["state"].get("recommend_lookup_ms")),
+            "state.recommend_lookup_ms"),
         row(f"RSS at {j['live']['rate']:,.0f} / {high:,.0f} events/s", lambda x: f"{x['rss_mb']} / {x['rss_mb_high']}",
             "rss_mb, rss_mb_high", " MB"),
         "",

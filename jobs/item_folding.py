@@ -1,17 +1,23 @@
 """The item operator: keyed by item shard, it folds the users' item signals into the items' states and
-publishes each changed item's neighbours and weight to Redis (docs/recommendations.md).
+publishes the changed items' neighbours and weights to Redis (docs/recommendations.md).
 
 Input: one record per (personalize batch, item shard), the shard's signals as MessagePack
-(``operators.item_table.signal_batches``), keyed on the Java side. State per shard: a map of item -> encoded
-``ItemNeighbours``, written once per record with ``put_all``. It holds aggregates only, never a user id.
+(``operators.item_table.signal_batches``), keyed on the Java side. State per shard, both checkpointed:
+- ``item_neighbours_v1``: item -> encoded ``ItemNeighbours``, written once per record with ``put_all``;
+  aggregates only, never a user id;
+- ``items_unpublished_v1``: the items changed since the last publication.
 
-Redis is written after the state, guarded by each item's ``folded`` count (``state.item_store``): after a
-failover the restored state refolds the same signals, and Redis ends where the stream does.
+Publishing is per shard every ``recommend.publish_ms`` (a processing-time timer), not per record: a hot item
+changes in most batches, and one Redis call per item and batch cost more than the fold. Because the set of
+unpublished items is state, a failover loses none of them; Redis writes are guarded by each item's ``folded``
+count (``state.item_store``), so the refolded replay rewrites nothing older, and Redis ends where the stream does.
+At the end of a bounded input the event-time timer at the last watermark publishes what is left.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,36 +29,70 @@ from pyflink.datastream.state import MapStateDescriptor
 from jobs.state_ttl import state_ttl
 from operators.co_occurrence import RecommendRules
 from operators.item_table import ItemFold, decode_signals, publications
-from state.item_state import ITEM_STATE, encode_item
+from operators.runner import END_OF_INPUT
+from state.item_state import ITEM_STATE, ItemNeighbours, decode_item, encode_item
 from state.item_store import ItemWriter
 from state.keys import RedisKeys
+from state.state_cache import StateCache
 
+UNPUBLISHED_STATE = "items_unpublished_v1"
 log = logging.getLogger(__name__)
 
 
 class FoldItems(KeyedProcessFunction):
-    def __init__(self, rules: RecommendRules, redis_url: str, key_prefix: str, state_ttl_s: int) -> None:
+    def __init__(self, rules: RecommendRules, redis_url: str, key_prefix: str, state_ttl_s: int, publish_ms: int,
+                 cache_items: int) -> None:
         self._rules, self._redis_url, self._prefix, self._ttl_s = rules, redis_url, key_prefix, state_ttl_s
+        self._publish_ms, self._cache_items = publish_ms, cache_items
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        ttl = state_ttl(self._ttl_s)
         items = MapStateDescriptor(ITEM_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
-        items.enable_time_to_live(state_ttl(self._ttl_s))
+        items.enable_time_to_live(ttl)
         self._items = runtime_context.get_map_state(items)
+        self._unpublished = runtime_context.get_map_state(MapStateDescriptor(UNPUBLISHED_STATE, Types.STRING(), Types.BOOLEAN()))
+        # Decoded states: the map state is the truth (written at every record), so a restart just starts empty.
+        self._cache: StateCache[ItemNeighbours] = StateCache(self._cache_items)
         self._fold = ItemFold(self._rules)
         self._client = redis.Redis.from_url(self._redis_url)
         self._writer = ItemWriter(self._client, RedisKeys(self._prefix))
         group = runtime_context.get_metrics_group().add_group("items")
         self._signals, self._published = group.counter("signals"), group.counter("published")
 
+    def _load(self, item: str) -> ItemNeighbours | None:
+        state = self._cache.get(item)
+        if state is None:
+            data = self._items.get(item)
+            if data is not None:
+                state = decode_item(data)
+                self._cache.put(item, state)
+        return state
+
     def process_element(self, batch: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         signals = decode_signals(batch)
-        changed = self._fold.fold(signals, self._items.get)
+        changed = self._fold.fold(signals, self._load)
         self._items.put_all({item: encode_item(state) for item, state in changed.items()})
+        for item, state in changed.items():
+            self._cache.put(item, state)
+        if self._unpublished.is_empty():
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(int(time.time() * 1000) + self._publish_ms)
+            timers.register_event_time_timer(END_OF_INPUT)
+        self._unpublished.put_all(dict.fromkeys(changed, True))
         self._signals.inc(len(signals))
+        yield from ()
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        items = list(self._unpublished.keys())
+        if not items:
+            return
+        states = [s for s in map(self._load, items) if s is not None]
         try:
-            self._published.inc(self._writer.publish(publications(changed.values(), self._rules)))
-        except redis.RedisError as e:   # the state has them; the item's next signal publishes it again
-            log.warning("could not publish %d items to Redis: %s", len(changed), e)
+            self._published.inc(self._writer.publish(publications(states, self._rules)))
+            self._unpublished.clear()
+        except redis.RedisError as e:   # still unpublished: tried again at the next timer
+            log.warning("could not publish %d items to Redis (%s); retrying in %d ms", len(states), e, self._publish_ms)
+            ctx.timer_service().register_processing_time_timer(int(time.time() * 1000) + self._publish_ms)
         yield from ()
 
     def close(self) -> None:

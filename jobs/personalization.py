@@ -280,8 +280,8 @@ def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStre
     j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
     r = settings.redis
     return (KeyedStream(j_keyed, Types.PRIMITIVE_ARRAY(Types.BYTE()), stream)
-            .process(FoldItems(recommend_rules(settings), r.connection_url(), r.key_prefix, settings.flink.state_ttl_s),
-                     output_type=KEYED_JSON)
+            .process(FoldItems(recommend_rules(settings), r.connection_url(), r.key_prefix, settings.flink.state_ttl_s,
+                               settings.recommend.publish_ms, settings.flink.state_cache_users), output_type=KEYED_JSON)
             .name("fold-items").uid("fold-items"))
 
 

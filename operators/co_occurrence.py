@@ -41,7 +41,7 @@ class RecommendRules:
     recent_items: int = 20                    # items per user's recent window
     pair_window_ms: int = DAY_MS              # items touched longer ago than this pair with nothing
     pair_items: int = 10                      # a touch pairs with at most this many of the newest recent items
-    neighbours_per_item: int = 50             # kept per item; the weakest is evicted
+    neighbours_per_item: int = 50             # kept per item; a quarter more and the weakest are pruned
     list_size: int = 20                       # items in a personal list
     recency_half_life_ms: int = 1_800_000     # how fast a recent item loses its say in the user's list
     content_weight: float = 0.1               # the best items of the user's recent categories (cold items, new users)
@@ -137,11 +137,15 @@ def fold_signal(state: ItemNeighbours, signal: ItemSignal, rules: RecommendRules
         return
     value, at = state.neighbours.get(signal.other, (0.0, signal.t))
     state.neighbours[signal.other] = add_decayed(value, at, signal.amount, signal.t, rules.half_life_ms)
-    if len(state.neighbours) > rules.neighbours_per_item:
+    cap = rules.neighbours_per_item
+    if len(state.neighbours) > cap + cap // 4:
+        # Pruned in one sort when a quarter over the cap, not at each new neighbour: a full item's every new pair
+        # would otherwise decay all its neighbours to find the weakest (it was a third of the fold's time).
+        # The weakest as of the newest go; between equals, the larger item id (fixed, so replays are identical).
         now = max(at for _, at in state.neighbours.values())
-        # The weakest now goes; between equals, the smallest item id (any fixed rule keeps replays identical).
-        weakest = min(state.neighbours, key=lambda other: (decayed(*state.neighbours[other], now, rules.half_life_ms), other))
-        del state.neighbours[weakest]
+        ranked = sorted(state.neighbours, key=lambda other: (-decayed(*state.neighbours[other], now, rules.half_life_ms), other))
+        for other in ranked[cap:]:
+            del state.neighbours[other]
 
 
 def top_neighbours(state: ItemNeighbours, now: int, k: int, rules: RecommendRules) -> list[tuple[str, float]]:

@@ -9,9 +9,8 @@ the strongest neighbours as of the item's newest signal, and its weight as a dec
 >>> rules = RecommendRules()
 >>> batches = signal_batches([ItemSignal("a", "toys", "", 1.0, 0), ItemSignal("a", "toys", "b", 3.0, 0),
 ...                           ItemSignal("b", "toys", "a", 3.0, 0)], shards=1)
->>> store: dict[str, bytes] = {}
->>> changed = ItemFold(rules).fold(decode_signals(batches[0]), store.get)
->>> store.update({item: encode_item(state) for item, state in changed.items()})
+>>> table = ItemTable(rules)
+>>> changed = table.fold(decode_signals(batches[0]))
 >>> sorted(changed), published(changed["a"], rules)["neighbours"]
 (['a', 'b'], [['b', 3.0]])
 """
@@ -26,10 +25,9 @@ import msgspec
 
 from operators.co_occurrence import ItemSignal, RecommendRules, decayed, fold_signal, top_neighbours
 from operators.shards import shard_of
-from state.item_state import ItemNeighbours, decode_item, encode_item
+from state.item_state import ItemNeighbours
 
-__all__ = ["ItemFold", "ItemTable", "decode_signals", "encode_item", "publications", "published", "signal_batches",
-           "weight_score"]
+__all__ = ["ItemFold", "ItemTable", "decode_signals", "publications", "published", "signal_batches", "weight_score"]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[ItemSignal])
@@ -48,39 +46,43 @@ def decode_signals(data: bytes) -> list[ItemSignal]:
 
 
 class ItemFold:
-    """Folds signals into item states read from a store (Flink's map state, or a dict)."""
+    """Folds signals into item states read from a store (Flink's map state through a cache, or a dict)."""
 
     def __init__(self, rules: RecommendRules) -> None:
         self.rules = rules
 
-    def fold(self, signals: Iterable[ItemSignal], load: Callable[[str], bytes | None]) -> dict[str, ItemNeighbours]:
-        """The states of the items the signals changed, after them (the caller stores and publishes them)."""
+    def fold(self, signals: Iterable[ItemSignal], load: Callable[[str], ItemNeighbours | None]) -> dict[str, ItemNeighbours]:
+        """The states of the items the signals changed, after them (the caller stores and publishes them).
+        ``load`` may return the stored object itself: it is changed in place."""
         changed: dict[str, ItemNeighbours] = {}
         for signal in signals:
             state = changed.get(signal.item)
             if state is None:
-                data = load(signal.item)
-                state = changed[signal.item] = decode_item(data) if data is not None else ItemNeighbours(signal.item)
+                state = load(signal.item)
+                changed[signal.item] = state = state if state is not None else ItemNeighbours(signal.item)
             fold_signal(state, signal, self.rules)
             state.folded += 1
         return changed
 
 
 class ItemTable:
-    """Items' states as encoded bytes in a dict, as the item operator's map state holds them: the item operator of
-    the drivers that run in one process (the replay, the baseline, the peer)."""
+    """Items' states in a dict: the item operator of the drivers that run in one process (the replay, the
+    baseline, the peer). The job's is keyed by item shard (jobs/item_folding.py)."""
 
     def __init__(self, rules: RecommendRules) -> None:
         self._fold = ItemFold(rules)
-        self.store: dict[str, bytes] = {}
+        self.items: dict[str, ItemNeighbours] = {}
 
     def fold(self, signals: Iterable[ItemSignal]) -> dict[str, ItemNeighbours]:
-        changed = self._fold.fold(signals, self.store.get)
-        self.store.update({item: encode_item(state) for item, state in changed.items()})
+        changed = self._fold.fold(signals, self._load)
+        self.items.update(changed)
         return changed
 
+    def _load(self, item: str) -> ItemNeighbours | None:
+        return self.items.get(item)
+
     def states(self) -> dict[str, ItemNeighbours]:
-        return {item: decode_item(data) for item, data in self.store.items()}
+        return dict(self.items)
 
 
 def publications(changed: Iterable[ItemNeighbours], rules: RecommendRules) -> Iterator[tuple[dict[str, Any], float]]:

@@ -86,21 +86,25 @@ class Popularity(Protocol):
 
 
 class PublishedPopularity:
-    """The best items as Redis holds them (``state.item_store``): sorted by ``log2(weight) + at / half_life``,
-    so a score is a weight at any time (``operators.item_table.weight_at``)."""
+    """The best items as Redis holds them (``state.item_store``): sorted by ``log2(weight) + at / half_life``.
 
-    def __init__(self, by_category: Mapping[str, list[tuple[str, float]]], everything: list[tuple[str, float]],
-                 half_life_ms: int) -> None:
-        self._by_category, self._everything, self._half_life = by_category, everything, half_life_ms
+    A list uses popularity only relative to the best item of the same ranking, so the weights given are
+    ``2 ** (score - top)`` with ``top`` the highest score: the same ratios as the weights at any time, without
+    ``2 ** -(years of half-lives)`` underflowing to 0 for a stranger scored at the wall clock.
+    """
 
-    def _weights(self, scored: list[tuple[str, float]], now: int) -> list[tuple[str, float]]:
-        return [(item, float(2.0 ** (score - now / self._half_life))) for item, score in scored]
+    def __init__(self, by_category: Mapping[str, list[tuple[str, float]]], everything: list[tuple[str, float]]) -> None:
+        self._by_category, self._everything = by_category, everything
+        self._top = max([score for ranked in (everything, *by_category.values()) for _, score in ranked[:1]], default=0.0)
+
+    def _weights(self, scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        return [(item, float(2.0 ** (score - self._top))) for item, score in scored]
 
     def top(self, category: str, now: int) -> list[tuple[str, float]]:
-        return self._weights(self._by_category.get(category, []), now)
+        return self._weights(self._by_category.get(category, []))
 
     def overall(self, now: int, n: int) -> list[tuple[str, float]]:
-        return self._weights(self._everything[:n], now)
+        return self._weights(self._everything[:n])
 
 
 def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popular: Popularity,

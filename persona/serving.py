@@ -62,7 +62,7 @@ def recommend(client: redis.Redis, keys: RedisKeys, user_id: str, rules: Recomme
         newest = int(profile.get("last_event_time") or 0)   # 0: a state with no event yet (a consent record)
         now = newest if newest > 0 else int(time.time() * 1000)
     table = table_from_published(inputs.records, inputs.scores, now, rules.half_life_ms)
-    popular = PublishedPopularity(inputs.by_category, inputs.everything, rules.half_life_ms)
+    popular = PublishedPopularity(inputs.by_category, inputs.everything)
     items = personal_list(recent, table, popular, never_listed(recent, cart, rules), now, rules)
     return Recommendation(user_id, bool(profile), now, items, (time.perf_counter() - start) * 1000)
 

@@ -334,10 +334,11 @@ class RulesSettings(_Strict):
 
 
 class RecommendSettings(_Strict):
-    """The recommender (docs/recommendations.md): ``enabled``, then the fields of
-    ``operators.co_occurrence.RecommendRules``, by name."""
+    """The recommender (docs/recommendations.md): ``enabled`` and ``publish_ms`` (the job's wiring), then the fields
+    of ``operators.co_occurrence.RecommendRules``, by name."""
 
     enabled: bool = True
+    publish_ms: int = Field(default=1_000, ge=10, le=600_000)
     view_weight: float = Field(gt=0)
     cart_weight: float = Field(gt=0)
     purchase_weight: float = Field(gt=0)

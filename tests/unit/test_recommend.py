@@ -21,10 +21,14 @@ from operators.co_occurrence import (
     top_neighbours,
     touches,
 )
-from operators.recommendations import PopularItems, personal_list
+from operators.events import Event
+from operators.item_table import decode_signals, signal_batches, weight_at, weight_score
+from operators.model_scoring import ServedModels
+from operators.recommendations import PopularItems, PublishedPopularity, personal_list
+from operators.shards import java_string_hash
 from persona.generator.shoppers import generate
 from persona.recommend_eval import PLANTED
-from persona.rules import recommend_rules
+from persona.rules import personalizer, recommend_rules
 from persona.settings import load_generator_settings, load_job_settings
 from state.item_state import ItemNeighbours, RecentItems
 
@@ -188,3 +192,44 @@ def test_bought_together_partners_follow_add_to_cart() -> None:
 def test_decay_is_exponential_in_event_time() -> None:
     assert decayed(1.0, 0, 3 * H, H) == 0.125
     assert math.isclose(decayed(1.0, 3 * H, 0, H), 8.0)
+
+
+def test_signals_go_to_the_item_shard_java_would_key_them_by() -> None:
+    signals = [ItemSignal(item, "c", "", 1.0, t) for t, item in enumerate(["p1", "p2", "p1", "Ωmega", "p3"])]
+    batches = signal_batches(signals, 4)
+    assert set(batches) == {java_string_hash(s.item) % 4 for s in signals}   # Java's floorMod(hashCode, 4)
+    regrouped = [s for data in batches.values() for s in decode_signals(data)]
+    assert sorted(regrouped, key=lambda s: s.t) == signals
+    assert [s.item for s in decode_signals(batches[java_string_hash("p1") % 4]) if s.item == "p1"] == ["p1", "p1"]
+
+
+def _event(kind: str, payload: dict, t: int, n: int, user: str = "u1") -> Event:  # type: ignore[type-arg]
+    return Event(f"e{n}", kind, user, t, None, {}, payload)
+
+
+def test_the_core_sends_item_signals_only_with_the_personalization_purpose() -> None:
+    core = personalizer(load_job_settings())
+    view = {"url": "/p", "page_type": "product", "product_id": "p1", "category": "toys"}
+    step = core.on_event(None, _event("page_view", view, 1_000, 1), ServedModels())
+    assert [(s.item, s.other) for s in step.item_signals] == [("p1", "")]
+    step = core.on_event(step.state, _event("page_view", {**view, "product_id": "p2"}, 2_000, 2), ServedModels())
+    assert [(s.item, s.other) for s in step.item_signals] == [("p2", ""), ("p2", "p1"), ("p1", "p2")]
+    assert step.state is not None and [r.item for r in step.state.recent_items.items] == ["p1", "p2"]
+    step = core.on_event(step.state, _event("consent", {"granted": [], "withdrawn": ["personalization"]}, 3_000, 3),
+                         ServedModels())
+    assert step.state is not None and step.state.recent_items is None    # the window goes with the purpose
+    step = core.on_event(step.state, _event("page_view", {**view, "product_id": "p3"}, 4_000, 4), ServedModels())
+    assert step.item_signals == () and step.state is not None and step.state.recent_items is None
+    off = personalizer(load_job_settings({"recommend.enabled": False}))
+    assert off.on_event(None, _event("page_view", view, 1_000, 1), ServedModels()).item_signals == ()
+
+
+def test_published_popularity_gives_the_ratios_of_the_weights_at_any_time() -> None:
+    rules = RecommendRules(half_life_ms=H)
+    states = [ItemNeighbours("a", "x", 4.0, 0), ItemNeighbours("b", "x", 4.0, 2 * H), ItemNeighbours("c", "y", 1.0, 0)]
+    scored = sorted(((s.item, weight_score(s, H)) for s in states), key=lambda p: -p[1])
+    popular = PublishedPopularity({"x": [p for p in scored if p[0] != "c"]}, scored)
+    # At any time b weighs 4 times a (two half-lives younger) and 16 times c.
+    assert popular.overall(10**13, 3) == [("b", 1.0), ("a", 0.25), ("c", 0.0625)]
+    assert popular.top("x", 0) == [("b", 1.0), ("a", 0.25)] and popular.top("z", 0) == []
+    assert weight_at(weight_score(states[1], H), 3 * H, H) == pytest.approx(2.0) and rules.half_life_ms == H

@@ -183,8 +183,7 @@ def _lists_as_served(items: dict[str, Any], states: dict[str, Any], rules: Any) 
     for item, score in sorted(scores.items(), key=lambda p: (-p[1], p[0])):
         by_category.setdefault(items[item].category, []).append((item, score))
     popular = PublishedPopularity({c: ranked[:TOP_PER_CATEGORY] for c, ranked in by_category.items()},
-                                  sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:rules.list_size * 2],
-                                  rules.half_life_ms)
+                                  sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:rules.list_size * 2])
     out = {}
     for user, state in states.items():
         recent, now = state.recent_items or RecentItems(), state.newest_event_ms

@@ -1,0 +1,60 @@
+"""Item records in a real Redis: the folded-count guard, the weight sets, and `persona recommend` reading them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from operators.co_occurrence import ItemSignal, RecommendRules
+from operators.item_table import ItemTable, publications
+from persona.settings import ROOT
+from state.item_store import ItemWriter, read_item
+from state.keys import RedisKeys
+
+pytestmark = pytest.mark.integration
+DAY = 86_400_000
+
+
+def test_an_older_item_state_never_overwrites_a_newer_one(redis_url: str, redis_prefix: str) -> None:
+    keys, rules = RedisKeys(redis_prefix), RecommendRules()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    writer, table = ItemWriter(client, keys), ItemTable(rules)
+    first = table.fold([ItemSignal("a", "toys", "", 1.0, DAY), ItemSignal("b", "toys", "", 1.0, DAY)])
+    older = list(publications(first.values(), rules))
+    newer = table.fold([ItemSignal("a", "toys", "b", 2.0, 2 * DAY)])
+    assert writer.publish(publications(newer.values(), rules)) == 1
+    assert writer.publish(older) == 1            # a replay after a failover: "a" refused, "b" is new
+    stored = read_item(client, keys, "a")
+    assert stored is not None and stored["folded"] == 2 and stored["neighbours"] == [["b", 2.0]]
+    # Weights as scores: "a" (1 at day 1) and "b" (1 at day 1) rank equal; the score is log2(1) + days.
+    assert client.zscore(keys.item_weights("toys"), "a") == pytest.approx(1 / 7)
+    assert set(client.zrange(keys.item_weights(), 0, -1)) == {"a", "b"}
+    client.script_flush()                         # a restarted Redis forgets its scripts: loaded again
+    assert writer.publish(publications(table.fold([ItemSignal("b", "toys", "", 1.0, 3 * DAY)]).values(), rules)) == 1
+
+
+def test_persona_recommend_reads_the_list_a_front_end_would(redis_url: str, redis_prefix: str) -> None:
+    keys, rules = RedisKeys(redis_prefix), RecommendRules()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    table = ItemTable(rules)
+    signals = [ItemSignal(i, "toys", "", w, DAY) for i, w in (("a", 1.0), ("b", 5.0), ("c", 3.0), ("d", 1.0))]
+    signals += [ItemSignal("a", "toys", "c", 3.0, DAY), ItemSignal("c", "toys", "a", 3.0, DAY)]
+    ItemWriter(client, keys).publish(publications(table.fold(signals).values(), rules))
+    client.hset(keys.profile("u1"), mapping={"last_event_time": str(DAY), "cart_products": json.dumps(["b"]),
+                                            "recent_items": json.dumps([["a", "toys", 1.0, DAY]])})
+
+    def ask(user: str) -> dict:  # type: ignore[type-arg]
+        out = subprocess.run([sys.executable, "-m", "persona.cli", "recommend", user, "--json",
+                              "--set", f"redis.url={redis_url}", "--set", f"redis.key_prefix={redis_prefix}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)   # type: ignore[no-any-return]
+
+    mine = ask("u1")
+    # "c" is a's neighbour; "b" is in the cart and "a" is being viewed; "d" comes from the category and the shop.
+    assert mine["known"] and mine["as_of"] == DAY and [x["item"] for x in mine["items"]] == ["c", "d"]
+    stranger = ask("nobody")
+    assert not stranger["known"] and [x["item"] for x in stranger["items"]] == ["b", "c", "a", "d"]
