@@ -506,8 +506,11 @@ class Baseline:
         self.now = int(time.time() * 1000)
         self.writer = ProfileWriter.from_url(redis_url, self.keys, r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.replay.core.memberships_known)
-        self.items = ItemWriter(redis.Redis.from_url(redis_url), self.keys)   # as the job's item operator, once per batch
-        self.recommend = recommend_rules(settings)
+        # As the job's item operator: the items changed since, written every recommend.publish_ms.
+        self.items = ItemWriter(redis.Redis.from_url(redis_url), self.keys)
+        self.recommend, self.publish_ms = recommend_rules(settings), settings.recommend.publish_ms
+        self.unpublished: dict[str, ItemNeighbours] = {}
+        self.published_at = 0.0
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
         self.stop: Any = threading.Event()
@@ -516,7 +519,13 @@ class Baseline:
         write_step(self.writer, self.replay.core, user, step, self.now)
 
     def _publish_items(self, changed: dict[str, ItemNeighbours]) -> None:
-        self.items.publish(publications(changed.values(), self.recommend))
+        self.unpublished.update(changed)
+
+    def _publish_due(self, now_s: float, force: bool = False) -> None:
+        if self.unpublished and (force or (now_s - self.published_at) * 1000 >= self.publish_ms):
+            self.items.publish(publications(self.unpublished.values(), self.recommend))
+            self.unpublished.clear()
+            self.published_at = now_s
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -530,7 +539,9 @@ class Baseline:
                 self.replay.idle(int(time.time() * 1000))
             if self.writer.due(int(time.time() * 1000)):
                 self.writer.flush()
+            self._publish_due(time.time())
         self.writer.flush()
+        self._publish_due(time.time(), force=True)
         self.consumer.close()
         self.triggers.close()
 

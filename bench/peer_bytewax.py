@@ -64,6 +64,8 @@ class _Runtime:
         self.recommend = recommend_rules(settings) if settings.recommend.enabled else None
         self.items = ItemTable(self.recommend) if self.recommend is not None else None
         self.item_writer = ItemWriter(redis.Redis.from_url(redis_url), RedisKeys(prefix))
+        self.unpublished: dict[str, Any] = {}   # written every recommend.publish_ms, as the job's item operator
+        self.publish_ms, self._published_at = settings.recommend.publish_ms, 0.0
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         self.triggers_topic = triggers_topic
         self.watermarks = Watermarks(settings.source.max_out_of_orderness_ms, settings.source.idleness_ms)
@@ -82,8 +84,8 @@ class _Runtime:
     def fire(self, watermark: int, out: Result | None = None) -> None:
         out = self.runner.on_watermark(watermark, self.timers, self.store.get, self.now, out)
         self.store.update(out.dirty)
-        if out.items and self.items is not None and self.recommend is not None:
-            self.item_writer.publish(publications(self.items.fold(out.items).values(), self.recommend))
+        if out.items and self.items is not None:
+            self.unpublished.update(self.items.fold(out.items))
         for kind, key, value in out.emitted():
             if kind == TRIGGER and value is not None and key is not None:
                 self.producer.produce(self.triggers_topic, key=key.encode(), value=value)
@@ -97,6 +99,10 @@ class _Runtime:
         if self.writer.due(int(now * 1000)):
             self.writer.flush()
             self.producer.poll(0)
+        if self.unpublished and self.recommend is not None and (now - self._published_at) * 1000 >= self.publish_ms:
+            self.item_writer.publish(publications(self.unpublished.values(), self.recommend))
+            self.unpublished.clear()
+            self._published_at = now
         if now - self._beat_at > 0.5:
             self._beat_at = now
             self.heartbeat.write_text(f"{now}\n")

@@ -83,6 +83,7 @@ EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 # Resolved exposures of experiments (docs/behaviour.md "Experiments"), keyed by experiment name.
 OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
 SEEDED_STATE = "seeded_from_changelog"   # per shard (jobs/changelog_seed.py)
+ITEM_BATCH_SIGNALS = 5_000   # a shard's joined signals go to the item operator at this many (or at batch_ms)
 KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS,
                   ("personalize", "models_refused"), ("personalize", "rules", "switches"),
                   ("personalize", "rules", "refused"), ("personalize", "rules", "version"),
@@ -270,16 +271,30 @@ def route(t_env: StreamTableEnvironment, outputs: DataStream) -> dict[str, str]:
 
 
 def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStream:
-    """The item operator (jobs/item_folding.py) behind the batches' item records (``route`` declared the view),
-    keyed by item shard on the Java side: no Python call to key them."""
+    """The item operator (jobs/item_folding.py) behind the batches' item records (``route`` declared the view).
+
+    On the Java side: keyed by item shard, and the small arrays of signals every user batch sends each shard joined
+    per shard (``ConcatByShard``, flushed as the user batches are: at ``batch_ms``, before every watermark and
+    checkpoint barrier), then keyed again without a shuffle. So the Python function is called once per shard and
+    flush, not once per user batch and item shard (that was ~3 calls per event)."""
     from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import load_java_class
 
     table = t_env.sql_query("SELECT CAST(o.`keys`[t.i] AS INT) AS shard, o.`vals`[t.i] AS v FROM persona_outputs AS o "
                             f"CROSS JOIN UNNEST(o.`kinds`) WITH ORDINALITY AS t(kind, i) WHERE t.kind = '{ITEMS}'")
-    stream = t_env.to_append_stream(table, Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]))
-    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), Types.ROW([Types.INT()]).get_java_type_info())
+    batch_type = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+    stream = t_env.to_append_stream(table, batch_type)
+    gateway = get_gateway()
+    key_type = Types.ROW([Types.INT()]).get_java_type_info()
+    joiner = load_java_class("io.streampersona.batch.ConcatByShard").newInstance().configure(
+        ITEM_BATCH_SIGNALS, settings.flink.batch_ms)
+    j_joined = (stream._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(), key_type)
+                .transform("concat-by-item-shard", batch_type.get_java_type_info(), joiner)
+                .uid("concat-by-item-shard").name("concat-by-item-shard"))
+    j_keyed = gateway.jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
+        j_joined, gateway.jvm.KeyByKeySelector(), key_type)
     r = settings.redis
-    return (KeyedStream(j_keyed, Types.PRIMITIVE_ARRAY(Types.BYTE()), stream)
+    return (KeyedStream(j_keyed, Types.PRIMITIVE_ARRAY(Types.BYTE()), DataStream(j_joined))
             .process(FoldItems(recommend_rules(settings), r.connection_url(), r.key_prefix, settings.flink.state_ttl_s,
                                settings.recommend.publish_ms, settings.flink.state_cache_users), output_type=KEYED_JSON)
             .name("fold-items").uid("fold-items"))

@@ -57,6 +57,13 @@ final class MsgPack {
         }
     }
 
+    /** Appends {@code n} bytes that are already MessagePack (elements of another array). */
+    void append(byte[] b, int off, int n) {
+        ensure(n);
+        System.arraycopy(b, off, buf, len, n);
+        len += n;
+    }
+
     void nil() {
         ensure(1);
         put(0xc0);
