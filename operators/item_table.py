@@ -93,7 +93,7 @@ def publications(changed: Iterable[ItemNeighbours], rules: RecommendRules) -> It
 
 def as_of(state: ItemNeighbours) -> int:
     """The event time of the item's newest signal: its published scores are as of then."""
-    return max([state.at, *(at for _, at in state.neighbours.values())])
+    return max(state.at, max((at for _, at in state.neighbours.values()), default=state.at))
 
 
 def weight_score(state: ItemNeighbours, half_life_ms: int) -> float:

@@ -338,7 +338,7 @@ class RecommendSettings(_Strict):
     of ``operators.co_occurrence.RecommendRules``, by name."""
 
     enabled: bool = True
-    publish_ms: int = Field(default=1_000, ge=10, le=600_000)
+    publish_ms: int = Field(default=10_000, ge=10, le=600_000)
     view_weight: float = Field(gt=0)
     cart_weight: float = Field(gt=0)
     purchase_weight: float = Field(gt=0)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 import redis
 
 from state.keys import RedisKeys
@@ -60,7 +61,7 @@ class ItemWriter:
         for record, score in batch:
             item = record["item"]
             pipe.evalsha(self._script.sha, 3, self._keys.item(item), everything, self._keys.item_weights(record["category"]),
-                         record["folded"], json.dumps(record, separators=(",", ":")),
+                         record["folded"], orjson.dumps(record).decode(),
                          repr(score) if math.isfinite(score) else "", item)
         return pipe.execute()
 
