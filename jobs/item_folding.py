@@ -53,6 +53,9 @@ class FoldItems(KeyedProcessFunction):
         self._unpublished = runtime_context.get_map_state(MapStateDescriptor(UNPUBLISHED_STATE, Types.STRING(), Types.BOOLEAN()))
         # Decoded states: the map state is the truth (written at every record), so a restart just starts empty.
         self._cache: StateCache[ItemNeighbours] = StateCache(self._cache_items)
+        # The unpublished items of each shard as the map state holds them, read once per shard: only items not yet
+        # in it are written to it (a hot item changes in most records).
+        self._pending: dict[int, set[str]] = {}
         self._fold = ItemFold(self._rules)
         self._client = redis.Redis.from_url(self._redis_url)
         self._writer = ItemWriter(self._client, RedisKeys(self._prefix))
@@ -74,22 +77,33 @@ class FoldItems(KeyedProcessFunction):
         self._items.put_all({item: encode_item(state) for item, state in changed.items()})
         for item, state in changed.items():
             self._cache.put(item, state)
-        if self._unpublished.is_empty():
+        pending = self._pending_of(ctx.get_current_key())
+        if not pending:
             timers = ctx.timer_service()
             timers.register_processing_time_timer(int(time.time() * 1000) + self._publish_ms)
             timers.register_event_time_timer(END_OF_INPUT)
-        self._unpublished.put_all(dict.fromkeys(changed, True))
+        new = changed.keys() - pending
+        if new:
+            self._unpublished.put_all(dict.fromkeys(new, True))
+            pending |= new
         self._signals.inc(len(signals))
         yield from ()
 
+    def _pending_of(self, shard: int) -> set[str]:
+        pending = self._pending.get(shard)
+        if pending is None:
+            pending = self._pending[shard] = set(self._unpublished.keys())
+        return pending
+
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        items = list(self._unpublished.keys())
-        if not items:
+        pending = self._pending_of(ctx.get_current_key())
+        if not pending:
             return
-        states = [s for s in map(self._load, items) if s is not None]
+        states = [s for s in map(self._load, sorted(pending)) if s is not None]
         try:
             self._published.inc(self._writer.publish(publications(states, self._rules)))
             self._unpublished.clear()
+            pending.clear()
         except redis.RedisError as e:   # still unpublished: tried again at the next timer
             log.warning("could not publish %d items to Redis (%s); retrying in %d ms", len(states), e, self._publish_ms)
             ctx.timer_service().register_processing_time_timer(int(time.time() * 1000) + self._publish_ms)

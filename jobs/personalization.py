@@ -274,9 +274,9 @@ def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStre
     """The item operator (jobs/item_folding.py) behind the batches' item records (``route`` declared the view).
 
     On the Java side: keyed by item shard, and the small arrays of signals every user batch sends each shard joined
-    per shard (``ConcatByShard``, flushed as the user batches are: at ``batch_ms``, before every watermark and
-    checkpoint barrier), then keyed again without a shuffle. So the Python function is called once per shard and
-    flush, not once per user batch and item shard (that was ~3 calls per event)."""
+    per shard (``ConcatByShard``: at ``tick_ms``, before every checkpoint barrier and the final watermark), then keyed
+    again without a shuffle. So the Python function is called once per shard and flush, not once per user batch
+    and item shard (that was ~3 calls per event)."""
     from pyflink.java_gateway import get_gateway
     from pyflink.util.java_utils import load_java_class
 
@@ -287,7 +287,7 @@ def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStre
     gateway = get_gateway()
     key_type = Types.ROW([Types.INT()]).get_java_type_info()
     joiner = load_java_class("io.streampersona.batch.ConcatByShard").newInstance().configure(
-        ITEM_BATCH_SIGNALS, settings.flink.batch_ms)
+        ITEM_BATCH_SIGNALS, max(settings.flink.batch_ms, settings.flink.tick_ms))
     j_joined = (stream._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(), key_type)
                 .transform("concat-by-item-shard", batch_type.get_java_type_info(), joiner)
                 .uid("concat-by-item-shard").name("concat-by-item-shard"))

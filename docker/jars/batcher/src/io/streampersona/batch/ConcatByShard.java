@@ -16,9 +16,11 @@ import org.apache.flink.types.Row;
  * upstream batch (the item operator: every batch of the user operator sends a few signals to each item shard).
  *
  * <p>Input, keyed by shard: {@code Row(shard INT, array BYTES)}, a MessagePack array. Output: {@code Row(shard INT,
- * array BYTES)}, one array of the elements of the arrays joined, in arrival order. Flushed as {@link BatchByShard}
- * flushes: at {@code maxElements}, {@code maxMillis} after the first buffered array, before any watermark, in
- * {@code prepareSnapshotPreBarrier} (no state: a checkpoint never holds a buffered element) and at the end of input.
+ * array BYTES)}, one array of the elements of the arrays joined, in arrival order. Flushed at {@code maxElements},
+ * {@code maxMillis} after the first buffered array, in {@code prepareSnapshotPreBarrier} (no state: a checkpoint
+ * never holds a buffered element), before the final watermark and at the end of input. Unlike {@link BatchByShard}
+ * it lets other watermarks pass its buffer: the item fold does not depend on event-time order, and flushing at
+ * every watermark made batches of a few signals.
  */
 public final class ConcatByShard extends AbstractStreamOperator<Row>
         implements OneInputStreamOperator<Row, Row>, BoundedOneInput, ProcessingTimeCallback {
@@ -114,7 +116,9 @@ public final class ConcatByShard extends AbstractStreamOperator<Row>
 
     @Override
     public void processWatermark(Watermark mark) throws Exception {
-        flushAll();
+        if (mark.getTimestamp() == Long.MAX_VALUE) {
+            flushAll(); // the end of a bounded input: everything reaches the item operator before its last timer
+        }
         super.processWatermark(mark);
     }
 
