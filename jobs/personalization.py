@@ -52,7 +52,6 @@ from operators.runner import (
     DUPLICATES,
     END_OF_INPUT,
     ERASURES,
-    ITEMS,
     LATE,
     TIMER_ERRORS,
     TRIGGER,
@@ -76,9 +75,12 @@ from state.user_timers import TIMERS_STATE, UserTimers
 log = logging.getLogger(__name__)
 KEYED_JSON = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 # One row per batch: parallel arrays (an ARRAY<ROW> is corrupted across the thread-mode boundary), split again
-# and routed to the topics on the Java side (``route``).
-OUTPUTS = Types.ROW_NAMED(["kinds", "keys", "vals"], [Types.BASIC_ARRAY(Types.STRING()), Types.BASIC_ARRAY(Types.STRING()),
-                                                     Types.OBJECT_ARRAY(Types.PRIMITIVE_ARRAY(Types.BYTE()))])
+# and routed to the topics on the Java side (``route``). The item signals per item shard have arrays of their own:
+# in the shared ones, each of the four topic queries would expand them too (that cost more than the signals).
+_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+OUTPUTS = Types.ROW_NAMED(["kinds", "keys", "vals", "item_shards", "item_vals"],
+                          [Types.BASIC_ARRAY(Types.STRING()), Types.BASIC_ARRAY(Types.STRING()), Types.OBJECT_ARRAY(_BYTES),
+                           Types.BASIC_ARRAY(Types.INT()), Types.OBJECT_ARRAY(_BYTES)])
 EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 # Resolved exposures of experiments (docs/behaviour.md "Experiments"), keyed by experiment name.
 OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
@@ -199,11 +201,11 @@ class Personalize(KeyedProcessFunction):
         if self._sent_before:   # after an upgrade (jobs/changelog_seed.py): a trigger the old job sent, not again
             emitted, dropped = without_resent(emitted, self._sent_before, TRIGGER)
             self._counters.add({("personalize", "upgrade_resends_dropped"): dropped})
-        if out.items and self._item_shards:   # one record per item shard, routed to the item operator (fold_items)
-            emitted += [(ITEMS, str(shard), data) for shard, data in signal_batches(out.items, self._item_shards).items()]
-        if emitted:
-            kinds, keys, vals = zip(*emitted, strict=True)
-            yield Row(list(kinds), list(keys), list(vals))
+        # One array of signals per item shard, routed to the item operator (fold_items).
+        items = signal_batches(out.items, self._item_shards) if out.items and self._item_shards else {}
+        if emitted or items:
+            kinds, keys, vals = zip(*emitted, strict=True) if emitted else ((), (), ())
+            yield Row(list(kinds), list(keys), list(vals), list(items), list(items.values()))
         for experiment, outcome in out.experiments:
             yield OUTCOMES, Row(experiment, outcome.decode())
         if self._runner.examples.waiting >= self._example_batch:
@@ -280,8 +282,8 @@ def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStre
     from pyflink.java_gateway import get_gateway
     from pyflink.util.java_utils import load_java_class
 
-    table = t_env.sql_query("SELECT CAST(o.`keys`[t.i] AS INT) AS shard, o.`vals`[t.i] AS v FROM persona_outputs AS o "
-                            f"CROSS JOIN UNNEST(o.`kinds`) WITH ORDINALITY AS t(kind, i) WHERE t.kind = '{ITEMS}'")
+    table = t_env.sql_query("SELECT t.shard, o.`item_vals`[t.i] AS v FROM persona_outputs AS o "
+                            "CROSS JOIN UNNEST(o.`item_shards`) WITH ORDINALITY AS t(shard, i)")
     batch_type = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
     stream = t_env.to_append_stream(table, batch_type)
     gateway = get_gateway()

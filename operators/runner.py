@@ -57,7 +57,6 @@ from state.user_timers import UserTimers
 
 # Output kinds: the Java side routes each to its topic (jobs/personalization.py).
 TRIGGER, DEAD_LETTER, CHANGE, AUDIT = "trigger", "dead_letter", "change", "audit"
-ITEMS = "items"   # a batch of item signals for one item shard (operators/item_table.py), from the job's wiring
 # Counter paths (Flink metric group names, then the counter) that every batch may move.
 # The watermark at the end of a bounded input (Flink's Long.MAX_VALUE): every deadline and release passes.
 END_OF_INPUT = 2**63 - 1
