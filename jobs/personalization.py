@@ -85,7 +85,7 @@ EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 # Resolved exposures of experiments (docs/behaviour.md "Experiments"), keyed by experiment name.
 OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
 SEEDED_STATE = "seeded_from_changelog"   # per shard (jobs/changelog_seed.py)
-ITEM_BATCH_SIGNALS = 5_000   # a shard's joined signals go to the item operator at this many (or at batch_ms)
+ITEM_BATCH_SIGNALS = 50_000   # a shard's joined signals go to the item operator at this many (or at fold_ms)
 KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS,
                   ("personalize", "models_refused"), ("personalize", "rules", "switches"),
                   ("personalize", "rules", "refused"), ("personalize", "rules", "version"),
@@ -276,7 +276,7 @@ def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStre
     """The item operator (jobs/item_folding.py) behind the batches' item records (``route`` declared the view).
 
     On the Java side: keyed by item shard, and the small arrays of signals every user batch sends each shard joined
-    per shard (``ConcatByShard``: at ``tick_ms``, before every checkpoint barrier and the final watermark), then keyed
+    per shard (``ConcatByShard``: at ``recommend.fold_ms``, before every checkpoint barrier and the final watermark), then keyed
     again without a shuffle. So the Python function is called once per shard and flush, not once per user batch
     and item shard (that was ~3 calls per event)."""
     from pyflink.java_gateway import get_gateway
@@ -289,7 +289,7 @@ def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStre
     gateway = get_gateway()
     key_type = Types.ROW([Types.INT()]).get_java_type_info()
     joiner = load_java_class("io.streampersona.batch.ConcatByShard").newInstance().configure(
-        ITEM_BATCH_SIGNALS, max(settings.flink.batch_ms, settings.flink.tick_ms))
+        ITEM_BATCH_SIGNALS, settings.recommend.fold_ms)
     j_joined = (stream._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(), key_type)
                 .transform("concat-by-item-shard", batch_type.get_java_type_info(), joiner)
                 .uid("concat-by-item-shard").name("concat-by-item-shard"))

@@ -47,7 +47,7 @@ def profile_rules(settings: JobSettings) -> ProfileRules:
 
 def recommend_rules(settings: JobSettings) -> RecommendRules:
     """The settings' ``recommend`` section is the recommender's parameters, field by field."""
-    return RecommendRules(**settings.recommend.model_dump(exclude={"enabled", "publish_ms"}))
+    return RecommendRules(**settings.recommend.model_dump(exclude={"enabled", "publish_ms", "fold_ms"}))
 
 
 def consent_policy(settings: JobSettings) -> ConsentPolicy:

@@ -339,6 +339,7 @@ class RecommendSettings(_Strict):
 
     enabled: bool = True
     publish_ms: int = Field(default=10_000, ge=10, le=600_000)
+    fold_ms: int = Field(default=1_000, ge=1, le=60_000)
     view_weight: float = Field(gt=0)
     cart_weight: float = Field(gt=0)
     purchase_weight: float = Field(gt=0)
