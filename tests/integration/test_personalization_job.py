@@ -41,8 +41,9 @@ def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: st
             # The oracle knows the bot rule's verdicts (none for these humans), not the bot model's, whose
             # published versions arrive with processing-time timing.
             "models.bot_min_session_events=1000000", history_override(),
-            # No neighbour is evicted: which one a full item evicts depends on the order signals arrive in.
-            "recommend.neighbours_per_item=1000"]
+            # The recommender on, and no neighbour evicted (which one a full item evicts depends on the order
+            # signals arrive in).
+            "recommend.enabled=true", "recommend.neighbours_per_item=1000"]
 
 
 def stored_items(client: redis.Redis, keys: RedisKeys) -> dict[str, dict[str, Any]]:

@@ -208,7 +208,7 @@ def _event(kind: str, payload: dict, t: int, n: int, user: str = "u1") -> Event:
 
 
 def test_the_core_sends_item_signals_only_with_the_personalization_purpose() -> None:
-    core = personalizer(load_job_settings())
+    core = personalizer(load_job_settings({"recommend.enabled": True}))
     view = {"url": "/p", "page_type": "product", "product_id": "p1", "category": "toys"}
     step = core.on_event(None, _event("page_view", view, 1_000, 1), ServedModels())
     assert [(s.item, s.other) for s in step.item_signals] == [("p1", "")]

@@ -149,7 +149,7 @@ def test_the_oracle_stream_through_the_runner_equals_the_oracle(seed: int) -> No
     records = list(generate(load_generator_settings({"users": 450, "seed": seed, "bot_fraction": 0.0}),
                             max_records=22_000))
     settings = load_job_settings({**parse_overrides([history_override()]), "models.bot_min_session_events": 1_000_000,
-                                  "recommend.neighbours_per_item": 1_000})
+                                  "recommend.enabled": True, "recommend.neighbours_per_item": 1_000})
     sent: list[dict[str, Any]] = []
     replay = Replay(settings, on_trigger=lambda t: sent.append(json.loads(t.to_json())))
     now = int(time.time() * 1000)
