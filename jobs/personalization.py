@@ -4,6 +4,8 @@ Kafka events -> key by shard, batch (Java: BatchByShard) -> Personalize (one Pyt
   |                                                           map state per user, one timer per shard)
   |            triggers, dead letters, profile changes, audit <- one row of parallel arrays per batch (SQL UNNEST)
   |            examples -> key by model -> TrainModels -> snapshots -> Redis model:* -> served models
+  |            item signals (recommend.enabled) -> key by item shard, join (Java: ConcatByShard) -> FoldItems
+  |                                                -> Redis item:*, items:weight* (jobs/item_folding.py)
   +-> profile changelog topic -> loader -> Redis profiles
 
 All stream logic is ``operators.runner.Runner`` (and the core it drives); this module only wires it into Flink.
