@@ -36,12 +36,11 @@ from confluent_kafka import Consumer, Producer
 
 from bench.live_events import LiveTraffic
 from operators.config_files import read_yaml
-from operators.item_table import publications
 from operators.personalize import Step
 from operators.runner import Record
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
-from persona.replay import Replay, write_step
+from persona.replay import InlineItemPublisher, Replay, write_step
 from persona.rules import recommend_rules
 from persona.serving import recommend
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, parse_overrides
@@ -49,8 +48,6 @@ from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
 from persona.stack.topics import ensure_topics
-from state.item_state import ItemNeighbours
-from state.item_store import ItemWriter
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 
@@ -502,30 +499,17 @@ class Baseline:
         self.trigger_topic = topics["triggers"]
         self.replay = Replay(settings, on_trigger=lambda t: self.triggers.send(
             self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()), on_step=self._write,
-            on_items=self._publish_items)
+            on_items=lambda changed: self.items.add(changed))
         self.now = int(time.time() * 1000)
         self.writer = ProfileWriter.from_url(redis_url, self.keys, r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.replay.core.memberships_known)
-        # As the job's item operator: the items changed since, written every recommend.publish_ms.
-        self.items = ItemWriter(redis.Redis.from_url(redis_url), self.keys)
-        self.recommend, self.publish_ms = recommend_rules(settings), settings.recommend.publish_ms
-        self.unpublished: dict[str, ItemNeighbours] = {}
-        self.published_at = 0.0
+        self.items = InlineItemPublisher(settings, redis.Redis.from_url(redis_url), self.keys)
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
         self.stop: Any = threading.Event()
 
     def _write(self, user: str, step: Step) -> None:
         write_step(self.writer, self.replay.core, user, step, self.now)
-
-    def _publish_items(self, changed: dict[str, ItemNeighbours]) -> None:
-        self.unpublished.update(changed)
-
-    def _publish_due(self, now_s: float, force: bool = False) -> None:
-        if self.unpublished and (force or (now_s - self.published_at) * 1000 >= self.publish_ms):
-            self.items.publish(publications(self.unpublished.values(), self.recommend))
-            self.unpublished.clear()
-            self.published_at = now_s
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -539,9 +523,9 @@ class Baseline:
                 self.replay.idle(int(time.time() * 1000))
             if self.writer.due(int(time.time() * 1000)):
                 self.writer.flush()
-            self._publish_due(time.time())
+            self.items.publish_due(time.time())
         self.writer.flush()
-        self._publish_due(time.time(), force=True)
+        self.items.publish_due(time.time(), force=True)
         self.consumer.close()
         self.triggers.close()
 

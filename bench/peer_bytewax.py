@@ -31,13 +31,12 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 
 from bench.harness import BENCH_SETTINGS
-from operators.item_table import ItemTable, publications
+from operators.item_table import ItemTable
 from operators.personalize import Step
 from operators.runner import TRIGGER, Record, Result, Runner, Watermarks
-from persona.replay import InlineModels, write_step
+from persona.replay import InlineItemPublisher, InlineModels, write_step
 from persona.rules import input_limits, personalizer, recommend_rules
 from persona.settings import load_job_settings
-from state.item_store import ItemWriter
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 from state.user_timers import UserTimers
@@ -61,11 +60,8 @@ class _Runtime:
         self.writer = ProfileWriter.from_url(redis_url, RedisKeys(prefix), r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.core.memberships_known)
         # The item operator in line, publishing as the job's does (jobs/item_folding.py).
-        self.recommend = recommend_rules(settings) if settings.recommend.enabled else None
-        self.items = ItemTable(self.recommend) if self.recommend is not None else None
-        self.item_writer = ItemWriter(redis.Redis.from_url(redis_url), RedisKeys(prefix))
-        self.unpublished: dict[str, Any] = {}   # written every recommend.publish_ms, as the job's item operator
-        self.publish_ms, self._published_at = settings.recommend.publish_ms, 0.0
+        self.items = ItemTable(recommend_rules(settings)) if settings.recommend.enabled else None
+        self.publisher = InlineItemPublisher(settings, redis.Redis.from_url(redis_url), RedisKeys(prefix))
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         self.triggers_topic = triggers_topic
         self.watermarks = Watermarks(settings.source.max_out_of_orderness_ms, settings.source.idleness_ms)
@@ -85,7 +81,7 @@ class _Runtime:
         out = self.runner.on_watermark(watermark, self.timers, self.store.get, self.now, out)
         self.store.update(out.dirty)
         if out.items and self.items is not None:
-            self.unpublished.update(self.items.fold(out.items))
+            self.publisher.add(self.items.fold(out.items))
         for kind, key, value in out.emitted():
             if kind == TRIGGER and value is not None and key is not None:
                 self.producer.produce(self.triggers_topic, key=key.encode(), value=value)
@@ -99,10 +95,7 @@ class _Runtime:
         if self.writer.due(int(now * 1000)):
             self.writer.flush()
             self.producer.poll(0)
-        if self.unpublished and self.recommend is not None and (now - self._published_at) * 1000 >= self.publish_ms:
-            self.item_writer.publish(publications(self.unpublished.values(), self.recommend))
-            self.unpublished.clear()
-            self._published_at = now
+        self.publisher.publish_due(now)
         if now - self._beat_at > 0.5:
             self._beat_at = now
             self.heartbeat.write_text(f"{now}\n")

@@ -26,9 +26,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from operators.co_occurrence import ItemSignal, RecommendRules, add_decayed, decayed
+from operators.item_table import table_from_published
 from state.item_state import ItemNeighbours, RecentItem, RecentItems
 
 TOP_PER_CATEGORY = 50
@@ -136,6 +137,16 @@ def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popu
     skip = exclude | ({recent.items[-1].item} if recent.items else set())
     ranked = heapq.nsmallest(rules.list_size + len(skip), scores.items(), key=lambda p: (-p[1], p[0]))
     return [(item, score) for item, score in ranked if item not in skip][:rules.list_size]
+
+
+def served_list(recent: RecentItems, cart: set[str], records: Mapping[str, Mapping[str, Any]],
+                scores: Mapping[str, float], by_category: Mapping[str, list[tuple[str, float]]],
+                everything: list[tuple[str, float]], now: int, rules: RecommendRules) -> list[tuple[str, float]]:
+    """The list from what Redis holds (``state.item_store.read_list_inputs``): the anchors' published records,
+    the candidates' weight scores, and the best items by category and overall, as of ``now``."""
+    table = table_from_published(records, scores, now, rules.half_life_ms)
+    return personal_list(recent, table, PublishedPopularity(by_category, everything), never_listed(recent, cart, rules),
+                         now, rules)
 
 
 def say_of(recent: RecentItem, now: int, rules: RecommendRules) -> float:

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
-from operators.item_table import ItemTable
+import redis
+
+from operators.item_table import ItemTable, publications
 from operators.model_scoring import Example, ServedModels
 from operators.online_models import MODEL_NAMES, ModelTrainer
 from operators.pattern_engine import Trigger
@@ -24,6 +26,8 @@ from operators.runner import Record, Result, Runner, Watermarks
 from persona.rules import input_limits, personalizer, recommend_rules
 from persona.settings import JobSettings
 from state.item_state import ItemNeighbours
+from state.item_store import ItemWriter
+from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 from state.user_state import UserState, decode_state, encode_state
 from state.user_timers import UserTimers
@@ -53,6 +57,26 @@ def write_step(writer: ProfileWriter, core: Personalizer, user: str, step: Step,
         writer.erase(user, now_ms)
     if step.write_profile and step.state is not None:
         writer.put(user, step.state.version, partial(core.profile, user, step.state, now_ms), now_ms)
+
+
+class InlineItemPublisher:
+    """The item operator's Redis side for drivers in one process (the baseline, the peer): the items changed since
+    the last publication, written every ``recommend.publish_ms``, as jobs/item_folding.py does."""
+
+    def __init__(self, settings: JobSettings, client: redis.Redis, keys: RedisKeys) -> None:
+        self.rules, self.every_ms = recommend_rules(settings), settings.recommend.publish_ms
+        self.writer = ItemWriter(client, keys)
+        self.unpublished: dict[str, ItemNeighbours] = {}
+        self.published_at = 0.0
+
+    def add(self, changed: dict[str, ItemNeighbours]) -> None:
+        self.unpublished.update(changed)
+
+    def publish_due(self, now_s: float, force: bool = False) -> None:
+        if self.unpublished and (force or (now_s - self.published_at) * 1000 >= self.every_ms):
+            self.writer.publish(publications(self.unpublished.values(), self.rules))
+            self.unpublished.clear()
+            self.published_at = now_s
 
 
 @dataclass

@@ -16,17 +16,11 @@ from typing import Any
 import redis
 
 from operators.co_occurrence import RecommendRules
-from operators.item_table import table_from_published
-from operators.recommendations import (
-    TOP_PER_CATEGORY,
-    PublishedPopularity,
-    list_categories,
-    never_listed,
-    personal_list,
-)
+from operators.recommendations import TOP_PER_CATEGORY, list_categories, served_list
 from state.item_state import RecentItem, RecentItems
 from state.item_store import read_list_inputs
 from state.keys import RedisKeys
+from state.profile_store import read_profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,28 +38,22 @@ class Recommendation:
 
 
 def recent_of(profile: dict[str, Any]) -> RecentItems:
-    """The profile's ``recent_items`` field (JSON text) as the recommender's window."""
-    raw = profile.get("recent_items")
-    return RecentItems([RecentItem(*entry) for entry in json.loads(raw)] if raw else [])
+    """The profile's ``recent_items`` field (as ``read_profile`` types it) as the recommender's window."""
+    return RecentItems([RecentItem(*entry) for entry in profile.get("recent_items") or []])
 
 
 def recommend(client: redis.Redis, keys: RedisKeys, user_id: str, rules: RecommendRules, now: int | None = None
               ) -> Recommendation:
     """``now``: the event time to score at; by default the user's newest event (the wall clock for a stranger)."""
     start = time.perf_counter()
-    profile = {_text(k): _text(v) for k, v in client.hgetall(keys.profile(user_id)).items()}
+    profile = read_profile(client, keys, user_id) or {}
     recent = recent_of(profile)
-    cart = set(json.loads(profile["cart_products"])) if profile.get("cart_products") else set()
     inputs = read_list_inputs(client, keys, [r.item for r in recent.items], list_categories(recent),
                               TOP_PER_CATEGORY, rules.list_size * 2)
     if now is None:   # a stranger's list is the shop's best as of now
-        newest = int(profile.get("last_event_time") or 0)   # 0: a state with no event yet (a consent record)
+        newest = profile.get("last_event_time") or 0   # 0: a state with no event yet (a consent record)
         now = newest if newest > 0 else int(time.time() * 1000)
-    table = table_from_published(inputs.records, inputs.scores, now, rules.half_life_ms)
-    popular = PublishedPopularity(inputs.by_category, inputs.everything)
-    items = personal_list(recent, table, popular, never_listed(recent, cart, rules), now, rules)
+    items = served_list(recent, set(profile.get("cart_products") or ()), inputs.records, inputs.scores,
+                        inputs.by_category, inputs.everything, now, rules)
     return Recommendation(user_id, bool(profile), now, items, (time.perf_counter() - start) * 1000)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -155,7 +155,8 @@ _INT_FIELDS = frozenset({"profile_version", "profile_epoch", "propensity_version
                          "current_session_length_ms", "current_session_product_dwell_ms", "sessions_7d",
                          "purchases_7d", "local_hour", "cart_items", "cart_value_minor"})
 _JSON_FIELDS = frozenset({"counts_by_type", "windows", "recent_sessions", "rfm", "affinities", "device_mix",
-                          "demographics", "marketing_consent", "consent", "consent_history", "propensity", "bot_score", "bot"})
+                          "demographics", "marketing_consent", "consent", "consent_history", "propensity", "bot_score", "bot",
+                          "cart_products", "recent_items"})
 
 
 def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str, Any] | None:

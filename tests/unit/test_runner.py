@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from operators.item_table import published, table_from_published, weight_score
+from operators.item_table import published, weight_score
 from operators.pattern_spec import load_patterns
 from operators.personalize import DEFAULT_MODEL_RULES, Personalizer, _failed
 from operators.profile_fold import ProfileRules
-from operators.recommendations import TOP_PER_CATEGORY, PublishedPopularity, never_listed, personal_list
+from operators.recommendations import TOP_PER_CATEGORY, served_list
 from operators.runner import AUDIT, CHANGE, DEAD_LETTER, END_OF_INPUT, Record, Runner
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
@@ -182,13 +182,13 @@ def _lists_as_served(items: dict[str, Any], states: dict[str, Any], rules: Any) 
     by_category: dict[str, list[tuple[str, float]]] = {}
     for item, score in sorted(scores.items(), key=lambda p: (-p[1], p[0])):
         by_category.setdefault(items[item].category, []).append((item, score))
-    popular = PublishedPopularity({c: ranked[:TOP_PER_CATEGORY] for c, ranked in by_category.items()},
-                                  sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:rules.list_size * 2])
+    best = {c: ranked[:TOP_PER_CATEGORY] for c, ranked in by_category.items()}
+    everything = sorted(scores.items(), key=lambda p: (-p[1], p[0]))[:rules.list_size * 2]
     out = {}
     for user, state in states.items():
         recent, now = state.recent_items or RecentItems(), state.newest_event_ms
         if now == 0:   # no event since an erasure: no list of its own
             continue
-        table = table_from_published({r.item: records[r.item] for r in recent.items}, scores, now, rules.half_life_ms)
-        out[user] = personal_list(recent, table, popular, never_listed(recent, set(state.cart), rules), now, rules)
+        anchors = {r.item: records[r.item] for r in recent.items}
+        out[user] = served_list(recent, set(state.cart), anchors, scores, best, everything, now, rules)
     return out
