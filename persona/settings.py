@@ -77,6 +77,8 @@ class KafkaSettings(_Strict):
     security: KafkaSecurity = KafkaSecurity()
     triggers_delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transaction_timeout_ms: int = Field(default=600_000, ge=60_000, le=900_000)   # below the broker's 15 min maximum
+    sink_linger_ms: int = Field(default=20, ge=0, le=1000)
+    sink_batch_bytes: int = Field(default=262_144, ge=16_384, le=16_777_216)
 
     def client_config(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python's producer, consumer and admin client."""
