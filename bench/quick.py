@@ -42,6 +42,7 @@ def _job_drain(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: s
         _say(f"job: draining {events:,} pre-loaded events")
         drain = _drain(client, keys, final, tail, events, time.time(),
                        CpuMeter(lambda: _group_pids(proc.pid), harness.SHARED_PIDS))
+        drain["rss_mb"] = harness._rss_mb(_group_pids(proc.pid))   # every user's state held, at the drain's end
     return drain
 
 
@@ -72,6 +73,7 @@ def run_quick(events: int, out: Path, job_overrides: dict[str, str] | None = Non
         with harness.baseline_process(bootstrap, redis_url, topics["baseline"], f"quick:{run_id}:base:") as (
                 proc, client, keys):
             base = harness.baseline_drain(proc, client, keys, final, tail, len(values), t_start)
+            base["rss_mb"] = harness._rss_mb([proc.pid or 0])
     finally:
         _cleanup(services, started, bootstrap, [t for n in topics for t in topics[n].values()])
     base_us = 1e6 / base["events_per_s"]
@@ -97,6 +99,8 @@ def quick_table(r: dict[str, Any]) -> str:
         f"| drain, CPU s per 10k events (shared broker + Redis) | {j.get('cpu_s_per_10k')} "
         f"({j.get('shared_cpu_s_per_10k')}) | {b.get('cpu_s_per_10k')} ({b.get('shared_cpu_s_per_10k')}) "
         f"| {q['job_cpu_to_baseline_cpu']} |",
+        f"| RSS at the end of the drain, MB | {j.get('rss_mb')} | {b.get('rss_mb')} | "
+        f"{round(j['rss_mb'] / b['rss_mb'], 2) if j.get('rss_mb') and b.get('rss_mb') else None} |",
         f"| logic only, µs per event (vs the baseline's µs per drained event) | {r['logic_only']['us_per_event']} | "
         f"{round(1e6 / b['events_per_s'])} | {q['logic_us_to_baseline_us']} |",
         "",

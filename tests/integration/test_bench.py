@@ -57,6 +57,7 @@ def test_bench_quick_gives_the_job_and_the_logic_as_ratios_to_the_baseline(tmp_p
     assert job["events"] == base["events"] == r["logic_only"]["events"] == 3000
     assert_physical(job)
     assert_physical(base)
+    assert 200 < job["rss_mb"] < 8000 and 20 < base["rss_mb"] < 4000   # a JVM with its Python; one Python process
     assert ratios["job_drain_to_baseline_drain"] == round(job["events_per_s"] / base["events_per_s"], 3)
     assert ratios["job_cpu_to_baseline_cpu"] == round(job["cpu_s_per_10k"] / base["cpu_s_per_10k"], 3)
     assert abs(ratios["logic_us_to_baseline_us"] - r["logic_only"]["us_per_event"] * base["events_per_s"] / 1e6) < 0.002
