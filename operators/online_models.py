@@ -172,7 +172,7 @@ class ModelTrainer:
 
     @classmethod
     def new(cls, name: str, seed: int = 42, segments: int = 5) -> ModelTrainer:
-        from river import metrics   # where it is used, as in new_model
+        from river import metrics  # where it is used, as in new_model
 
         meters: dict[str, Any]
         if name == "propensity":
