@@ -63,6 +63,9 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
     if deployment == "local" and prometheus_port is not None:
         conf.set_string("metrics.reporter.prom.factory.class", PROMETHEUS_FACTORY)
         conf.set_string("metrics.reporter.prom.port", str(prometheus_port))
+    if deployment == "local":   # Flink's local default is 64 MB, all touched at start; a few shuffles need far less
+        conf.set_string("taskmanager.memory.network.min", "32 mb")
+        conf.set_string("taskmanager.memory.network.max", "32 mb")
     conf.set_string("python.execution-mode", flink.execution_mode)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
@@ -105,8 +108,12 @@ def _prepare_process(flink: FlinkSettings, deployment: Deployment, prometheus_po
                                      os.environ["FLINK_LOG_DIR"])
     if prometheus_port is not None:
         use_lib_with_prometheus()
-    if flink.jvm_args:   # PyFlink's launcher of the mini-cluster's JVM adds JVM_ARGS to its command line
-        os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} {flink.jvm_args}".strip()
+    # Memory of the mini-cluster's JVM (docs/performance.md "Memory"): uncapped, G1 grew its heap to ~430 MB for
+    # ~5 MB of live state; one malloc arena per thread (the JVM's and the embedded Python's) holds freed memory.
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    heap = f"-Xmx{flink.local_heap_mb}m" if flink.local_heap_mb else ""
+    # PyFlink's launcher of the mini-cluster's JVM adds JVM_ARGS to its command line; the last -Xmx given wins.
+    os.environ["JVM_ARGS"] = " ".join(a for a in (os.environ.get("JVM_ARGS", ""), heap, flink.jvm_args) if a)
 
 
 def _restart_strategy(conf: Configuration, flink: FlinkSettings) -> None:

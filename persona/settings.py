@@ -188,6 +188,7 @@ class FlinkSettings(_Strict):
     item_shards: int = Field(default=16, ge=1, le=32_768)
     tick_ms: int = Field(default=100, gt=0)
     jvm_args: str = ""
+    local_heap_mb: int = Field(default=512, ge=0, le=1_048_576)
     # Once, to upgrade from a build with one Flink state per user (docs/operations.md "Failures and upgrades"): each shard's
     # states and timers are rebuilt from the profile changelog at its first batch or timer.
     seed_from_changelog: bool = False
