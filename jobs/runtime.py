@@ -111,9 +111,19 @@ def _prepare_process(flink: FlinkSettings, deployment: Deployment, prometheus_po
     # Memory of the mini-cluster's JVM (docs/performance.md "Memory"): uncapped, G1 grew its heap to ~430 MB for
     # ~5 MB of live state; one malloc arena per thread (the JVM's and the embedded Python's) holds freed memory.
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    # PyFlink's launcher of the mini-cluster's JVM adds JVM_ARGS to its command line.
+    os.environ["JVM_ARGS"] = mini_cluster_jvm_args(flink, os.environ.get("JVM_ARGS", ""))
+
+
+def mini_cluster_jvm_args(flink: FlinkSettings, inherited: str = "") -> str:
+    """The mini-cluster JVM's options: the caller's, the heap cap, then ``flink.jvm_args`` (the last -Xmx wins).
+
+    >>> from persona.settings import load_job_settings
+    >>> mini_cluster_jvm_args(load_job_settings({"flink.jvm_args": "-Xmx2g"}).flink, "-Dx=1")
+    '-Dx=1 -Xmx512m -Xmx2g'
+    """
     heap = f"-Xmx{flink.local_heap_mb}m" if flink.local_heap_mb else ""
-    # PyFlink's launcher of the mini-cluster's JVM adds JVM_ARGS to its command line; the last -Xmx given wins.
-    os.environ["JVM_ARGS"] = " ".join(a for a in (os.environ.get("JVM_ARGS", ""), heap, flink.jvm_args) if a)
+    return " ".join(a for a in (inherited, heap, flink.jvm_args) if a)
 
 
 def _restart_strategy(conf: Configuration, flink: FlinkSettings) -> None:

@@ -37,3 +37,14 @@ def test_absence_within_must_exceed_allowed_lateness(capsys: pytest.CaptureFixtu
 
 def test_missing_patterns_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "file not found" in _refused(["--set", f"patterns_file={tmp_path / 'none.yaml'}"], capsys)
+
+
+def test_the_mini_cluster_heap_is_capped_and_the_users_options_come_last() -> None:
+    from jobs.runtime import mini_cluster_jvm_args
+    from persona.settings import load_job_settings
+
+    assert mini_cluster_jvm_args(load_job_settings().flink) == "-Xmx512m"
+    assert mini_cluster_jvm_args(load_job_settings({"flink.local_heap_mb": "0"}).flink, "-Da=1") == "-Da=1"
+    # The JVM takes the last -Xmx: an explicit one in flink.jvm_args overrides the cap.
+    assert mini_cluster_jvm_args(load_job_settings({"flink.local_heap_mb": "300", "flink.jvm_args": "-Xmx1g -Dz"}).flink,
+                                 "-Dy") == "-Dy -Xmx300m -Xmx1g -Dz"
