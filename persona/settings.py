@@ -198,6 +198,13 @@ class FlinkSettings(_Strict):
     # source vertex id (web UI, 32 hex digits), so its savepoint's offsets map to the source.
     previous_source_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
 
+    @field_validator("local_heap_mb")
+    @classmethod
+    def _heap(cls, v: int) -> int:
+        if 0 < v < 256:   # Flink's mini-cluster alone needs more: the job would fail at start with a JVM error
+            raise ValueError("must be 0 (the JVM's default) or at least 256")
+        return v
+
     def checkpoint_uri(self) -> str | None:
         """Where checkpoints go: a Flink URI as given (``file:///…``, ``s3://…``), a path (relative to the project)
         as a ``file://`` URI, or None for the JobManager's memory (``""``: lost with the process)."""

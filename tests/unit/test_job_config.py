@@ -48,3 +48,7 @@ def test_the_mini_cluster_heap_is_capped_and_the_users_options_come_last() -> No
     # The JVM takes the last -Xmx: an explicit one in flink.jvm_args overrides the cap.
     assert mini_cluster_jvm_args(load_job_settings({"flink.local_heap_mb": "300", "flink.jvm_args": "-Xmx1g -Dz"}).flink,
                                  "-Dy") == "-Dy -Xmx300m -Xmx1g -Dz"
+
+
+def test_a_heap_too_small_for_the_mini_cluster_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "flink.local_heap_mb" in _refused(["--set", "flink.local_heap_mb=64"], capsys)
