@@ -497,13 +497,13 @@ class Baseline:
         r = settings.redis
         self.triggers = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self.trigger_topic = topics["triggers"]
+        self.items = InlineItemPublisher(settings, redis.Redis.from_url(redis_url), self.keys)
         self.replay = Replay(settings, on_trigger=lambda t: self.triggers.send(
             self.trigger_topic, key=t.user_id.encode(), value=t.to_json().encode()), on_step=self._write,
-            on_items=lambda changed: self.items.add(changed))
+            on_items=self.items.add)
         self.now = int(time.time() * 1000)
         self.writer = ProfileWriter.from_url(redis_url, self.keys, r.profile_ttl_s, r.flush_interval_ms,
                                              r.flush_max_batch, self.replay.core.memberships_known)
-        self.items = InlineItemPublisher(settings, redis.Redis.from_url(redis_url), self.keys)
         self.consumer = KafkaConsumer(topics["events"], bootstrap_servers=bootstrap, group_id=f"{prefix}baseline",
                                       auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000)
         self.stop: Any = threading.Event()

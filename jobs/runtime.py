@@ -116,12 +116,8 @@ def _prepare_process(flink: FlinkSettings, deployment: Deployment, prometheus_po
 
 
 def mini_cluster_jvm_args(flink: FlinkSettings, inherited: str = "") -> str:
-    """The mini-cluster JVM's options: the caller's, the heap cap, then ``flink.jvm_args`` (the last -Xmx wins).
-
-    >>> from persona.settings import load_job_settings
-    >>> mini_cluster_jvm_args(load_job_settings({"flink.jvm_args": "-Xmx2g"}).flink, "-Dx=1")
-    '-Dx=1 -Xmx512m -Xmx2g'
-    """
+    """The mini-cluster JVM's options: the caller's, the heap cap, then ``flink.jvm_args`` (the last -Xmx wins;
+    tests/unit/test_job_config.py)."""
     heap = f"-Xmx{flink.local_heap_mb}m" if flink.local_heap_mb else ""
     return " ".join(a for a in (inherited, heap, flink.jvm_args) if a)
 
