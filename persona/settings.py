@@ -189,6 +189,9 @@ class FlinkSettings(_Strict):
     tick_ms: int = Field(default=100, gt=0)
     jvm_args: str = ""
     local_heap_mb: int = Field(default=512, ge=0, le=1_048_576)
+    # The mini-cluster JVM's JIT (docs/performance.md "JIT"): "c1" stops at the client compiler, "tiered" is the JVM's
+    # default (C1 then C2).
+    local_jit: Literal["c1", "tiered"] = "c1"
     # Once, to upgrade from a build with one Flink state per user (docs/operations.md "Failures and upgrades"): each shard's
     # states and timers are rebuilt from the profile changelog at its first batch or timer.
     seed_from_changelog: bool = False
