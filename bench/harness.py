@@ -36,13 +36,14 @@ from confluent_kafka import Consumer, Producer
 
 from bench.live_events import LiveTraffic
 from operators.config_files import read_yaml
+from operators.list_rules import ListRules
 from operators.personalize import Step
 from operators.runner import Record
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override
 from persona.replay import InlineItemPublisher, Replay, write_step
 from persona.rules import recommend_rules
-from persona.serving import recommend
+from persona.serving import ListRulesInForce, recommend
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, parse_overrides
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
@@ -317,10 +318,11 @@ def _state_sizes(client: redis.Redis, keys: RedisKeys, users: list[str], checkpo
 
 
 def _lookup_ms(client: redis.Redis, keys: RedisKeys, users: list[str]) -> dict[str, float] | None:
-    """The front-end's lookup of a personal list (``persona.serving.recommend``: three round trips to the local
-    Redis and the scoring), timed per user from this process."""
+    """The front-end's lookup of a personal list (``persona.serving.recommend``: the rule set in force, the profile,
+    the list's inputs in two pipelines, and the scoring), timed per user from this process."""
     rules = recommend_rules(load_job_settings(BENCH_SETTINGS))
-    times = [recommend(client, keys, user, rules).lookup_ms for user in users]
+    in_force = ListRulesInForce(ListRules())
+    times = [recommend(client, keys, user, rules, in_force=in_force).lookup_ms for user in users]
     if not times:
         return None
     times.sort()

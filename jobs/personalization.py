@@ -57,6 +57,7 @@ from operators.runner import (
     LATE,
     TIMER_ERRORS,
     TRIGGER,
+    TRIGGER_LIST_ERRORS,
     UNTRUSTED,
     VALID,
     Result,
@@ -66,6 +67,7 @@ from operators.runner import (
 from operators.untrusted_warning import UntrustedWarnings
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer, recommend_rules, rule_set_in_force
+from persona.serving import redis_trigger_lists
 from persona.settings import ConfigError, JobSettings
 from persona.stack.procs import free_port
 from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
@@ -88,7 +90,7 @@ EXAMPLES = OutputTag("model-examples", Types.PICKLED_BYTE_ARRAY())
 OUTCOMES = OutputTag("experiment-outcomes", KEYED_JSON)
 SEEDED_STATE = "seeded_from_changelog"   # per shard (jobs/changelog_seed.py)
 ITEM_BATCH_SIGNALS = 50_000   # a shard's joined signals go to the item operator at this many (or at fold_ms)
-KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS,
+KNOWN_COUNTERS = [VALID, UNTRUSTED, LATE, DUPLICATES, ERASURES, CONSENT_CHANGES, TIMER_ERRORS, BOT_FLAGS, TRIGGER_LIST_ERRORS,
                   ("personalize", "models_refused"), ("personalize", "rules", "switches"),
                   ("personalize", "rules", "refused"), ("personalize", "rules", "version"),
                   *(("ingest", "rejected", str(r)) for r in RejectReason if r is not RejectReason.LATE_EVENT),
@@ -137,6 +139,11 @@ class Personalize(KeyedProcessFunction):
             self._seeds = read_seeds(s, self._runner.core)
             self._sent_before = sent_trigger_ids(s)
         self._client = redis.Redis.from_url(s.redis.connection_url())
+        if s.recommend.enabled:   # lists for the triggers of patterns with include_list, read as a front-end would
+            # A short timeout: a trigger waits at most this long for its list, then goes out without it.
+            lists_client = redis.Redis.from_url(s.redis.connection_url(), socket_timeout=0.5, socket_connect_timeout=0.5)
+            self._runner.trigger_lists = redis_trigger_lists(lists_client, RedisKeys(s.redis.key_prefix),
+                                                             recommend_rules(s))
         self._follower = ServedFollower(self._runner.core, self._runner.served, self._client,
                                         RedisKeys(s.redis.key_prefix), s.models.refresh_ms,
                                         s.models.refresh_every_events, s.rules.refresh_ms,

@@ -23,3 +23,17 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def mapping(value: Any, where: str) -> dict[str, Any]:
+    """``value`` if it is a mapping; otherwise a ConfigError naming ``where``."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    return value
+
+
+def only_fields(doc: dict[str, Any], allowed: set[str], where: str) -> None:
+    """A ConfigError naming the first field of ``doc`` that is not ``allowed``."""
+    unknown = sorted(str(k) for k in set(doc) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")

@@ -24,9 +24,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from operators.config_files import ConfigError, read_yaml
+from operators.config_files import ConfigError, mapping, only_fields, read_yaml
 from operators.events import EVENT_TYPES, Event
 from operators.experiments import POLICIES, ExperimentSpec
+from operators.list_rules import NO_LIST_RULES, ListRules, compile_list_rules
 from operators.profile_fold import PROFILE_FIELD_NAMES, WINDOWS
 from state.windows import MEASURES
 
@@ -76,6 +77,9 @@ class Step:
         return event.event_type == self.event_type and all(c.holds(event, profile) for c in self.where)
 
 
+MAX_TRIGGER_LIST = 20   # items a trigger may carry (``include_list``); a message shows a few
+
+
 @dataclass(frozen=True, slots=True)
 class PatternSpec:
     name: str
@@ -94,6 +98,9 @@ class PatternSpec:
     version: int = 0
     state_version: int = 0
     experiment: ExperimentSpec | None = None   # variants of this pattern's trigger (docs/behaviour.md "Experiments")
+    # The trigger carries the first N items of the user's personal list when it is sent, e.g. alternatives in an
+    # abandonment message (docs/recommendations.md "In triggers"); 0: none.
+    include_list: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,7 @@ class PatternBook:
     patterns: tuple[PatternSpec, ...]
     gate: GateSpec
     version: int = 0        # the rule-set version (operators/rule_sets.py); 0 for a file read directly
+    lists: ListRules = NO_LIST_RULES   # the ``recommend:`` section (operators/list_rules.py)
 
     def by_name(self, name: str) -> PatternSpec:
         return next(p for p in self.patterns if p.name == name)
@@ -128,18 +136,6 @@ def parse_duration(text: Any, where: str) -> int:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    return value
-
-
-def _only(doc: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(str(k) for k in set(doc) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {str(unknown[0])!r} (allowed: {', '.join(sorted(allowed))})")
-
-
 def _condition(field: str, test: Any, where: str) -> Condition:
     source, _, rest = field.partition(".")
     if source == "profile" and rest not in PROFILE_FIELDS:
@@ -148,7 +144,7 @@ def _condition(field: str, test: Any, where: str) -> Condition:
         raise ConfigError(f"{where}.{field}: unknown context field {rest!r}")
     if source not in ("event", "context", "profile") or not rest:
         raise ConfigError(f"{where}.{field}: a field starts with event., context. or profile.")
-    test = _mapping(test, f"{where}.{field}")
+    test = mapping(test, f"{where}.{field}")
     if len(test) != 1 or next(iter(test)) not in OPS:
         raise ConfigError(f"{where}.{field}: expected one operator of {', '.join(OPS)}")
     op, value = next(iter(test.items()))
@@ -158,12 +154,12 @@ def _condition(field: str, test: Any, where: str) -> Condition:
 
 
 def _conditions(doc: Any, where: str) -> tuple[Condition, ...]:
-    return tuple(_condition(f, t, where) for f, t in _mapping(doc, where).items())
+    return tuple(_condition(f, t, where) for f, t in mapping(doc, where).items())
 
 
 def _step(doc: Any, where: str) -> Step:
-    doc = _mapping(doc, where)
-    _only(doc, {"event", "where"}, where)
+    doc = mapping(doc, where)
+    only_fields(doc, {"event", "where"}, where)
     event_type = doc.get("event")
     if event_type not in EVENT_TYPES:
         raise ConfigError(f"{where}.event: {event_type!r} is not an event type ({', '.join(sorted(EVENT_TYPES))})")
@@ -174,12 +170,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def _experiment(doc: Any, where: str, pattern: str) -> ExperimentSpec:
-    doc = _mapping(doc, where)
-    _only(doc, {"name", "variants", "holdout", "policy", "outcome"}, where)
+    doc = mapping(doc, where)
+    only_fields(doc, {"name", "variants", "holdout", "policy", "outcome"}, where)
     name = doc.get("name", pattern)
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{where}.name: {name!r} is not a name of letters, digits, '_', '.' or '-'")
-    variants = _mapping(doc.get("variants"), f"{where}.variants")
+    variants = mapping(doc.get("variants"), f"{where}.variants")
     for variant, weight in variants.items():
         if not isinstance(variant, str) or not _NAME.match(variant):
             raise ConfigError(f"{where}.variants: {variant!r} is not a name of letters, digits, '_', '.' or '-'")
@@ -193,8 +189,8 @@ def _experiment(doc: Any, where: str, pattern: str) -> ExperimentSpec:
     policy = doc.get("policy", "fixed")
     if policy not in POLICIES:
         raise ConfigError(f"{where}.policy: {policy!r} is not one of {', '.join(POLICIES)}")
-    outcome = _mapping(doc.get("outcome"), f"{where}.outcome")
-    _only(outcome, {"event", "where", "within"}, f"{where}.outcome")
+    outcome = mapping(doc.get("outcome"), f"{where}.outcome")
+    only_fields(outcome, {"event", "where", "within"}, f"{where}.outcome")
     step = _step({k: v for k, v in outcome.items() if k != "within"}, f"{where}.outcome")
     return ExperimentSpec(name, tuple((v, float(w)) for v, w in variants.items()), holdout, policy,
                           parse_duration(outcome.get("within"), f"{where}.outcome.within"), step)
@@ -204,18 +200,23 @@ def _pattern(name: str, doc: Any, names: set[str]) -> PatternSpec:
     spec = _pattern_kind(name, doc, names)
     if isinstance(doc, dict) and doc.get("experiment") is not None:
         spec = replace(spec, experiment=_experiment(doc["experiment"], f"patterns.{name}.experiment", name))
+    if isinstance(doc, dict) and doc.get("include_list") is not None:
+        n = doc["include_list"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TRIGGER_LIST:
+            raise ConfigError(f"patterns.{name}.include_list: expected an integer 1..{MAX_TRIGGER_LIST}, got {n!r}")
+        spec = replace(spec, include_list=n)
     return spec
 
 
 def _pattern_kind(name: str, doc: Any, names: set[str]) -> PatternSpec:
     where = f"patterns.{name}"
-    doc = _mapping(doc, where)
-    doc = {k: v for k, v in doc.items() if k != "experiment"}
+    doc = mapping(doc, where)
+    doc = {k: v for k, v in doc.items() if k not in ("experiment", "include_list")}
     kind = doc.get("kind")
     common = {"kind", "reason"}
     reason = str(doc.get("reason", name.replace("_", " ")))
     if kind == "absence":
-        _only(doc, common | {"anchor", "cancel", "within", "include_cart"}, where)
+        only_fields(doc, common | {"anchor", "cancel", "within", "include_cart"}, where)
         if "anchor" not in doc or "within" not in doc:
             raise ConfigError(f"{where}: absence needs anchor and within")
         cancels = doc.get("cancel", [])
@@ -226,7 +227,7 @@ def _pattern_kind(name: str, doc: Any, names: set[str]) -> PatternSpec:
                            within_ms=parse_duration(doc["within"], f"{where}.within"),
                            include_cart=bool(doc.get("include_cart", False)))
     if kind == "threshold":
-        _only(doc, common | {"check_on", "when", "include_cart", "cancel"}, where)
+        only_fields(doc, common | {"check_on", "when", "include_cart", "cancel"}, where)
         if "check_on" not in doc or "when" not in doc:
             raise ConfigError(f"{where}: threshold needs check_on and when")
         cancels = doc.get("cancel", [])
@@ -237,7 +238,7 @@ def _pattern_kind(name: str, doc: Any, names: set[str]) -> PatternSpec:
                            cancel=tuple(_step(c, f"{where}.cancel.{i}") for i, c in enumerate(cancels)),
                            include_cart=bool(doc.get("include_cart", False)))
     if kind == "escalation":
-        _only(doc, common | {"of", "count", "scope"}, where)
+        only_fields(doc, common | {"of", "count", "scope"}, where)
         if doc.get("of") not in names or doc.get("of") == name:
             raise ConfigError(f"{where}.of: {doc.get('of')!r} is not another pattern in this file")
         if not isinstance(doc.get("count"), int) or doc["count"] < 2:
@@ -250,27 +251,27 @@ def _pattern_kind(name: str, doc: Any, names: set[str]) -> PatternSpec:
 
 def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBook:
     try:
-        doc = _mapping(doc, "(top level)")
-        _only(doc, {"version", "gate", "patterns"}, "(top level)")
+        doc = mapping(doc, "(top level)")
+        only_fields(doc, {"version", "gate", "patterns", "recommend"}, "(top level)")
         if doc.get("version") != 1:
             raise ConfigError(f"version: {doc.get('version')!r} is not 1")
-        gate = _mapping(doc.get("gate"), "gate")
-        _only(gate, {"frequency_cap", "quiet_hours", "max_per_user"}, "gate")
-        cap = _mapping(gate.get("frequency_cap"), "gate.frequency_cap")
-        quiet = _mapping(gate.get("quiet_hours"), "gate.quiet_hours")
+        gate = mapping(doc.get("gate"), "gate")
+        only_fields(gate, {"frequency_cap", "quiet_hours", "max_per_user"}, "gate")
+        cap = mapping(gate.get("frequency_cap"), "gate.frequency_cap")
+        quiet = mapping(gate.get("quiet_hours"), "gate.quiet_hours")
         if not isinstance(cap.get("max"), int) or cap["max"] < 1:
             raise ConfigError("gate.frequency_cap.max: expected a positive integer")
         for k in ("start", "end"):
             if not isinstance(quiet.get(k), int) or not 0 <= quiet[k] <= 23:
                 raise ConfigError(f"gate.quiet_hours.{k}: expected an hour 0..23")
-        patterns = _mapping(doc.get("patterns"), "patterns")
+        patterns = mapping(doc.get("patterns"), "patterns")
         if not patterns:
             raise ConfigError("patterns: at least one pattern is needed")
         names = set(patterns)
         user_cap, user_window, priority = 0, 0, ()
         if gate.get("max_per_user") is not None:
-            per_user = _mapping(gate["max_per_user"], "gate.max_per_user")
-            _only(per_user, {"max", "per", "priority"}, "gate.max_per_user")
+            per_user = mapping(gate["max_per_user"], "gate.max_per_user")
+            only_fields(per_user, {"max", "per", "priority"}, "gate.max_per_user")
             if not isinstance(per_user.get("max"), int) or per_user["max"] < 1:
                 raise ConfigError("gate.max_per_user.max: expected a positive integer")
             user_cap = per_user["max"]
@@ -286,7 +287,7 @@ def compile_patterns(doc: Any, source: str = "conf/patterns.yaml") -> PatternBoo
         if len(set(experiments)) != len(experiments):
             twice = sorted({e for e in experiments if experiments.count(e) > 1})[0]
             raise ConfigError(f"patterns: experiment {twice!r} is declared by more than one pattern")
-        return PatternBook(specs, gate_spec)
+        return PatternBook(specs, gate_spec, lists=compile_list_rules(doc.get("recommend")))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

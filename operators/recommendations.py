@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from operators.co_occurrence import ItemSignal, RecommendRules, add_decayed, decayed
 from operators.item_table import table_from_published
+from operators.list_rules import NO_LIST_RULES, ListRules
 from state.item_state import ItemNeighbours, RecentItem, RecentItems
 
 TOP_PER_CATEGORY = 50
@@ -109,9 +110,13 @@ class PublishedPopularity:
 
 
 def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popular: Popularity,
-                  exclude: set[str], now: int, rules: RecommendRules) -> list[tuple[str, float]]:
-    """The user's top ``rules.list_size`` items as of ``now``, best first, ties by item id."""
+                  exclude: set[str], now: int, rules: RecommendRules, list_rules: ListRules = NO_LIST_RULES,
+                  categories: Mapping[str, str] | None = None) -> list[tuple[str, float]]:
+    """The user's top ``rules.list_size`` items as of ``now``, best first, ties by item id, after the rule set's
+    exclusions and boosts (``list_rules``). ``categories``: item -> category, for candidates whose category the
+    table and the category rankings do not give."""
     scores: dict[str, float] = {}
+    category_of: dict[str, str] = {}
     half_life = rules.half_life_ms
     for r in recent.items:
         anchor = table.get(r.item)
@@ -127,6 +132,8 @@ def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popu
             scores[other] = scores.get(other, 0.0) + say * decayed(value, at, now, half_life) / math.sqrt(w_anchor * w_other)
     for category, share in _category_shares(recent) if rules.content_weight > 0 else ():
         best = popular.top(category, now)
+        if list_rules.by_category:
+            category_of.update((item, category) for item, _ in best)
         if best and best[0][1] > 0:
             for item, weight in best:
                 scores[item] = scores.get(item, 0.0) + rules.content_weight * share * weight / best[0][1]
@@ -135,18 +142,26 @@ def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popu
         for item, weight in overall:
             scores[item] = scores.get(item, 0.0) + rules.popularity_weight * weight / overall[0][1]
     skip = exclude | ({recent.items[-1].item} if recent.items else set())
+    if not list_rules.empty:
+        if list_rules.by_category:
+            category_of.update(categories or {})
+            category_of.update((item, table[item].category) for item in scores if item in table and table[item].category)
+        return list_rules.adjust([p for p in scores.items() if p[0] not in skip], category_of, rules.list_size)
     ranked = heapq.nsmallest(rules.list_size + len(skip), scores.items(), key=lambda p: (-p[1], p[0]))
     return [(item, score) for item, score in ranked if item not in skip][:rules.list_size]
 
 
 def served_list(recent: RecentItems, cart: set[str], records: Mapping[str, Mapping[str, Any]],
                 scores: Mapping[str, float], by_category: Mapping[str, list[tuple[str, float]]],
-                everything: list[tuple[str, float]], now: int, rules: RecommendRules) -> list[tuple[str, float]]:
+                everything: list[tuple[str, float]], now: int, rules: RecommendRules,
+                list_rules: ListRules = NO_LIST_RULES, categories: Mapping[str, str] | None = None
+                ) -> list[tuple[str, float]]:
     """The list from what Redis holds (``state.item_store.read_list_inputs``): the anchors' published records,
-    the candidates' weight scores, and the best items by category and overall, as of ``now``."""
+    the candidates' weight scores, and the best items by category and overall, as of ``now``; then the rule set's
+    exclusions and boosts, with the candidates' ``categories`` as Redis holds them."""
     table = table_from_published(records, scores, now, rules.half_life_ms)
     return personal_list(recent, table, PublishedPopularity(by_category, everything), never_listed(recent, cart, rules),
-                         now, rules)
+                         now, rules, list_rules, categories)
 
 
 def say_of(recent: RecentItem, now: int, rules: RecommendRules) -> float:

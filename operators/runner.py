@@ -45,11 +45,13 @@ from operators.co_occurrence import ItemSignal
 from operators.dead_letter import dead_letter_record
 from operators.events import Event, Rejection, SourceRef
 from operators.input_limits import InputLimits
+from operators.list_rules import ListRules
 from operators.model_scoring import Example, ServedModels
 from operators.personalize import Personalizer, Step
 from operators.profile_fold import profile_fingerprint
 from operators.reasons import RejectReason
 from operators.validation import DEFAULT_LIMITS, parse_event
+from state.pattern_state import Trigger
 from state.profile_changelog import changelog_value
 from state.state_cache import StateCache
 from state.user_state import UserState, decode_state, encode_state
@@ -69,6 +71,11 @@ ERASURES = ("personalize", "erasures")
 CONSENT_CHANGES = ("personalize", "consent_changes")
 TIMER_ERRORS = ("personalize", "timer_errors")
 BOT_FLAGS = ("personalize", "bot_flags")
+TRIGGER_LIST_ERRORS = ("personalize", "trigger_list_errors")
+
+# A user's personal list as of an event time, under a rule set's list rules (best first): what a trigger whose
+# pattern has ``include_list`` carries. The job reads Redis (``persona.serving.list_for``); tools use their table.
+TriggerLists = Callable[[UserState, int, ListRules], list[tuple[str, float]]]
 
 
 class Record(NamedTuple):
@@ -201,10 +208,14 @@ class ExampleBuffer:
 
 class Runner:
     def __init__(self, core: Personalizer, limits: InputLimits = DEFAULT_LIMITS, cache_users: int = 20_000,
-                 served: ServedModels | None = None, on_step: Callable[[str, Step], None] | None = None) -> None:
-        """``on_step``: sees every applied step (tools that count or write profiles from the state object)."""
+                 served: ServedModels | None = None, on_step: Callable[[str, Step], None] | None = None,
+                 trigger_lists: TriggerLists | None = None) -> None:
+        """``on_step``: sees every applied step (tools that count or write profiles from the state object).
+        ``trigger_lists``: the personal lists that triggers of patterns with ``include_list`` carry (none: they
+        carry none)."""
         self.core = core
         self.on_step = on_step
+        self.trigger_lists = trigger_lists
         self.limits = limits
         self.served = served if served is not None else ServedModels()
         self.examples = ExampleBuffer()
@@ -328,6 +339,8 @@ class Runner:
             out.items += step.item_signals
         for trigger in step.triggers:
             out.count(("personalize", "triggers", trigger.pattern))
+            if self.trigger_lists is not None and step.state is not None:
+                trigger = self._with_list(trigger, step.state, out)
             out.outputs.append((TRIGGER, trigger.user_id, trigger.to_json().encode()))
         state = step.state
         if state is None:
@@ -342,6 +355,21 @@ class Runner:
                 self._cache.put(user, state)
             if step.write_profile:
                 out.change(user, changelog_value(data, now_ms, self._fingerprint))
+
+    def _with_list(self, trigger: Trigger, state: UserState, out: Result) -> Trigger:
+        """The trigger with the first ``include_list`` items of the user's list as of its send time. A failed
+        lookup (Redis away) sends it without them, counted: a message is never held back for its extras."""
+        book = self.core.engine.book
+        n = next((p.include_list for p in book.patterns if p.name == trigger.pattern), 0)
+        if not n or self.trigger_lists is None:
+            return trigger
+        try:
+            listed = self.trigger_lists(state, trigger.emitted_at, book.lists)
+        except Exception as e:  # noqa: BLE001 - any failure of the lookup; the trigger still goes out
+            out.count(TRIGGER_LIST_ERRORS)
+            out.errors.append(f"the list of trigger {trigger.trigger_id} failed: {type(e).__name__}: {e}")
+            return trigger
+        return msgspec.structs.replace(trigger, alternatives=[item for item, _ in listed[:n]])
 
     @staticmethod
     def _audit(step: Step, event: Event, source: SourceRef, now_ms: int, purged: int) -> bytes:

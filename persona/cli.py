@@ -585,13 +585,14 @@ def _profile(user_id: str, overrides: list[str], export: bool = False) -> int:
 
 
 def _recommend(user_id: str, overrides: list[str], as_json: bool) -> int:
-    from persona.rules import recommend_rules
-    from persona.serving import recommend
+    from persona.rules import check_patterns, recommend_rules
+    from persona.serving import ListRulesInForce, recommend
     from state.keys import RedisKeys
     job = load_job_settings(parse_overrides(overrides))
+    in_force = ListRulesInForce(check_patterns(job).lists)
     client = redis.Redis.from_url(job.redis.connection_url())
     try:
-        rec = recommend(client, RedisKeys(job.redis.key_prefix), user_id, recommend_rules(job))
+        rec = recommend(client, RedisKeys(job.redis.key_prefix), user_id, recommend_rules(job), in_force=in_force)
     except redis.exceptions.ConnectionError:
         raise StackError(f"redis at {job.redis.masked_url} did not answer") from None
     finally:
@@ -600,7 +601,8 @@ def _recommend(user_id: str, overrides: list[str], as_json: bool) -> int:
         print(rec.to_json())
         return 0
     who = f"user {user_id!r}" if rec.known else f"user {user_id!r} (no profile: the shop's best items)"
-    print(f"{who}, as of event time {rec.as_of}, looked up in {rec.lookup_ms:.1f} ms:")
+    rules = f"rule set v{rec.rules_version}" if rec.rules_version else "the pattern file's list rules"
+    print(f"{who}, as of event time {rec.as_of}, {rules}, looked up in {rec.lookup_ms:.1f} ms:")
     for rank, (item, score) in enumerate(rec.items, 1):
         print(f"  {rank:>2}. {item}  {score:.4f}")
     if not rec.items:

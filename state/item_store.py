@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
@@ -20,11 +20,12 @@ import redis
 from state.keys import RedisKeys
 
 # KEYS[1] item hash, KEYS[2] all items' weights, KEYS[3] the category's weights; ARGV[1] folded, ARGV[2] record
-# JSON, ARGV[3] weight score (empty: none), ARGV[4] item id.
+# JSON, ARGV[3] weight score (empty: none), ARGV[4] item id, ARGV[5] category (a field of its own: a lookup that
+# applies category rules reads it for every candidate without the record's neighbours).
 _PUBLISH_IF_NEWER = """
 local stored = tonumber(redis.call('HGET', KEYS[1], 'folded') or '-1')
 if stored >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'folded', ARGV[1], 'record', ARGV[2])
+redis.call('HSET', KEYS[1], 'folded', ARGV[1], 'record', ARGV[2], 'category', ARGV[5])
 if ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
@@ -62,7 +63,7 @@ class ItemWriter:
             item = record["item"]
             pipe.evalsha(self._script.sha, 3, self._keys.item(item), everything, self._keys.item_weights(record["category"]),
                          record["folded"], orjson.dumps(record).decode(),
-                         repr(score) if math.isfinite(score) else "", item)
+                         repr(score) if math.isfinite(score) else "", item, record["category"])
         return pipe.execute()
 
 
@@ -80,11 +81,13 @@ class ListInputs:
     scores: dict[str, float]
     by_category: dict[str, list[tuple[str, float]]]
     everything: list[tuple[str, float]]
+    categories: dict[str, str] = field(default_factory=dict)   # candidate -> category, when asked for
 
 
 def read_list_inputs(client: redis.Redis, keys: RedisKeys, anchors: list[str], categories: list[str],
-                     per_category: int, overall: int) -> ListInputs:
-    """Two round trips: the anchors' records and the best items, then the weight scores of every candidate."""
+                     per_category: int, overall: int, with_categories: bool = False) -> ListInputs:
+    """Two round trips: the anchors' records and the best items, then the weight scores of every candidate (and,
+    ``with_categories``, the category of every candidate that is not in a category's ranking)."""
     pipe = client.pipeline(transaction=False)
     for item in anchors:
         pipe.hget(keys.item(item), "record")
@@ -95,10 +98,21 @@ def read_list_inputs(client: redis.Redis, keys: RedisKeys, anchors: list[str], c
     ranked = [[(_text(item), float(score)) for item, score in reply] for reply in replies[len(anchors):]]
     everything = ranked.pop()
     wanted = sorted(set(records) | {other for r in records.values() for other, _ in r["neighbours"]})
-    weights = cast(list[float | None], client.zmscore(keys.item_weights(), wanted)) if wanted else []
+    by_category = dict(zip(categories, ranked, strict=True))
+    unplaced: list[str] = []
+    if with_categories:
+        placed = {item for best in by_category.values() for item, _ in best}
+        unplaced = sorted(({*wanted, *(item for item, _ in everything)}) - placed)
+    pipe = client.pipeline(transaction=False)
+    if wanted:
+        pipe.zmscore(keys.item_weights(), wanted)
+    for item in unplaced:
+        pipe.hget(keys.item(item), "category")
+    replies = pipe.execute() if wanted or unplaced else []
+    weights = cast(list[float | None], replies[0]) if wanted else []
     scores = dict(zip(wanted, weights, strict=True))
-    return ListInputs(records, {k: float(v) for k, v in scores.items() if v is not None},
-                      dict(zip(categories, ranked, strict=True)), everything)
+    found = {item: _text(c) for item, c in zip(unplaced, replies[1 if wanted else 0:], strict=True) if c}
+    return ListInputs(records, {k: float(v) for k, v in scores.items() if v is not None}, by_category, everything, found)
 
 
 def _text(value: bytes | str) -> str:

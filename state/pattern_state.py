@@ -30,6 +30,7 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
     pattern_version: int = 0
     experiment: str | None = None   # docs/behaviour.md "Experiments": the user's variant of the pattern's experiment
     variant: str | None = None
+    alternatives: list[str] | None = None   # the pattern's ``include_list``: the user's list when it was sent
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {"schema_version": TRIGGER_SCHEMA_VERSION, "trigger_id": self.trigger_id,
@@ -40,6 +41,8 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
             doc["cart"] = self.cart
         if self.experiment is not None:
             doc["experiment"], doc["variant"] = self.experiment, self.variant
+        if self.alternatives is not None:
+            doc["alternatives"] = self.alternatives
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 

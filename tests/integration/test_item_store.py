@@ -1,4 +1,5 @@
-"""Item records in a real Redis: the folded-count guard, the weight sets, and `persona recommend` reading them."""
+"""Item records in a real Redis: the folded-count guard, the weight sets, and `persona recommend` reading them
+with the list rules of the rule set in force."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import redis
 
 from operators.co_occurrence import ItemSignal, RecommendRules
 from operators.item_table import ItemTable, publications
+from operators.rule_sets import next_rule_set
 from persona.settings import ROOT
 from state.item_store import ItemWriter, read_item
 from state.keys import RedisKeys
+from state.rule_registry import publish
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
@@ -41,7 +44,8 @@ def test_persona_recommend_reads_the_list_a_front_end_would(redis_url: str, redi
     keys, rules = RedisKeys(redis_prefix), RecommendRules()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     table = ItemTable(rules)
-    signals = [ItemSignal(i, "toys", "", w, DAY) for i, w in (("a", 1.0), ("b", 5.0), ("c", 3.0), ("d", 1.0))]
+    signals = [ItemSignal(i, "games" if i == "d" else "toys", "", w, DAY)
+               for i, w in (("a", 1.0), ("b", 5.0), ("c", 3.0), ("d", 1.0))]
     signals += [ItemSignal("a", "toys", "c", 3.0, DAY), ItemSignal("c", "toys", "a", 3.0, DAY)]
     ItemWriter(client, keys).publish(publications(table.fold(signals).values(), rules))
     client.hset(keys.profile("u1"), mapping={"last_event_time": str(DAY), "cart_products": json.dumps(["b"]),
@@ -54,7 +58,21 @@ def test_persona_recommend_reads_the_list_a_front_end_would(redis_url: str, redi
         return json.loads(out.stdout)   # type: ignore[no-any-return]
 
     mine = ask("u1")
-    # "c" is a's neighbour; "b" is in the cart and "a" is being viewed; "d" comes from the category and the shop.
+    # "c" is a's neighbour; "b" is in the cart and "a" is being viewed; "d" comes from the shop's best.
     assert mine["known"] and mine["as_of"] == DAY and [x["item"] for x in mine["items"]] == ["c", "d"]
     stranger = ask("nobody")
     assert not stranger["known"] and [x["item"] for x in stranger["items"]] == ["b", "c", "a", "d"]
+    assert stranger["rules_version"] == 0
+
+    # A rule set in force: no "games" (d's category, read from its item hash), and a tenfold boost for "a".
+    source = (ROOT / "conf" / "patterns.yaml").read_text()
+    ruled = source + "\nrecommend: {exclude: {categories: [games]}, boost: {items: {a: 10}}}\n"
+    v1 = publish(client, keys, lambda newest: next_rule_set(newest, ruled, "test", 1))
+    mine, stranger = ask("u1"), ask("nobody")
+    assert [x["item"] for x in mine["items"]] == ["c"] and mine["rules_version"] == v1.version
+    # The shop's best by weight, relative to b's 5: a 1/5 * 10 = 2, b 1, c 3/5; d excluded.
+    assert [x["item"] for x in stranger["items"]] == ["a", "b", "c"]
+    assert [x["score"] for x in stranger["items"]][0] == pytest.approx(10 * stranger["items"][1]["score"] / 5)
+    # Rolled back: the previous source published again, and the lists are the plain ones.
+    v2 = publish(client, keys, lambda newest: next_rule_set(newest, source, "test", 2, rollback_of=v1.version))
+    assert [x["item"] for x in ask("nobody")["items"]] == ["b", "c", "a", "d"] and ask("u1")["rules_version"] == v2.version

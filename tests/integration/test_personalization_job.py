@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 
+from operators.co_occurrence import ItemSignal, RecommendRules
+from operators.item_table import ItemTable, publications
 from persona.dry_run import dry_run
 from persona.generator.shoppers import generate
 from persona.rule_commands import live_rules_file
@@ -24,6 +27,7 @@ from persona.settings import ROOT, RedisServiceSettings, load_generator_settings
 from persona.stack.procs import free_port, wait_until
 from persona.stack.redis_server import RedisServer
 from persona.stack.topics import ensure_topics
+from state.item_store import ItemWriter
 from state.keys import RedisKeys
 from state.profile_store import read_profile
 from tests.fixtures.item_oracle import expected_items, expected_lists, item_mismatches, list_mismatches
@@ -136,8 +140,17 @@ def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: st
 
 def test_absence_timer_fires_for_a_silent_user(kafka_bootstrap: str, redis_url: str, topics: TopicNames,
                                                redis_prefix: str, tmp_path: Path) -> None:
-    """One user adds to cart and goes silent; only other users' traffic moves the watermark past the deadline."""
+    """One user adds to cart and goes silent; only other users' traffic moves the watermark past the deadline. The
+    trigger carries 3 alternatives from the user's list (docs/recommendations.md "In triggers")."""
     t0 = 1_793_620_800_000   # 2026-11-02 12:00 UTC: outside quiet hours in UTC
+    # The shop's items as Redis holds them, with fold counts the job's own publications (p1) never reach.
+    rules, keys = RecommendRules(), RedisKeys(redis_prefix)
+    table = ItemTable(rules)
+    table.fold([ItemSignal(i, "toys", "", w, t0) for i, w in (("a", 1.0), ("b", 5.0), ("c", 3.0), ("d", 1.0))] * 50)
+    ItemWriter(redis.Redis.from_url(redis_url), keys).publish(publications(table.items.values(), rules))
+    patterns = yaml.safe_load((ROOT / "conf" / "patterns.yaml").read_text())
+    patterns["patterns"]["cart_abandonment"]["include_list"] = 3
+    (tmp_path / "patterns.yaml").write_text(yaml.safe_dump(patterns))
 
     def event(user: str, n: int, t: int, event_type: str, payload: dict[str, Any]) -> bytes:
         return json.dumps({"event_id": f"{user}-{n}", "event_type": event_type, "user_id": user, "schema_version": 1,
@@ -145,7 +158,8 @@ def test_absence_timer_fires_for_a_silent_user(kafka_bootstrap: str, redis_url: 
                            "context": {"device": "desktop", "timezone": "UTC"}, "payload": payload}).encode()
 
     cmd = [sys.executable, "-m", "jobs.personalization",
-           *(a for o in job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "silent") for a in ("--set", o))]
+           *(a for o in job_overrides(topics, kafka_bootstrap, redis_url, redis_prefix, "silent") for a in ("--set", o)),
+           "--set", f"patterns_file={tmp_path / 'patterns.yaml'}"]
     with open(tmp_path / "job.log", "wb") as log:
         job = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -162,6 +176,9 @@ def test_absence_timer_fires_for_a_silent_user(kafka_bootstrap: str, redis_url: 
                    interval_s=1.0)
         rows = [r for r in read_all_json(kafka_bootstrap, topics.triggers) if r["user_id"] == "silent"]
         assert [(r["pattern"], r["event_time"]) for r in rows] == [("cart_abandonment", t0 + 30 * 60_000)]
+        # The silent user's only item is p1 (in the cart, so never listed; no neighbours): the shop's best, by
+        # weight b 5 > c 3 > a 1 = d 1 (ties by id).
+        assert rows[0]["alternatives"] == ["b", "c", "a"]
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=30)
