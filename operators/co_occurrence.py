@@ -41,11 +41,11 @@ class RecommendRules:
     half_life_ms: int = 7 * DAY_MS            # of co-occurrences and item weights, in event time
     recent_items: int = 20                    # items per user's recent window
     pair_window_ms: int = DAY_MS              # items touched longer ago than this pair with nothing
-    pair_items: int = 10                      # a touch pairs with at most this many of the newest recent items
+    pair_items: int = 2                       # a touch pairs with at most this many of the newest recent items
     neighbours_per_item: int = 50             # kept per item; a quarter more and the weakest are pruned
     list_size: int = 20                       # items in a personal list
-    recency_half_life_ms: int = 1_800_000     # how fast a recent item loses its say in the user's list
-    content_weight: float = 0.1               # the best items of the user's recent categories (cold items, new users)
+    recency_half_life_ms: int = 60_000        # how fast a recent item loses its say in the user's list
+    content_weight: float = 1.0               # the best items of the user's recent categories (cold items, new users)
     popularity_weight: float = 0.01           # the shop's best items (cold start)
 
 

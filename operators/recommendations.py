@@ -118,11 +118,12 @@ def personal_list(recent: RecentItems, table: Mapping[str, ItemNeighbours], popu
     scores: dict[str, float] = {}
     category_of: dict[str, str] = {}
     half_life = rules.half_life_ms
+    newest = newest_touch(recent, now)
     for r in recent.items:
         anchor = table.get(r.item)
         if anchor is None or anchor.weight <= 0:
             continue
-        say = say_of(r, now, rules)
+        say = say_of(r, newest, rules)
         w_anchor = decayed(anchor.weight, anchor.at, now, half_life)
         for other, (value, at) in anchor.neighbours.items():
             candidate = table.get(other)
@@ -164,13 +165,20 @@ def served_list(recent: RecentItems, cart: set[str], records: Mapping[str, Mappi
                          now, rules, list_rules, categories)
 
 
-def say_of(recent: RecentItem, now: int, rules: RecommendRules) -> float:
-    """A recent item's say in the user's list: the user's weight for it, halving every ``recency_half_life_ms``.
+def say_of(recent: RecentItem, newest: int, rules: RecommendRules) -> float:
+    """A recent item's say in the user's list: the user's weight for it, halving every ``recency_half_life_ms``
+    that it is older than the user's newest touch (``newest_touch``): the order of what they looked at counts, not
+    how long ago they left, so a returning user's list is still theirs.
 
-    >>> say_of(RecentItem("a", "books", 3.0, 0), 1_800_000, RecommendRules())
+    >>> say_of(RecentItem("a", "books", 3.0, 0), 60_000, RecommendRules())
     1.5
     """
-    return recent.weight * float(2.0 ** (-max(now - recent.t, 0) / rules.recency_half_life_ms))
+    return recent.weight * float(2.0 ** (-max(newest - recent.t, 0) / rules.recency_half_life_ms))
+
+
+def newest_touch(recent: RecentItems, now: int) -> int:
+    """The event time of the user's newest recent item (``now`` for an empty window)."""
+    return max((r.t for r in recent.items), default=now)
 
 
 def never_listed(recent: RecentItems, cart: set[str], rules: RecommendRules) -> set[str]:

@@ -467,6 +467,10 @@ class GeneratorSettings(_Strict):
     item_styles: float = Field(ge=0, le=1)        # share of views from the shopper's style (latent factor)
     item_pairs: float = Field(ge=0, le=1)         # after an add-to-cart, the next view is its partner
     item_sequences: float = Field(ge=0, le=1)     # after a view, the next view is the item's successor
+    # How much shoppers' categories follow them: favourite categories (0.8 on arrival, 0.7 later, times this) and
+    # product views that stay in the session's category; 0 with every item_* at 0: no structure at all (the
+    # recommender's control; persona/generator/shoppers.py).
+    category_focus: float = Field(default=1.0, ge=0, le=1)
 
 
 # --------------------------------------------------------------------------- loading

@@ -119,8 +119,15 @@ class _SessionWalk:
     """Yields one user's events, session after session, in event-time order."""
 
     def __init__(self, user: _User, start_ms: int, end_ms: int, signal: Signal | None = None, seed: int = 0,
-                 items: ItemWorld | None = None) -> None:
+                 items: ItemWorld | None = None, category_focus: float = 1.0) -> None:
         self.user, self.end_ms = user, end_ms
+        # How much the categories a shopper views follow them (``category_focus``): a favourite category 0.8 of the
+        # time on arrival and 0.7 later, times the focus; a product view stays in the session's category with the
+        # focus as its probability, else it is in a uniform category (drawn from a generator of its own, so a focus
+        # of 1 is the stream as it was). 0: no structure at all, the recommender's control.
+        self.focus = category_focus
+        self.arrive_loyal, self.browse_loyal = 0.8 * category_focus, 0.7 * category_focus
+        self.wander = random.Random(f"{seed}:wander:{user.idx}")
         self.start_ms, self.signal = start_ms, signal or Signal()
         self.noise = random.Random(f"{seed}:noise:{user.idx}")   # the noisier stream's draws only
         self.items = items or ItemWorld(seed)
@@ -148,7 +155,7 @@ class _SessionWalk:
         u, rng = self.user, self.user.rng
         yield self._event("page_view", session_id, referrer, {"page_type": "home", "dwell_ms": self._dwell(5, 40)})
         steps = rng.randint(2, 14)
-        category = rng.choice(u.favourites) if rng.random() < 0.8 else rng.choice(CATEGORIES)
+        category = rng.choice(u.favourites) if rng.random() < self.arrive_loyal else rng.choice(CATEGORIES)
         product: dict[str, Any] | None = None
         for _ in range(steps):
             self._advance()
@@ -156,10 +163,12 @@ class _SessionWalk:
             if r < 0.12:
                 yield self._event("search", session_id, referrer, {"query": rng.choice(QUERIES)})
             elif r < 0.30:
-                category = rng.choice(u.favourites) if rng.random() < 0.7 else rng.choice(CATEGORIES)
+                category = rng.choice(u.favourites) if rng.random() < self.browse_loyal else rng.choice(CATEGORIES)
                 yield self._event("page_view", session_id, referrer,
                                   {"page_type": "category", "category": category, "dwell_ms": self._dwell(5, 60)})
             elif r < 0.70 or product is None:
+                if self.focus < 1 and self.wander.random() >= self.focus:
+                    category = self.wander.choice(CATEGORIES)
                 product = self._product(category)
                 # Mobile shoppers with high intent linger on product pages.
                 # Buyers read longer (the signal the propensity model can find).
@@ -299,7 +308,7 @@ def _time_ordered(settings: GeneratorSettings, start_ms: int) -> Iterator[dict[s
     signal = Signal(settings.signal_strength, settings.dwell_noise, settings.drift, settings.seasonality)
     items = ItemWorld(settings.seed, settings.item_zipf, settings.item_styles, settings.item_pairs, settings.item_sequences)
     walks = (_SessionWalk(_new_user(i, settings.seed, settings.bot_fraction), start_ms, end_ms, signal,
-                          settings.seed, items).events()
+                          settings.seed, items, settings.category_focus).events()
              for i in range(settings.users))
     heap: list[tuple[int, int, dict[str, Any], Iterator[dict[str, Any]]]] = []
     for i, it in enumerate(walks):

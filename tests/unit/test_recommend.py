@@ -172,6 +172,26 @@ def test_planted_structure_is_there_and_the_control_has_none() -> None:
     assert planted_distinct < 0.7 * control_distinct
 
 
+def test_without_category_focus_a_product_view_tells_nothing_of_the_next_ones_category() -> None:
+    """The control of ``persona evaluate --recommend``: with focus, consecutive product views of a user stay in one
+    category most of the time; without it, as often as two uniform draws of the 10 categories agree (1/10)."""
+    def same_category_share(events: list[dict]) -> float:
+        last: dict[str, str] = {}
+        same = pairs = 0
+        for e in events:
+            if e["payload"].get("page_type") == "product":
+                previous = last.get(e["user_id"])
+                if previous is not None:
+                    pairs += 1
+                    same += previous == e["payload"]["category"]
+                last[e["user_id"]] = e["payload"]["category"]
+        return same / pairs
+    control = {"item_zipf": 0, "item_styles": 0, "item_pairs": 0, "item_sequences": 0}
+    assert _decoded({**control, "category_focus": 1.0}) == _decoded(control)   # 1 is the stream as it was
+    assert same_category_share(_decoded(control)) > 0.5
+    assert abs(same_category_share(_decoded({**control, "category_focus": 0.0})) - 1 / 10) < 0.03
+
+
 def test_bought_together_partners_follow_add_to_cart() -> None:
     from persona.generator.items import ItemWorld
     events = _decoded({"item_pairs": 1.0, "item_sequences": 0.0})
