@@ -39,7 +39,7 @@ class RecommendRules:
     cart_weight: float = 3.0
     purchase_weight: float = 5.0
     half_life_ms: int = 7 * DAY_MS            # of co-occurrences and item weights, in event time
-    recent_items: int = 20                    # items per user's recent window
+    recent_items: int = 8                     # items per user's recent window
     pair_window_ms: int = DAY_MS              # items touched longer ago than this pair with nothing
     pair_items: int = 2                       # a touch pairs with at most this many of the newest recent items
     neighbours_per_item: int = 50             # kept per item; a quarter more and the weakest are pruned
