@@ -26,8 +26,11 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from operators.pattern_spec import load_patterns
+from persona.generator.items import PLANTED
 from persona.generator.shoppers import generate
 from persona.generator.sink import history_override, send_to_kafka
+from persona.rules import check_patterns, recommend_rules
+from persona.serving import ListRulesInForce, recommend
 from persona.settings import ROOT, load_generator_settings, load_job_settings, load_stack_settings, resolve_path
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, stop_process_group
@@ -73,7 +76,9 @@ def run_demo(opts: DemoOptions) -> int:
         f"kafka.bootstrap_servers={bootstrap}", f"redis.url={redis_url}", f"redis.key_prefix={prefix}",
         "kafka.starting_offsets=earliest", f"kafka.group_id=demo-{run_id}",
         # The demo replays generated history from conf/generator.yaml's start: admit its age at ingestion.
-        history_override()]
+        history_override(),
+        # The recommender, off by default for its cost (docs/recommendations.md), is part of what the demo shows.
+        "recommend.enabled=true"]
     cmd = [sys.executable, "-m", "jobs.personalization"] + [a for o in overrides for a in ("--set", o)]
     log_path = stack.run_path / f"demo-job-{run_id}.log"
     log = open(log_path, "wb")
@@ -98,7 +103,9 @@ def run_demo(opts: DemoOptions) -> int:
 
 def _feed_and_watch(opts: DemoOptions, job_proc: subprocess.Popen[bytes], client: redis.Redis, keys: RedisKeys,
                     bootstrap: str, topics: dict[str, str], log_path: Path) -> int:
-    gen = load_generator_settings({"users": opts.users, "seed": opts.seed})
+    # With the planted item structure of `persona evaluate --recommend`: it changes which products are viewed, nothing
+    # else, so the counts are those of the default stream.
+    gen = load_generator_settings({"users": opts.users, "seed": opts.seed, **PLANTED})
     sent: Counter[str] = Counter()
     producer = threading.Thread(
         target=lambda: sent.update(send_to_kafka(generate(gen, max_records=opts.records), bootstrap, topics["events"],
@@ -276,6 +283,17 @@ def _print_summary(client: redis.Redis, keys: RedisKeys, sent: Counter[str], by_
         print(f"\nsample profile ({keys.profile(busiest)}):")
         for name in sorted(profile):
             print(f"  {name:<34} {profile[name]}")
+        job = load_job_settings({"recommend.enabled": True})
+        # Items reach Redis every recommend.publish_ms: a short demo may end before the first publication.
+        deadline = time.monotonic() + job.recommend.publish_ms / 1000 + 5
+        while not client.exists(keys.item_weights()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        rec = recommend(client, keys, busiest, recommend_rules(job), in_force=ListRulesInForce(check_patterns(job).lists))
+        print(f"\ntheir personal list (persona recommend {busiest}, looked up in {rec.lookup_ms:.1f} ms):")
+        for rank, (item, score) in enumerate(rec.items[:5], 1):
+            print(f"  {rank}. {item:<24} {score:.4f}")
+        if not rec.items:
+            print("  (no item published yet)")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -34,6 +34,7 @@ from operators.co_occurrence import RecommendRules, Touch, fold_signal, remember
 from operators.events import Event
 from operators.recommendations import PopularItems, never_listed, newest_touch, personal_list, say_of
 from operators.validation import parse_event
+from persona.generator.items import CONTROL, PLANTED
 from persona.rules import input_limits, recommend_rules
 from persona.settings import load_generator_settings, load_job_settings
 from state.item_state import ItemNeighbours, RecentItems
@@ -43,13 +44,6 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend is chosen first
 
 CUTOFFS = (10, 20)
 
-# The control stream: no structure at all. No item structure (each product view uniform in its category: the
-# generator's default), and no category focus (with it, the category a shopper views next is predictable, and every
-# model, the batch ones too, found it: HR@20 0.017-0.019 against 0.005 for popularity).
-CONTROL: dict[str, Any] = {"item_zipf": 0.0, "item_styles": 0.0, "item_pairs": 0.0, "item_sequences": 0.0,
-                           "category_focus": 0.0}
-# The planted structure (persona/generator/items.py).
-PLANTED: dict[str, Any] = {"item_zipf": 1.0, "item_styles": 0.5, "item_pairs": 0.3, "item_sequences": 0.3}
 
 
 @dataclass(frozen=True, slots=True)

@@ -350,7 +350,7 @@ class RecommendSettings(_Strict):
     """The recommender (docs/recommendations.md): ``enabled`` and ``publish_ms`` (the job's wiring), then the fields
     of ``operators.co_occurrence.RecommendRules``, by name."""
 
-    enabled: bool = True
+    enabled: bool = False
     publish_ms: int = Field(default=10_000, ge=10, le=600_000)
     fold_ms: int = Field(default=1_000, ge=1, le=60_000)
     view_weight: float = Field(gt=0)

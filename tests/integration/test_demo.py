@@ -56,3 +56,5 @@ def test_the_demo_summary_adds_up() -> None:
     assert png is not None and Path(png.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sample = text[text.index("sample profile"):]
     assert re.search(r"^  bot +false$", sample, re.M) and re.search(r"^  events_total +\d+$", sample, re.M)
+    # The recommender is on in the demo: the sample user's list, as `persona recommend` reads it from Redis.
+    assert re.search(r"^their personal list \(persona recommend \S+, looked up in [\d.]+ ms\):\n  1\. p-", sample, re.M)

@@ -26,8 +26,8 @@ from operators.item_table import decode_signals, signal_batches, weight_at, weig
 from operators.model_scoring import ServedModels
 from operators.recommendations import PopularItems, PublishedPopularity, personal_list
 from operators.shards import java_string_hash
+from persona.generator.items import PLANTED
 from persona.generator.shoppers import generate
-from persona.recommend_eval import PLANTED
 from persona.rules import personalizer, recommend_rules
 from persona.settings import load_generator_settings, load_job_settings
 from state.item_state import ItemNeighbours, RecentItems
