@@ -50,15 +50,38 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
     assert not c.running()
 
 
+TASKMANAGERS = 2
+
+
 @pytest.fixture(autouse=True)
 def no_job_left_running(cluster: FlinkCluster) -> Iterator[None]:
-    """A test that fails half-way must not leave its job holding the cluster's two slots for the next one."""
+    """A test that fails half-way must not leave its job holding the cluster's two slots, nor the cluster short of
+    a TaskManager, for the next one."""
     yield
     for job in cluster.rest("/jobs")["jobs"]:
         if job["status"] not in ("FINISHED", "FAILED", "CANCELED"):
             cluster.cancel(job["id"])
             wait_until(lambda job=job: cluster.job_status(job["id"]) in ("CANCELED", "FAILED", "FINISHED"), 60,
                        f"job {job['id']} to end", interval_s=0.5)
+    supervise(cluster)
+
+
+def supervise(cluster: FlinkCluster) -> bool:
+    """What a supervisor (Kubernetes, systemd) does: start a TaskManager for each one that is gone. One SIGKILL can
+    cost two: Flink 2.2 shut the surviving TaskManager down when a task's failure handler failed on the lost peer's
+    connection ("FATAL - exception in exception handler", seen once in CI). Returns True when none was missing."""
+    missing = TASKMANAGERS - len(cluster.taskmanager_pids())
+    for _ in range(missing):
+        cluster.add_taskmanager()
+    return missing <= 0
+
+
+def kill_a_taskmanager(cluster: FlinkCluster) -> None:
+    """SIGKILL one TaskManager, wait until it is gone, then let the supervisor replace it."""
+    pid = cluster.taskmanager_pids()[0]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, f"TaskManager {pid} to die", interval_s=0.1)
+    supervise(cluster)
 
 
 def test_flink_run_on_standalone_cluster(cluster: FlinkCluster, kafka_bootstrap: str, redis_url: str,
@@ -272,10 +295,9 @@ def test_two_taskmanager_kills_in_a_row_and_the_job_goes_on(
     try:
         for kill in (1, 2):
             wait_until(lambda kill=kill: profiles() >= 100 * kill, 120, "the stream flowing", interval_s=0.5)
-            pid = cluster.taskmanager_pids()[0]
-            os.kill(pid, signal.SIGKILL)
-            cluster.add_taskmanager()
-            wait_until(lambda kill=kill: running_again(kill), 180, f"recovery from kill {kill}", interval_s=1.0)
+            kill_a_taskmanager(cluster)
+            wait_until(lambda kill=kill: supervise(cluster) and running_again(kill), 180, f"recovery from kill {kill}",
+                       interval_s=1.0)
         feeder.join(timeout=120)
         assert not feeder.is_alive() and not feed_errors, f"the stream was not sent whole: {feed_errors}"
         # Every profile equals the oracle over the whole stream, before any later event could repair a lost
@@ -348,10 +370,11 @@ def test_erasures_survive_a_taskmanager_killed_right_after_they_are_produced(
             wait_until(lambda: all(client.exists(keys.profile(u)) for u in ERASERS), 120, "the users' profiles",
                        interval_s=0.5)
             produce_raw(kafka_bootstrap, topics.events, case.erasures)
-            os.kill(cluster.taskmanager_pids()[0], signal.SIGKILL)
-            cluster.add_taskmanager()
+            kill_a_taskmanager(cluster)
 
             def recovered() -> bool:
+                if not supervise(cluster):
+                    return False
                 job = cluster.rest(f"/jobs/{job_id}")
                 values = cluster.rest(f"/jobs/{job_id}/metrics?get=numRestarts")
                 return (bool(values) and int(values[0]["value"]) >= 1 and job["state"] == "RUNNING"
