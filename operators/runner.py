@@ -340,7 +340,7 @@ class Runner:
         for trigger in step.triggers:
             out.count(("personalize", "triggers", trigger.pattern))
             if self.trigger_lists is not None and step.state is not None:
-                trigger = self._with_list(trigger, step.state, out)
+                trigger = self._with_list(trigger, step.state, self.trigger_lists, out)
             out.outputs.append((TRIGGER, trigger.user_id, trigger.to_json().encode()))
         state = step.state
         if state is None:
@@ -356,15 +356,15 @@ class Runner:
             if step.write_profile:
                 out.change(user, changelog_value(data, now_ms, self._fingerprint))
 
-    def _with_list(self, trigger: Trigger, state: UserState, out: Result) -> Trigger:
+    def _with_list(self, trigger: Trigger, state: UserState, lists: TriggerLists, out: Result) -> Trigger:
         """The trigger with the first ``include_list`` items of the user's list as of its send time. A failed
         lookup (Redis away) sends it without them, counted: a message is never held back for its extras."""
         book = self.core.engine.book
         n = next((p.include_list for p in book.patterns if p.name == trigger.pattern), 0)
-        if not n or self.trigger_lists is None:
+        if not n:
             return trigger
         try:
-            listed = self.trigger_lists(state, trigger.emitted_at, book.lists)
+            listed = lists(state, trigger.emitted_at, book.lists)
         except Exception as e:  # noqa: BLE001 - any failure of the lookup; the trigger still goes out
             out.count(TRIGGER_LIST_ERRORS)
             out.errors.append(f"the list of trigger {trigger.trigger_id} failed: {type(e).__name__}: {e}")

@@ -196,9 +196,10 @@ class AlsReference:
                                                 random_state=seed, num_threads=1)
                 model.fit(csr_matrix(matrix[keep]), show_progress=False)
             self.models.append(model)
-        self._csr = csr_matrix
 
     def ranks(self, decisions: list[Decision], k: int) -> list[int]:
+        from scipy.sparse import csr_matrix
+
         out = [0] * len(decisions)
         by_fold: dict[int, list[int]] = {}
         for i, d in enumerate(decisions):
@@ -214,7 +215,7 @@ class AlsReference:
                             rows.append(r)
                             cols.append(self.index[item])
                             vals.append(say)
-                liked = self._csr((vals, (rows, cols)), shape=(len(block), len(self.items)), dtype=np.float32)
+                liked = csr_matrix((vals, (rows, cols)), shape=(len(block), len(self.items)), dtype=np.float32)
                 factors = model.recalculate_user(np.arange(len(block)), liked)
                 scores = np.asarray(factors @ model.item_factors.T, dtype=np.float64)
                 for r, i in enumerate(block):
