@@ -574,6 +574,16 @@ def _run_baseline(bootstrap: str, redis_url: str, topics: dict[str, str], prefix
 def _run_peer(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, events: int,
                final: dict[str, int], tail: list[str], plan: LivePlan, out: Path) -> dict[str, Any]:
     """The peer engine (Bytewax, bench/peer_bytewax.py) in its own process, measured like the others."""
+    with peer_process(bootstrap, redis_url, topics, prefix, out) as (proc, client, keys):
+        drain, live = _drain_and_live("peer (Bytewax)", proc, client, keys, bootstrap, topics, events, final, tail,
+                                      plan, out / "bench-peer.log")
+        live.pop("live_users")
+        return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
+
+
+def peer_process(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, out: Path
+                 ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[bytes], redis.Redis, RedisKeys]]:
+    """The peer engine (Bytewax, bench/peer_bytewax.py) in its own process group, stopped however the block ends."""
     try:
         import bytewax  # noqa: F401 - only to say how to get it
     except ImportError:
@@ -582,11 +592,7 @@ def _run_peer(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: st
     cmd = [sys.executable, "-m", "bench.peer_bytewax", "--bootstrap", bootstrap, "--redis-url", redis_url,
            "--events-topic", topics["events"], "--triggers-topic", topics["triggers"], "--prefix", prefix,
            "--heartbeat", str(out / "bench-peer.heartbeat")]
-    with _system_process("peer", cmd, out / "bench-peer.log", redis_url, prefix) as (proc, client, keys):
-        drain, live = _drain_and_live("peer (Bytewax)", proc, client, keys, bootstrap, topics, events, final, tail,
-                                      plan, out / "bench-peer.log")
-        live.pop("live_users")
-        return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
+    return _system_process("peer", cmd, out / "bench-peer.log", redis_url, prefix)
 
 
 def _baseline_main(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: str, stop: Any) -> None:
@@ -619,9 +625,11 @@ def bench_topics(bootstrap: str, stem: str, systems: tuple[str, ...]) -> dict[st
     """Each system's topics, created: each reads its own copy of the events and gets its own live traffic, so
     none waits for another's. The job creates its changelog (compacted) itself."""
     topics = {name: {"events": f"{stem}.{name}.events", "triggers": f"{stem}.{name}.triggers"} for name in systems}
-    topics["job"] |= {"dead_letter": f"{stem}.job.dlq", "models": f"{stem}.job.models", "profiles": f"{stem}.job.profiles"}
+    if "job" in topics:
+        topics["job"] |= {"dead_letter": f"{stem}.job.dlq", "models": f"{stem}.job.models",
+                          "profiles": f"{stem}.job.profiles"}
+        ensure_topics(bootstrap, [topics["job"]["models"]], 1)
     ensure_topics(bootstrap, [t for name in systems for k, t in topics[name].items() if k not in ("models", "profiles")], 2)
-    ensure_topics(bootstrap, [topics["job"]["models"]], 1)
     return topics
 
 

@@ -208,11 +208,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="job setting for the job under test, e.g. flink.execution_mode=process")
-    lay = sub.add_parser("bench-layouts", help="job throughput on the local standalone cluster per TaskManager layout")
+    lay = sub.add_parser("bench-layouts", help="CPU per 10k events of the job on the local standalone cluster per TaskManager layout, "
+                              "beside the peer and the baseline")
     lay.add_argument("--layouts", nargs="+", type=parse_layout, default=[(1, 1), (1, 2), (2, 1)], metavar="TMxSLOTS",
                      help="TaskManagers x slots each (default: 1x1 1x2 2x1)")
     lay.add_argument("--events", dest="layout_events", nargs=2, type=int, default=[10_000, 40_000],
                      metavar=("SMALL", "LARGE"), help="pre-loaded events of the two drains (default 10000 40000)")
+    lay.add_argument("--no-others", action="store_true",
+                     help="measure the job's layouts only, not the peer and the baseline beside them")
     lay.add_argument("--out", type=Path, default=Path("reports"), help="folder for JSON, markdown and PNG")
     return p
 
@@ -358,7 +361,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return run_bench(args.events or BENCH_EVENTS, plan, args.out, parse_overrides(args.overrides))
     if args.command == "bench-layouts":
         from bench.layouts import run_layouts
-        return run_layouts(args.layouts, *args.layout_events, args.out)
+        return run_layouts(args.layouts, *args.layout_events, args.out, others=not args.no_others)
     raise AssertionError(args.command)
 
 

@@ -145,6 +145,13 @@ class FlinkCluster:
                     pids.append(int(line))
         return pids
 
+    def pids(self) -> list[int]:
+        """Live JobManager and TaskManager processes of this cluster (from its own pid files)."""
+        pids = []
+        for pid_file in self.pid_dir.glob("*.pid"):
+            pids += [int(x) for x in pid_file.read_text().split() if x.isdigit() and Path(f"/proc/{x}").exists()]
+        return pids
+
     def add_taskmanager(self) -> None:
         """Start one more TaskManager (what a supervisor does after losing one)."""
         proc = subprocess.run([str(FLINK_HOME / "bin" / "taskmanager.sh"), "start"], env=self._env(),
