@@ -6,7 +6,7 @@ import doctest
 import os
 
 import bench.layouts as layouts
-from bench.layouts import layout_row, markdown_table, marginal_per_10k, process_tree
+from bench.layouts import layout_row, marginal_per_10k, markdown_table, process_tree
 
 
 def test_the_module_examples_hold() -> None:
