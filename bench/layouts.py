@@ -22,7 +22,6 @@ CPU from their first profile in Redis to the last, which leaves out their start-
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -277,7 +276,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax.bar(names, system, color="tab:blue", label="system under test")
     ax.bar(names, shared, bottom=system, color="tab:gray", label="shared broker + Redis")
     ax.set_ylabel("CPU seconds per 10k events")
-    ax.set_title(f"CPU per event by layout, {r['machine']['cores']} cores ({os.path.basename(str(path))})")
+    ax.set_title(f"CPU per event by layout, {r['machine']['cores']} cores, {r['run_at']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -25,3 +25,10 @@ def test_the_readme_and_docs_show_the_latest_bench_run() -> None:
     table = markdown_table(json.loads((ROOT / "docs" / "bench.json").read_text())).strip()
     assert table in README
     assert table in (ROOT / "docs" / "performance.md").read_text()
+
+
+def test_the_readme_and_the_scaling_doc_show_the_latest_layouts_run() -> None:
+    from bench.layouts import markdown_table as layouts_table
+    table = layouts_table(json.loads((ROOT / "docs" / "layouts.json").read_text())).strip()
+    assert table in README
+    assert table in (ROOT / "docs" / "scaling.md").read_text()
