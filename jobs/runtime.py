@@ -116,13 +116,16 @@ def _prepare_process(flink: FlinkSettings, deployment: Deployment, prometheus_po
 
 
 def mini_cluster_jvm_args(flink: FlinkSettings, inherited: str = "") -> str:
-    """The mini-cluster JVM's options: the caller's, the heap cap, the JIT, then ``flink.jvm_args`` (the last of
+    """The mini-cluster JVM's options: the caller's, the heap cap, the JIT, the collector, then ``flink.jvm_args`` (the last of
     each option wins; tests/unit/test_job_config.py)."""
     heap = f"-Xmx{flink.local_heap_mb}m" if flink.local_heap_mb else ""
     # C1 only (docs/performance.md "JIT"): on 2 cores, C2 compiling through the first minutes took the core the
     # Python function waits for; a long-lived job on a cluster keeps the cluster's own JVM options.
     jit = "-XX:TieredStopAtLevel=1" if flink.local_jit == "c1" else ""
-    return " ".join(a for a in (inherited, heap, jit, flink.jvm_args) if a)
+    # The serial collector (docs/performance.md "Memory"): for a heap capped at a few hundred MB with ~5 MB of
+    # live state, G1's regions and remembered sets cost ~40 MB of RSS and buy nothing on 2 cores.
+    gc = "-XX:+UseSerialGC" if flink.local_gc == "serial" else ""
+    return " ".join(a for a in (inherited, heap, jit, gc, flink.jvm_args) if a)
 
 
 def _restart_strategy(conf: Configuration, flink: FlinkSettings) -> None:

@@ -192,6 +192,9 @@ class FlinkSettings(_Strict):
     # The mini-cluster JVM's JIT (docs/performance.md "JIT"): "c1" stops at the client compiler, "tiered" is the JVM's
     # default (C1 then C2).
     local_jit: Literal["c1", "tiered"] = "c1"
+    # The mini-cluster JVM's garbage collector (docs/performance.md "Memory"): "serial" holds ~40 MB less than G1 at
+    # the same throughput for a heap of this size; "g1" is the JVM's default.
+    local_gc: Literal["serial", "g1"] = "serial"
     # Once, to upgrade from a build with one Flink state per user (docs/operations.md "Failures and upgrades"): each shard's
     # states and timers are rebuilt from the profile changelog at its first batch or timer.
     seed_from_changelog: bool = False

@@ -43,12 +43,13 @@ def test_the_mini_cluster_heap_is_capped_and_the_users_options_come_last() -> No
     from jobs.runtime import mini_cluster_jvm_args
     from persona.settings import load_job_settings
 
-    assert mini_cluster_jvm_args(load_job_settings().flink) == "-Xmx512m -XX:TieredStopAtLevel=1"
-    assert mini_cluster_jvm_args(load_job_settings({"flink.local_heap_mb": "0", "flink.local_jit": "tiered"}).flink,
-                                 "-Da=1") == "-Da=1"
-    # The JVM takes the last of an option: an explicit one in flink.jvm_args overrides the cap and the JIT.
+    assert mini_cluster_jvm_args(load_job_settings().flink) == "-Xmx512m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    assert mini_cluster_jvm_args(load_job_settings({"flink.local_heap_mb": "0", "flink.local_jit": "tiered",
+                                                    "flink.local_gc": "g1"}).flink, "-Da=1") == "-Da=1"
+    # The JVM takes the last of an option: an explicit one in flink.jvm_args overrides the cap, the JIT and the
+    # collector (a second collector option is refused by the JVM, so a user's -XX:+UseG1GC needs local_gc: g1).
     assert mini_cluster_jvm_args(load_job_settings({"flink.local_heap_mb": "300", "flink.jvm_args": "-Xmx1g -Dz"}).flink,
-                                 "-Dy") == "-Dy -Xmx300m -XX:TieredStopAtLevel=1 -Xmx1g -Dz"
+                                 "-Dy") == "-Dy -Xmx300m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx1g -Dz"
 
 
 def test_a_heap_too_small_for_the_mini_cluster_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,3 +58,7 @@ def test_a_heap_too_small_for_the_mini_cluster_is_refused(capsys: pytest.Capture
 
 def test_an_unknown_jit_is_refused_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert "flink.local_jit" in _refused(["--set", "flink.local_jit=c2"], capsys)
+
+
+def test_an_unknown_collector_is_refused_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "flink.local_gc" in _refused(["--set", "flink.local_gc=zgc"], capsys)
