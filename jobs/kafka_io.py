@@ -68,8 +68,10 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
         "properties.group.id": kafka.group_id,
         "scan.startup.mode": _STARTUP[kafka.starting_offsets],
         # `committed` resumes where the group's last checkpoint left off; a new group starts at the end, so a
-        # redeploy without a savepoint neither replays the topic nor re-sends its triggers. Replays ask for earliest.
-        "properties.auto.offset.reset": "latest" if kafka.starting_offsets == "committed" else "earliest",
+        # redeploy without a savepoint neither replays the topic nor re-sends its triggers. Replays ask for earliest,
+        # and so does a bounded run, which would otherwise end where it starts (persona/bounded_start.py).
+        "properties.auto.offset.reset": "latest" if kafka.starting_offsets == "committed" and not bounded
+        else "earliest",
         # The record key is the user id (the contract, schemas/event.v1.json): read as it is, it spares a JSON
         # parse per record on the Java side (~14 µs per event).
         "key.format": "raw",

@@ -65,6 +65,7 @@ from operators.runner import (
     decode_batch,
 )
 from operators.untrusted_warning import UntrustedWarnings
+from persona.bounded_start import bounded_start
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer, recommend_rules, rule_set_in_force
 from persona.serving import redis_trigger_lists
@@ -393,8 +394,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_patterns(settings)   # a broken file is named before any service is reached
         check_topics(settings)
         book = rule_set_in_force(settings)
+        start = bounded_start(settings.kafka) if args.bounded else None
     except ConfigError as e:
         fail("personalization", str(e))
+    except KafkaError as e:
+        fail("personalization", f"kafka.bootstrap_servers: {settings.kafka.bootstrap_servers} did not answer ({e})")
+    if start is not None:
+        print(f"bounded run: {start.message}", flush=True)
+        if start.to_read == 0:
+            return
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"starting_offsets": start.starting_offsets})})
     rest_port = free_port() if args.deployment == "local" else None
     prometheus_port = free_port() if args.deployment == "local" and settings.flink.prometheus else None
     env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port)
