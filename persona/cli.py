@@ -186,6 +186,10 @@ def _parser() -> argparse.ArgumentParser:
                     "seasonal buying signals (docs/models.md)")
     ev.add_argument("--generator", dest="generator_overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="generator setting of the generated stream, e.g. signal_strength=0.5 (conf/generator.yaml)")
+    ev.add_argument("--warm", type=_fraction, metavar="FRACTION",
+                    help="forward mode: the online model learns the first FRACTION of the labelled examples (as a "
+                         "backfill would), then is scored on the rest against a batch model fitted on that same "
+                         "part and one fitted in hindsight (docs/models.md)")
     ev.add_argument("--recommend", action="store_true", help="next-item prediction instead: the streaming recommender's "
                     "prequential HR@10, HR@20 and MRR@20 vs item-kNN, and popularity in hindsight, on the generated "
                     "stream and its control stream (no item structure); docs/recommendations.md")
@@ -225,6 +229,17 @@ def _positive(parser: argparse.ArgumentParser, name: str, value: float | None) -
         parser.error(f"{name} must be positive")
 
 
+def _fraction(text: str) -> float:
+    """``0.5`` -> 0.5: a share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be between 0 and 1 (exclusive)")
+    return value
+
+
 def _rates(text: str) -> tuple[float, ...]:
     """``1000,2000`` -> (1000.0, 2000.0): ascending positive rates."""
     try:
@@ -241,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ("records", "users", "rate", "events", "seconds"):
         _positive(parser, f"--{name}", getattr(args, name, None))
+    if args.command == "evaluate" and args.recommend and args.warm is not None:
+        parser.error("--warm applies to the propensity model's evaluation, not to --recommend")
     if args.command == "bench-layouts" and not 0 < args.layout_events[0] < args.layout_events[1]:
         parser.error("--events: SMALL must be positive and less than LARGE")
     log_file = _setup_logging()
@@ -351,7 +368,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         if args.recommend:
             from persona.recommend_eval import run_recommend_evaluation
             return run_recommend_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator)
-        return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator)
+        return run_evaluation(args.records, args.users, args.seed, args.out, args.events_file, generator, args.warm)
     if args.command == "bench" and args.quick:
         from bench.quick import run_quick
         return run_quick(args.events or BENCH_EVENTS, args.out, parse_overrides(args.overrides))

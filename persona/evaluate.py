@@ -50,16 +50,51 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def encode(xs: list[tuple]) -> np.ndarray:
-    """Standardised numeric features plus one-hot categoricals (packed tuples), as the online model does."""
+def encode(xs: list[tuple], fit_on: list[tuple] | None = None) -> np.ndarray:
+    """Standardised numeric features plus one-hot categoricals (packed tuples), as the online model does.
+
+    The means, deviations and categories come from ``fit_on`` (default: ``xs`` itself), so a model fitted on one
+    part of a stream encodes the rest with what it knew then: a category first seen later is all zeros.
+    """
     n = len(PROPENSITY_NUMERIC)
-    num = np.array([x[:n] for x in xs], dtype=float)
-    num = (num - num.mean(0)) / np.where(num.std(0) > 0, num.std(0), 1.0)
+    ref = xs if fit_on is None else fit_on
+    ref_num = np.array([x[:n] for x in ref], dtype=float)
+    mean, std = ref_num.mean(0), ref_num.std(0)
+    num = (np.array([x[:n] for x in xs], dtype=float) - mean) / np.where(std > 0, std, 1.0)
     cats = []
     for k in range(n, n + len(PROPENSITY_CATEGORICAL)):
-        values = sorted({x[k] for x in xs})
+        values = sorted({x[k] for x in ref})
         cats.append(np.array([[x[k] == v for v in values] for x in xs], dtype=float))
     return np.hstack([num, *cats, np.ones((len(xs), 1))])
+
+
+def forward_comparison(xs: list[tuple], scores: np.ndarray, labels: np.ndarray, hindsight_scores: np.ndarray,
+                       warm: float) -> dict[str, Any]:
+    """``--warm``: the online model learns the first ``warm`` share of the labelled examples (as a backfill over
+    history would), then is scored prequentially on the rest. Against two batch logistic regressions scored on
+    the same rest: one fitted on the warm part only (the same information at the split), one in hindsight.
+
+    >>> rng = np.random.default_rng(0)
+    >>> xs = [(float(v), *(0.0,) * (len(PROPENSITY_NUMERIC) - 1), *("a",) * len(PROPENSITY_CATEGORICAL))
+    ...       for v in rng.normal(size=400)]
+    >>> labels = np.array([1 if x[0] + rng.normal() > 0 else 0 for x in xs])
+    >>> f = forward_comparison(xs, np.array([x[0] for x in xs]), labels, np.array([x[0] for x in xs]), 0.5)
+    >>> (f["warm_examples"], f["forward_examples"], f["forward_auc"] == f["batch_hindsight_auc"])
+    (200, 200, True)
+    """
+    k = int(len(labels) * warm)
+    rest = slice(k, None)
+    w = fit_logistic(encode(xs[:k]), labels[:k])
+    warm_scores = encode(xs[k:], fit_on=xs[:k]) @ w
+    forward, warm_batch, hindsight = (auc(scores[rest], labels[rest]), auc(warm_scores, labels[rest]),
+                                      auc(hindsight_scores[rest], labels[rest]))
+    return {"warm_fraction": warm, "warm_examples": k, "forward_examples": len(labels) - k,
+            "forward_positives": int(labels[rest].sum()),
+            "forward_auc": forward, "batch_warm_auc": warm_batch, "batch_hindsight_auc": hindsight,
+            "gap_to_warm": warm_batch - forward, "gap_to_hindsight": hindsight - forward,
+            "auc_ci95": {"forward": bootstrap_interval(scores[rest], labels[rest]),
+                         "batch_warm": bootstrap_interval(warm_scores, labels[rest]),
+                         "batch_hindsight": bootstrap_interval(hindsight_scores[rest], labels[rest])}}
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 25) -> np.ndarray:
@@ -157,7 +192,7 @@ def _records(events: Path | None, records: int, users: int, seed: int, generator
 
 
 def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path | None = None,
-                   generator: dict[str, Any] | None = None) -> int:
+                   generator: dict[str, Any] | None = None, warm: float | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     examples: list[Example] = []
     replay = Replay(load_job_settings(), on_example=lambda ex: examples.append(ex) if ex.model == "propensity" else None)
@@ -200,6 +235,9 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
         "auc_ci95": intervals, "calibration": calibration(scores, labels),
         "segments": {k: segments.metric_values()[k] for k in ("churn", "churn_n", "label_switching", "silhouette")}
         if segments is not None and segments.examples else None}
+    xs = [e.x for e in examples]
+    if warm is not None:
+        result["forward"] = forward_comparison(xs, scores, labels, batch_scores, warm)
     if bots is not None:
         flags = {u: s.models.bot_by if s.models.bot else None for u, s in replay.states.items()}
         judged = {u for u, s in replay.states.items() if s.models.model_judged_bot}
@@ -214,10 +252,16 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
         if values is not None:
             ax.plot(checkpoints, [auc(values[:k], labels[:k]) for k in checkpoints], style, label=label)
     ax.plot(checkpoints, recent, label=f"prequential (last {window:,} examples)", alpha=0.6)
+    title = f"Purchase propensity: online vs batch in hindsight\n{source.replace('; ', chr(10))}"
+    if warm is not None:
+        f = result["forward"]
+        ax.axvline(f["warm_examples"], color="gray", linewidth=0.8, linestyle=":", label="end of the warm part")
+        title += (f"\nafter the warm part: online {f['forward_auc']:.3f}, batch fitted on the warm part "
+                  f"{f['batch_warm_auc']:.3f}, batch in hindsight {f['batch_hindsight_auc']:.3f}")
     ax.set_xlabel("labelled examples (stream order)")
     ax.set_ylabel("ROC AUC (cumulative)")
     ax.set_ylim(0.4, 1.0)
-    ax.set_title(f"Purchase propensity: online vs batch in hindsight\n{source.replace('; ', chr(10))}", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "evaluate.png", dpi=110)
@@ -227,6 +271,13 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
           f"logistic regression {hindsight:.3f} {list(ci['batch_logistic'])} (gap {hindsight - prequential:+.3f}); "
           f"batch trees {trees_text}" + (f" {list(ci['batch_trees'])}" if "batch_trees" in ci else "")
           + f"; over {len(examples):,} examples ({int(labels.sum()):,} bought)")
+    if warm is not None:
+        f = result["forward"]
+        print(f"forward (warm on the first {warm:.0%}: {f['warm_examples']:,} examples; scored on the other "
+              f"{f['forward_examples']:,}): online {f['forward_auc']:.3f} {list(f['auc_ci95']['forward'])}; batch "
+              f"fitted on the warm part {f['batch_warm_auc']:.3f} {list(f['auc_ci95']['batch_warm'])} (gap "
+              f"{f['gap_to_warm']:+.3f}); batch in hindsight {f['batch_hindsight_auc']:.3f} (gap "
+              f"{f['gap_to_hindsight']:+.3f})")
     cal = result["calibration"]
     top = cal["bins"][-1]
     print(f"calibration of the online model: ECE {cal['ece']:.3f}; scores from {top['from']}: predicted "

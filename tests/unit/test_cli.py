@@ -12,7 +12,9 @@ from persona.cli import main
                                   ["generate", "--records", "-5"], ["generate", "--records", "many"],
                                   ["cluster"], ["profile"], ["bench-layouts", "--layouts", "2y1"],
                                   ["bench-layouts", "--layouts", "0x1"], ["bench-layouts", "--events", "40000", "10000"],
-                                  ["bench-layouts", "--events", "0", "10"]])
+                                  ["bench-layouts", "--events", "0", "10"],
+                                  ["evaluate", "--warm", "1.5"], ["evaluate", "--warm", "x"],
+                                  ["evaluate", "--recommend", "--warm", "0.5"]])
 def test_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)

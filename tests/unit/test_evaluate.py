@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from operators.model_features import PROPENSITY_CATEGORICAL, PROPENSITY_NUMERIC
 from persona.cli import main
-from persona.evaluate import auc, fit_logistic
+from persona.evaluate import auc, encode, fit_logistic
 
 
 def test_rank_auc_counts_ties_as_half() -> None:
@@ -29,9 +30,11 @@ def test_batch_logistic_regression_recovers_a_separable_rule() -> None:
 
 @pytest.mark.slow
 def test_evaluate_writes_the_plot_and_prints_both_aucs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", "--records", "12000", "--users", "300", "--seed", "4", "--out", str(tmp_path)]) == 0
+    assert main(["evaluate", "--records", "12000", "--users", "300", "--seed", "4", "--warm", "0.5",
+                 "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "prequential AUC" in out and "batch logistic regression" in out and "batch trees" in out
+    assert "forward (warm on the first 50%" in out
     result = json.loads((tmp_path / "evaluate.json").read_text())
     assert result["examples"] > 1000 and 0 < result["positives"] < result["examples"]
     assert 0.5 < result["prequential_auc"] <= result["batch_hindsight_auc"]
@@ -47,7 +50,24 @@ def test_evaluate_writes_the_plot_and_prints_both_aucs(tmp_path: Path, capsys: p
     assert bots["bots"] > 0 and {"rule", "model", "either"} <= set(bots)
     # Every bot the generator made is flagged (by the rule here), and no shopper is.
     assert bots["either"] == {"flagged": bots["bots"], "precision": 1.0, "recall": 1.0}
+    # Forward mode: the halves add up, and each AUC sits in its interval over the second half.
+    fwd = result["forward"]
+    assert fwd["warm_examples"] + fwd["forward_examples"] == result["examples"]
+    assert fwd["warm_examples"] == result["examples"] // 2
+    for name, key in (("forward", "forward_auc"), ("batch_warm", "batch_warm_auc"), ("batch_hindsight", "batch_hindsight_auc")):
+        low, high = fwd["auc_ci95"][name]
+        assert 0.5 < low < fwd[key] < high
     assert (tmp_path / "evaluate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_model_fitted_on_the_warm_part_encodes_the_rest_with_what_it_knew_then() -> None:
+    n, c = len(PROPENSITY_NUMERIC), len(PROPENSITY_CATEGORICAL)
+    warm = [(float(v), *(0.0,) * (n - 1), *("phone",) * c) for v in (1.0, 3.0)]
+    rest = [(5.0, *(0.0,) * (n - 1), *("tablet",) * c)]
+    X = encode(rest, fit_on=warm)
+    assert X[0, 0] == (5.0 - 2.0) / 1.0   # the warm part's mean and deviation
+    assert X[0, n:n + c].tolist() == [0.0] * c   # a category first seen after the split: all zeros
+    assert X[0, -1] == 1.0
 
 
 @pytest.mark.slow
