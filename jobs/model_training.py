@@ -29,7 +29,7 @@ from state.model_registry import newest_version, record_snapshot
 
 MODEL_STATE = "model_trainer_v1"
 LOG_STATE = "model_log_v2"   # v2: batches of examples (v1 held single examples)
-_RATIOS = ("roc_auc", "log_loss", "silhouette", "churn")
+_RATIOS = ("roc_auc", "log_loss", "silhouette", "churn", "loss_window")
 
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,12 @@ class TrainModels(KeyedProcessFunction):
         # calls a Python gauge from its metric-reporter thread, outside the operator's, and that crashed the
         # TaskManager while the web UI polled the metrics (docs/operations.md "Running it"). Ratios are in thousandths.
         self._metrics = {(name, m): group.add_group(name).counter(m)
-                         for name in MODEL_NAMES for m in ("examples", "version", *(f"{x}_milli" for x in _RATIOS))}
+                         for name in MODEL_NAMES for m in ("examples", "version", "drifts",
+                                                           *(f"{x}_milli" for x in _RATIOS))}
         self._pushed: dict[tuple[str, str], int] = dict.fromkeys(self._metrics, 0)
 
     def _push_metrics(self, t: ModelTrainer) -> None:
-        values = {"examples": t.examples, "version": t.version}
+        values = {"examples": t.examples, "version": t.version, "drifts": t.drifts}
         ratios = t.metric_values()
         values |= {f"{x}_milli": int(ratios.get(x, 0.0) * 1000) for x in _RATIOS}
         for metric, value in values.items():

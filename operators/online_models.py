@@ -83,6 +83,18 @@ def new_model(name: str, seed: int, segments: int = 5) -> Any:
     raise ValueError(f"unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")
 
 
+LOSS_CAP = 5.0   # the drift detector's log loss is capped here (a served score under 0.7 % for what happened)
+
+
+def new_drift_detector(name: str) -> Any:
+    """River's ADWIN for the propensity model's log loss (None for the others). delta 0.002 is River's default,
+    the confidence bound of each test for a change between two sub-windows."""
+    if name != "propensity":
+        return None
+    from river import drift
+    return drift.ADWIN(delta=0.002)   # type: ignore[no-untyped-call]  # unannotated in River
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSnapshot:
     name: str
@@ -163,6 +175,12 @@ class ModelTrainer:
     switches: int = 0
     matched: int = 0
     stale: int = 0   # propensity examples of another build's features, not learnt
+    # Propensity: River's ADWIN over each example's capped log loss (docs/models.md "Drift"). ``drifts`` counts the changes
+    # it detected in which the loss rose; ``drift_at`` is the example count at the last one. The policy is to keep
+    # learning (the adaptive learner follows a drift by itself) and to say so: a metric, `persona status`, a panel.
+    drift: Any = None
+    drifts: int = 0
+    drift_at: int = 0
 
     def __setstate__(self, state: Any) -> None:
         restore_slots(self, state)   # a trainer pickled by an older build has fewer fields
@@ -182,7 +200,7 @@ class ModelTrainer:
             meters = {"silhouette": metrics.Silhouette()}  # type: ignore[no-untyped-call]  # unannotated in River
         else:
             meters = {}
-        return cls(name, new_model(name, seed, segments), meters=meters)
+        return cls(name, new_model(name, seed, segments), meters=meters, drift=new_drift_detector(name))
 
     def learn(self, x: Any, label: bool | None = None, score: float | None = None,
               previous: int | None = None) -> None:
@@ -198,6 +216,7 @@ class ModelTrainer:
             self.meters["roc_auc"].update(label, p)
             self.meters["roc_auc_recent"].update(label, p)
             self.meters["log_loss"].update(label, {True: p, False: 1 - p})
+            self._watch_loss(-math.log(p if label else 1 - p))
             self.model.learn(x[:N_NUMERIC], x[N_NUMERIC:], label)
         elif self.name == "segments":
             self.model.learn_one(x)
@@ -223,6 +242,19 @@ class ModelTrainer:
         self.examples += 1
         self.since_snapshot += 1
 
+    def _watch_loss(self, loss: float) -> None:
+        if self.drift is None:   # a trainer restored from a build without drift detection
+            self.drift = new_drift_detector(self.name)
+        before = self.drift.estimation
+        # ADWIN's bound holds for values in [0, 1]: the loss capped at LOSS_CAP, scaled. Uncapped, one confident
+        # miss (a loss of 10 or more) fired it ~20 times on a stationary stream (docs/models.md "Drift").
+        self.drift.update(min(loss, LOSS_CAP) / LOSS_CAP)
+        # ADWIN drops the older part of its window when the two parts differ: a drop in the loss (the model
+        # learning, or the stream getting easier) is not a drift to report.
+        if self.drift.drift_detected and self.drift.estimation > before:
+            self.drifts += 1
+            self.drift_at = self.examples + 1
+
     def metric_values(self) -> dict[str, float]:
         out = {}
         for k, m in self.meters.items():
@@ -236,6 +268,8 @@ class ModelTrainer:
             out["roc_auc_ci_low"], out["roc_auc_ci_high"] = auc_interval(out["roc_auc"], positives, negatives)
             if self.stale:   # after an upgrade that changed the features: examples of the old ones, not learnt
                 out["stale_examples"] = float(self.stale)
+            out["drifts"], out["drift_at_examples"] = float(self.drifts), float(self.drift_at)
+            out["loss_window"] = float(self.drift.estimation) * LOSS_CAP if self.drift is not None else 0.0
         if self.name == "segments":
             out["churn"] = self.churned / self.assigned if self.assigned else 0.0
             out["churn_n"] = float(self.assigned)

@@ -232,6 +232,7 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
         "gap": hindsight - prequential, "batch_trees_auc": tree_auc,
         "gap_trees": None if tree_auc is None else tree_auc - prequential,
         "online_log_loss": trainer.metric_values()["log_loss"], "users": users, "seed": seed,
+        "drift": {k: trainer.metric_values()[k] for k in ("drifts", "drift_at_examples", "loss_window")},
         "auc_ci95": intervals, "calibration": calibration(scores, labels),
         "segments": {k: segments.metric_values()[k] for k in ("churn", "churn_n", "label_switching", "silhouette")}
         if segments is not None and segments.examples else None}
@@ -278,6 +279,10 @@ def run_evaluation(records: int, users: int, seed: int, out: Path, events: Path 
               f"fitted on the warm part {f['batch_warm_auc']:.3f} {list(f['auc_ci95']['batch_warm'])} (gap "
               f"{f['gap_to_warm']:+.3f}); batch in hindsight {f['batch_hindsight_auc']:.3f} (gap "
               f"{f['gap_to_hindsight']:+.3f})")
+    d = result["drift"]
+    print(f"drift of the online model's loss (ADWIN): {d['drifts']:.0f} detected"
+          + (f", the last at example {d['drift_at_examples']:,.0f}" if d["drifts"] else "")
+          + f"; log loss over its window {d['loss_window']:.3f}")
     cal = result["calibration"]
     top = cal["bins"][-1]
     print(f"calibration of the online model: ECE {cal['ece']:.3f}; scores from {top['from']}: predicted "

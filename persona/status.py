@@ -190,9 +190,11 @@ def redis_status(settings: JobSettings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis.connection_url())
     try:
         info = client.info("memory")
-        profiles = sum(1 for _ in client.scan_iter(match=RedisKeys(settings.redis.key_prefix).profile_pattern(),
-                                                   count=5000))
-        return {"used_memory_bytes": info["used_memory"], "profiles": profiles}
+        keys = RedisKeys(settings.redis.key_prefix)
+        profiles = sum(1 for _ in client.scan_iter(match=keys.profile_pattern(), count=5000))
+        model = client.hmget(keys.model("propensity"), "version", "metrics")
+        propensity = None if model[0] is None else {"version": int(model[0]), **json.loads(model[1] or "{}")}
+        return {"used_memory_bytes": info["used_memory"], "profiles": profiles, "propensity": propensity}
     except redis.RedisError as e:
         return {"error": f"redis at {settings.redis.masked_url}: {e}"}
     finally:
@@ -223,6 +225,24 @@ def bot_line(b: Mapping[str, int]) -> str:
             f"against the rule: precision {precision}, recall {recall} ({verdicts:,} verdicts)")
 
 
+def propensity_line(m: Mapping[str, Any] | None) -> str:
+    """The served propensity model's quality and its drift detector (docs/models.md "Drift").
+
+    >>> propensity_line({"version": 12, "roc_auc": 0.8123, "roc_auc_recent": 0.83, "log_loss": 0.452,
+    ...                  "loss_window": 0.47, "drifts": 2, "drift_at_examples": 14000})
+    "propensity v12: AUC 0.812 (recent 0.830), log loss 0.452 (over ADWIN's window, capped: 0.470); 2 drift(s) of the loss, the last at example 14,000 (policy: keep learning)"
+    >>> propensity_line(None)
+    'propensity: no version published yet'
+    """
+    if not m:
+        return "propensity: no version published yet"
+    drifts = int(m.get("drifts", 0))
+    drift = (f"{drifts} drift(s) of the loss, the last at example {int(m.get('drift_at_examples', 0)):,} "
+             "(policy: keep learning)" if drifts else "no drift of the loss detected")
+    return (f"propensity v{m['version']}: AUC {m.get('roc_auc', 0):.3f} (recent {m.get('roc_auc_recent', 0):.3f}), "
+            f"log loss {m.get('log_loss', 0):.3f} (over ADWIN's window, capped: {m.get('loss_window', 0):.3f}); {drift}")
+
+
 def format_status(s: Mapping[str, Any]) -> str:
     c = s["counters"]
     lines = [f"job {s['job_id']} {s['state']}, up {s['uptime_s']:,.0f} s, {s['restarts']} restart(s); {s['rest_url']}"]
@@ -245,6 +265,8 @@ def format_status(s: Mapping[str, Any]) -> str:
     r = s.get("redis", {})
     lines.append(f"redis: {r['error']}" if "error" in r else
                  f"redis {r['used_memory_bytes'] / 2**20:,.1f} MiB, {r['profiles']:,} profiles")
+    if "error" not in r:
+        lines.append(propensity_line(r.get("propensity")))
     return "\n".join(lines)
 
 

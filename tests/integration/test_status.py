@@ -60,6 +60,12 @@ def test_status_json_counts_what_the_job_was_sent(kafka_bootstrap: str, redis_ur
         text = subprocess.run([sys.executable, "-m", "persona.cli", "status", *sets], cwd=ROOT, capture_output=True,
                               text=True, timeout=60, check=True).stdout
         assert f"valid {valid:,}" in text and "kafka lag 0" in text
+        # The served propensity model's line (its drift detector's count with it) once the trainer has published.
+        model = final["redis"]["propensity"]
+        assert model is None or (model["version"] >= 1 and model["drifts"] >= 0 and "loss_window" in model)
+        # (read after `final`: a model published in between shows in the text, never the other way round)
+        assert "propensity v" in text if model is not None else \
+            ("propensity v" in text or "propensity: no version published yet" in text)
         # The live line comes every 5 s from its own reads of the REST API: it reaches the final count on its
         # next tick (under load, after the status commands above were done).
         wait_until(lambda: f"live: {valid:,} valid" in (tmp_path / "run.log").read_text(errors="replace"), 60,

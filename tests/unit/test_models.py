@@ -367,3 +367,28 @@ def test_a_propensity_trainer_of_other_features_learns_afresh_and_skips_their_pe
     back.learn(new_x, label=True, score=0.5)
     assert back.stale == 1 and back.model.n == 1
     assert back.metric_values()["stale_examples"] == 1.0 and "stale_examples" not in t.metric_values()
+
+
+def test_the_drift_detector_counts_a_rise_of_the_loss_and_not_its_fall() -> None:
+    r = random.Random(3)
+    t = ModelTrainer.new("propensity")
+    # The served model was right for 3,000 examples (loss ~0.1), then the stream turned (loss ~2.3).
+    for _i in range(3_000):
+        t.learn(_x(r, "propensity"), label=True, score=0.9)
+    assert t.drifts == 0
+    for _i in range(600):
+        t.learn(_x(r, "propensity"), label=False, score=0.9)
+    m = t.metric_values()
+    assert m["drifts"] >= 1 and 3_000 < m["drift_at_examples"] <= 3_600 and m["loss_window"] > 1.0
+    # A model getting better (the loss falls back) is a change too, but no drift to report.
+    before = t.drifts
+    for _i in range(3_000):
+        t.learn(_x(r, "propensity"), label=False, score=0.1)
+    assert t.drifts == before and t.metric_values()["loss_window"] < 0.5
+    # The detector goes with the trainer into the checkpoint, and a trainer of an older build gets one.
+    restored = pickle.loads(pickle.dumps(t))
+    assert restored.drifts == t.drifts and restored.drift.width == t.drift.width
+    old = pickle.loads(pickle.dumps(t))
+    old.drift = None
+    old.learn(_x(r, "propensity"), label=False, score=0.1)
+    assert old.drift is not None and old.drift.width == 1
