@@ -23,8 +23,8 @@ from operators.events import Event
 from persona.rules import input_limits
 from persona.settings import JobSettings
 from state.event_counts import EVENT_COUNTS_STATE, count_event, profile_fields
-from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
+from state.redis_client import RedisTarget
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,18 @@ log = logging.getLogger(__name__)
 class CountEvents(KeyedProcessFunction):
     """Loads the user's counts, applies the event, queues the profile for a batched Redis write."""
 
-    def __init__(self, redis_url: str, key_prefix: str, ttl_s: int, flush_interval_ms: int, max_batch: int,
+    def __init__(self, target: RedisTarget, ttl_s: int, flush_interval_ms: int, max_batch: int,
                  state_ttl_s: int) -> None:
-        self._cfg = (redis_url, key_prefix, ttl_s, flush_interval_ms, max_batch)
+        self._cfg = (target, ttl_s, flush_interval_ms, max_batch)
         self._state_ttl_s = state_ttl_s
 
     def open(self, runtime_context: RuntimeContext) -> None:
         desc = ValueStateDescriptor(EVENT_COUNTS_STATE, Types.PICKLED_BYTE_ARRAY())
         desc.enable_time_to_live(state_ttl(self._state_ttl_s))
         self._state = runtime_context.get_state(desc)
-        url, prefix, ttl_s, interval, max_batch = self._cfg
+        target, ttl_s, interval, max_batch = self._cfg
         self._interval = interval
-        self._writer = ProfileWriter.from_url(url, RedisKeys(prefix), ttl_s, interval, max_batch)
+        self._writer = ProfileWriter(target.client(), target.keys(), ttl_s, interval, max_batch)
 
     def process_element(self, event: Event, ctx: KeyedProcessFunction.Context) -> Any:
         counts = count_event(self._state.value(), event.event_type, event.event_time_ms)
@@ -71,7 +71,7 @@ def build(raw: DataStream, settings: JobSettings) -> tuple[DataStream, DataStrea
     r = settings.redis
     counted = (
         events.key_by(lambda e: e.user_id, key_type=Types.STRING())
-        .process(CountEvents(r.url.get_secret_value(), r.key_prefix, r.profile_ttl_s, r.flush_interval_ms,
+        .process(CountEvents(r.target(), r.profile_ttl_s, r.flush_interval_ms,
                              r.flush_max_batch, settings.flink.state_ttl_s), output_type=Types.STRING())
         .name("count-events").uid("count-events")
     )

@@ -21,7 +21,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
 from operators.experiments import Tally
-from state.keys import RedisKeys
+from state.redis_client import RedisTarget
 
 TALLY_STATE = "experiment_tally_v1"
 log = logging.getLogger(__name__)
@@ -32,13 +32,13 @@ def experiment_key(row: Row) -> str:
 
 
 class TallyExperiments(KeyedProcessFunction):
-    def __init__(self, redis_url: str, key_prefix: str) -> None:
-        self._redis_url, self._prefix = redis_url, key_prefix
+    def __init__(self, target: RedisTarget) -> None:
+        self._redis = target
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._state = runtime_context.get_state(ValueStateDescriptor(TALLY_STATE, Types.PICKLED_BYTE_ARRAY()))
-        self._client = redis.Redis.from_url(self._redis_url)
-        self._keys = RedisKeys(self._prefix)
+        self._client = self._redis.client()
+        self._keys = self._redis.keys()
         self._group = runtime_context.get_metrics_group().add_group("experiments")
         self._counters: dict[tuple[str, str, str], Any] = {}
 

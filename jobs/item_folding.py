@@ -32,7 +32,7 @@ from operators.item_table import ItemFold, decode_signals, publications
 from operators.runner import END_OF_INPUT
 from state.item_state import ITEM_STATE, ItemNeighbours, decode_item, encode_item
 from state.item_store import ItemWriter
-from state.keys import RedisKeys
+from state.redis_client import RedisTarget
 from state.state_cache import StateCache
 
 UNPUBLISHED_STATE = "items_unpublished_v1"
@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 
 
 class FoldItems(KeyedProcessFunction):
-    def __init__(self, rules: RecommendRules, redis_url: str, key_prefix: str, state_ttl_s: int, publish_ms: int,
+    def __init__(self, rules: RecommendRules, target: RedisTarget, state_ttl_s: int, publish_ms: int,
                  cache_items: int) -> None:
-        self._rules, self._redis_url, self._prefix, self._ttl_s = rules, redis_url, key_prefix, state_ttl_s
+        self._rules, self._redis, self._ttl_s = rules, target, state_ttl_s
         self._publish_ms, self._cache_items = publish_ms, cache_items
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -57,8 +57,8 @@ class FoldItems(KeyedProcessFunction):
         # in it are written to it (a hot item changes in most records).
         self._pending: dict[int, set[str]] = {}
         self._fold = ItemFold(self._rules)
-        self._client = redis.Redis.from_url(self._redis_url)
-        self._writer = ItemWriter(self._client, RedisKeys(self._prefix))
+        self._client = self._redis.client()
+        self._writer = ItemWriter(self._client, self._redis.keys())
         group = runtime_context.get_metrics_group().add_group("items")
         self._signals, self._published = group.counter("signals"), group.counter("published")
 

@@ -24,8 +24,8 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from operators.model_scoring import ExampleBatch
 from operators.online_models import MODEL_NAMES, ModelTrainer, describe_segments
-from state.keys import RedisKeys
 from state.model_registry import newest_version, record_snapshot
+from state.redis_client import RedisTarget
 
 MODEL_STATE = "model_trainer_v1"
 LOG_STATE = "model_log_v2"   # v2: batches of examples (v1 held single examples)
@@ -37,17 +37,17 @@ log = logging.getLogger(__name__)
 
 class TrainModels(KeyedProcessFunction):
     def __init__(self, seed: int, segments: int, publish_every: int, publish_interval_ms: int, keep_versions: int,
-                 redis_url: str, key_prefix: str) -> None:
+                 target: RedisTarget) -> None:
         self._seed, self._segments = seed, segments
         self._every, self._interval, self._keep = publish_every, publish_interval_ms, keep_versions
-        self._redis_url, self._prefix = redis_url, key_prefix
+        self._redis = target
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._model = runtime_context.get_state(ValueStateDescriptor(MODEL_STATE, Types.PICKLED_BYTE_ARRAY()))
         self._log = runtime_context.get_list_state(ListStateDescriptor(LOG_STATE, Types.PICKLED_BYTE_ARRAY()))
         self._trainers: dict[str, ModelTrainer] = {}
-        self._client = redis.Redis.from_url(self._redis_url)
-        self._keys = RedisKeys(self._prefix)
+        self._client = self._redis.client()
+        self._keys = self._redis.keys()
         group = runtime_context.get_metrics_group().add_group("models")
         # Values the operator pushes at each publish, as counters moved by the difference. Not gauges: Flink
         # calls a Python gauge from its metric-reporter thread, outside the operator's, and that crashed the

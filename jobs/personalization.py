@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import redis
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pyflink.common import Row, Types
@@ -73,7 +72,6 @@ from persona.settings import ConfigError, JobSettings
 from persona.stack.procs import free_port
 from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
 from persona.status import announce, flink_status, live_line, withdraw
-from state.keys import RedisKeys
 from state.user_state import USER_STATE
 from state.user_timers import TIMERS_STATE, UserTimers
 
@@ -139,14 +137,13 @@ class Personalize(KeyedProcessFunction):
             self._seeded = runtime_context.get_state(ValueStateDescriptor(SEEDED_STATE, Types.BOOLEAN()))
             self._seeds = read_seeds(s, self._runner.core)
             self._sent_before = sent_trigger_ids(s)
-        self._client = redis.Redis.from_url(s.redis.connection_url())
+        self._client = s.redis.client()
         if s.recommend.enabled:   # lists for the triggers of patterns with include_list, read as a front-end would
             # A short timeout: a trigger waits at most this long for its list, then goes out without it.
-            lists_client = redis.Redis.from_url(s.redis.connection_url(), socket_timeout=0.5, socket_connect_timeout=0.5)
-            self._runner.trigger_lists = redis_trigger_lists(lists_client, RedisKeys(s.redis.key_prefix),
-                                                             recommend_rules(s))
+            lists_client = s.redis.client(socket_timeout=0.5, socket_connect_timeout=0.5)
+            self._runner.trigger_lists = redis_trigger_lists(lists_client, s.redis.keys(), recommend_rules(s))
         self._follower = ServedFollower(self._runner.core, self._runner.served, self._client,
-                                        RedisKeys(s.redis.key_prefix), s.models.refresh_ms,
+                                        s.redis.keys(), s.models.refresh_ms,
                                         s.models.refresh_every_events, s.rules.refresh_ms,
                                         s.profile.allowed_lateness_ms, subtask_of(runtime_context))
         self._counters = FlinkCounters(runtime_context.get_metrics_group(), KNOWN_COUNTERS)
@@ -307,7 +304,7 @@ def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStre
         j_joined, gateway.jvm.KeyByKeySelector(), key_type)
     r = settings.redis
     return (KeyedStream(j_keyed, Types.PRIMITIVE_ARRAY(Types.BYTE()), DataStream(j_joined))
-            .process(FoldItems(recommend_rules(settings), r.connection_url(), r.key_prefix, settings.flink.state_ttl_s,
+            .process(FoldItems(recommend_rules(settings), r.target(), settings.flink.state_ttl_s,
                                settings.recommend.publish_ms, settings.flink.state_cache_users), output_type=KEYED_JSON)
             .name("fold-items").uid("fold-items"))
 
@@ -321,13 +318,13 @@ def build(batches: KeyedStream, settings: JobSettings, book: PatternBook) -> tup
         _side_output(personalized, EXAMPLES)
         .key_by(example_key, key_type=Types.STRING())
         .process(TrainModels(m.seed, m.segments, m.publish_every_examples, m.publish_interval_ms, m.keep_versions,
-                             r.connection_url(), r.key_prefix), output_type=KEYED_JSON)
+                             r.target()), output_type=KEYED_JSON)
         .name("train-models").uid("train-models")
     )
     tallied = (
         _side_output(personalized, OUTCOMES)
         .key_by(experiment_key, key_type=Types.STRING())
-        .process(TallyExperiments(r.connection_url(), r.key_prefix), output_type=KEYED_JSON)
+        .process(TallyExperiments(r.target()), output_type=KEYED_JSON)
         .name("tally-experiments").uid("tally-experiments")
     )
     # The tallies emit nothing; joined to the model updates' stream only to be part of the job graph.

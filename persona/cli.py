@@ -578,7 +578,6 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _profile(user_id: str, overrides: list[str], export: bool = False) -> int:
-    from state.keys import RedisKeys
     from state.profile_store import read_profile
     job = load_job_settings(parse_overrides(overrides))
     if export:
@@ -592,9 +591,9 @@ def _profile(user_id: str, overrides: list[str], export: bool = False) -> int:
         except KafkaError as e:
             raise StackError(f"kafka at {job.kafka.bootstrap_servers}: {e}") from None
         return 0
-    client = redis.Redis.from_url(job.redis.connection_url())
+    client = job.redis.client()
     try:
-        profile = read_profile(client, RedisKeys(job.redis.key_prefix), user_id)
+        profile = read_profile(client, job.redis.keys(), user_id)
     except redis.exceptions.ConnectionError:
         raise StackError(f"redis at {job.redis.masked_url} did not answer") from None
     if profile is None:
@@ -607,12 +606,11 @@ def _profile(user_id: str, overrides: list[str], export: bool = False) -> int:
 def _recommend(user_id: str, overrides: list[str], as_json: bool) -> int:
     from persona.rules import check_patterns, recommend_rules
     from persona.serving import ListRulesInForce, recommend
-    from state.keys import RedisKeys
     job = load_job_settings(parse_overrides(overrides))
     in_force = ListRulesInForce(check_patterns(job).lists)
-    client = redis.Redis.from_url(job.redis.connection_url())
+    client = job.redis.client()
     try:
-        rec = recommend(client, RedisKeys(job.redis.key_prefix), user_id, recommend_rules(job), in_force=in_force)
+        rec = recommend(client, job.redis.keys(), user_id, recommend_rules(job), in_force=in_force)
     except redis.exceptions.ConnectionError:
         raise StackError(f"redis at {job.redis.masked_url} did not answer") from None
     finally:
@@ -638,11 +636,10 @@ def _models(args: argparse.Namespace) -> int:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    from state.keys import RedisKeys
     from state.model_registry import kept_record, model_info, set_pinned
     settings = load_job_settings(parse_overrides(args.overrides))
-    client = redis.Redis.from_url(settings.redis.connection_url())
-    keys = RedisKeys(settings.redis.key_prefix)
+    client = settings.redis.client()
+    keys = settings.redis.keys()
     try:
         if args.action == "list":
             from persona.model_listing import model_listing

@@ -42,7 +42,7 @@ def _separated(best: str, summary: dict[str, Any]) -> bool:
 
 
 def run_experiments_command(action: str, settings: JobSettings, name: str | None, as_json: bool) -> int:
-    keys = RedisKeys(settings.redis.key_prefix)
+    keys = settings.redis.keys()
     with redis_reachable(settings):
         client = redis_client(settings)
         try:

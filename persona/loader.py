@@ -33,7 +33,6 @@ from operators.profile_fold import ProfileRules, profile_fingerprint, profile_re
 from persona.loader_metrics import serve_loader_metrics
 from persona.rules import profile_rules
 from persona.settings import JobSettings
-from state.keys import RedisKeys
 from state.profile_changelog import Change, coalesce, read_change
 from state.profile_store import ProfileWriter
 
@@ -71,7 +70,7 @@ class ProfileLoader:
         self._fingerprint = profile_fingerprint(self._rules)
         r = settings.redis
         self._max_batch = r.flush_max_batch
-        self._writer = ProfileWriter.from_url(r.connection_url(), RedisKeys(r.key_prefix), r.profile_ttl_s,
+        self._writer = ProfileWriter(r.client(), r.keys(), r.profile_ttl_s,
                                               r.flush_interval_ms, r.flush_max_batch,
                                               segments=profile_sets(settings.models.segments))
         self._masked = r.masked_url

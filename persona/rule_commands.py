@@ -53,7 +53,7 @@ def _get(client: redis.Redis, keys: RedisKeys, version: int) -> RuleSet:
 
 def run_rules_command(action: str, settings: JobSettings, file: Path | None = None, versions: tuple[int, ...] = (),
                       note: str = "") -> int:
-    keys = RedisKeys(settings.redis.key_prefix)
+    keys = settings.redis.keys()
     with redis_reachable(settings):
         if action == "publish":
             assert file is not None
@@ -98,7 +98,7 @@ def live_rules_file(settings: JobSettings, which: str, folder: Path) -> Path:
         if not path.is_file():
             raise ConfigError(f"--live: {which!r} is neither a pattern file, vN nor current")
         return path.resolve()
-    keys = RedisKeys(settings.redis.key_prefix)
+    keys = settings.redis.keys()
     with redis_reachable(settings):
         client = redis_client(settings)
         try:

@@ -19,7 +19,6 @@ from operators.personalize import Personalizer
 from operators.profile_fold import ProfileRules
 from operators.rule_sets import book_of, next_rule_set, parse_source
 from persona.settings import JobSettings, resolve_path
-from state.keys import RedisKeys
 from state.rule_registry import all_rule_sets, current_rule_set, publish
 from state.rule_set_record import RuleSet
 
@@ -86,7 +85,7 @@ def publish_rules(settings: JobSettings, source: str, origin: str, published_by:
     check_book(compile_patterns(parse_source(source, origin), origin), settings.profile.allowed_lateness_ms, origin)
     client = redis_client(settings)
     try:
-        return publish(client, RedisKeys(settings.redis.key_prefix),
+        return publish(client, settings.redis.keys(),
                        lambda newest: next_rule_set(newest, source, published_by, int(time.time() * 1000), note,
                                                     rollback_of))
     finally:
@@ -100,7 +99,7 @@ def rule_set_in_force(settings: JobSettings) -> PatternBook:
     source = read_text(path)
     check_patterns(settings)
     client = redis_client(settings)
-    keys = RedisKeys(settings.redis.key_prefix)
+    keys = settings.redis.keys()
     try:
         with redis_reachable(settings):
             known = {r.source for r in all_rule_sets(client, keys)}
@@ -124,7 +123,7 @@ def redis_reachable(settings: JobSettings) -> Iterator[None]:
 
 
 def redis_client(settings: JobSettings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis.connection_url(), socket_timeout=10, socket_connect_timeout=10)
+    return settings.redis.client(socket_timeout=10, socket_connect_timeout=10)
 
 
 def read_text(path: Path) -> str:

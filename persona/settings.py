@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
+import redis
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from operators.config_files import ConfigError, read_yaml
+from state.keys import RedisKeys
+from state.redis_client import RedisTarget
 
 __all__ = ["ConfigError", "read_yaml"]
 
@@ -136,6 +139,19 @@ class RedisSettings(_Strict):
     password: SecretStr = SecretStr("")   # env REDIS_PASSWORD: keeps the secret off the command line
     tls: bool = False             # rediss://
     tls_ca_file: str = ""         # PEM bundle that verifies the server ("": the system's)
+    cluster: bool = False         # a Redis Cluster (url: any node of it); env REDIS_CLUSTER
+    cluster_buckets: int = Field(default=64, ge=1, le=16384)   # per-user hash-tag buckets on a cluster (state/keys.py)
+
+    def target(self) -> RedisTarget:
+        """Where the project's Redis is and how its keys are laid out (picklable, for Flink functions)."""
+        return RedisTarget(self.connection_url(), self.key_prefix, self.cluster_buckets if self.cluster else 0)
+
+    def keys(self) -> RedisKeys:
+        return self.target().keys()
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A client (a ``RedisCluster`` with ``cluster``); ``options`` as for ``redis.Redis``."""
+        return self.target().client(**options)
 
     def connection_url(self) -> str:
         """``url`` with the credentials and TLS settings merged in (the password stays out of settings files and
@@ -392,6 +408,9 @@ class JobSettings(_Strict):
         if self.kafka.triggers_delivery == "exactly-once" and self.flink.checkpoint_interval_ms <= 0:
             raise ValueError("kafka.triggers_delivery: exactly-once commits at checkpoints; "
                              "flink.checkpoint_interval_ms must be > 0")
+        if self.redis.cluster and self.recommend.enabled:
+            raise ValueError("redis.cluster: the recommender's item keys are not laid out for Redis Cluster yet "
+                             "(docs/production.md \"Redis Cluster\"); set recommend.enabled: false")
         if self.flink.execution_mode == "process" and secret:
             raise ValueError("flink.execution_mode: process is refused while a Kafka or Redis secret is set "
                              "(its workers log their environment); use thread")
@@ -481,7 +500,7 @@ ENV_OVERRIDES: dict[str, dict[str, str]] = {
     "job.yaml": {"KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers", "REDIS_URL": "redis.url",
                  "KAFKA_SECURITY_PROTOCOL": "kafka.security.protocol",
                  "KAFKA_SASL_USERNAME": "kafka.security.username", "KAFKA_SASL_PASSWORD": "kafka.security.password",
-                 "REDIS_USERNAME": "redis.username", "REDIS_PASSWORD": "redis.password",
+                 "REDIS_USERNAME": "redis.username", "REDIS_PASSWORD": "redis.password", "REDIS_CLUSTER": "redis.cluster",
                  "PERSONA_PII_SALT": "privacy.pii_salt"},
     "stack.yaml": {
         "PERSONA_KAFKA_PORT": "kafka.port",

@@ -186,11 +186,14 @@ def kafka_lag(settings: JobSettings) -> dict[str, Any]:
 def redis_status(settings: JobSettings) -> dict[str, Any]:
     import redis
 
-    from state.keys import RedisKeys
-    client = redis.Redis.from_url(settings.redis.connection_url())
+    client = settings.redis.client()
     try:
-        info = client.info("memory")
-        keys = RedisKeys(settings.redis.key_prefix)
+        if settings.redis.cluster:   # every master's
+            per_node = client.info("memory", target_nodes="primaries")  # type: ignore[call-arg]  # RedisCluster's
+            info = {"used_memory": sum(node["used_memory"] for node in per_node.values())}
+        else:
+            info = client.info("memory")
+        keys = settings.redis.keys()
         profiles = sum(1 for _ in client.scan_iter(match=keys.profile_pattern(), count=5000))
         model = client.hmget(keys.model("propensity"), "version", "metrics")
         propensity = None if model[0] is None else {"version": int(model[0]), **json.loads(model[1] or "{}")}

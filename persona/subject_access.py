@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import redis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
@@ -27,7 +26,6 @@ from operators.profile_fold import consent_log_of
 from persona.rules import consent_policy
 from persona.settings import JobSettings
 from persona.stack.topics import read_to_end
-from state.keys import RedisKeys
 from state.profile_changelog import read_change
 from state.profile_store import read_profile
 
@@ -48,11 +46,12 @@ def _json_values(records: list[tuple[int, bytes | None]]) -> list[Any]:
 
 def export_subject(settings: JobSettings, user_id: str) -> dict[str, Any]:
     """What the system holds about ``user_id`` now (raises ``redis.ConnectionError`` or Kafka errors)."""
-    keys = RedisKeys(settings.redis.key_prefix)
-    client = redis.Redis.from_url(settings.redis.connection_url())
+    keys = settings.redis.keys()
+    client = settings.redis.client()
     try:
         profile = read_profile(client, keys, user_id)
-        sets = sorted(k.decode()[len(keys.segment("")):] for k in client.scan_iter(match=keys.segment("*"), count=1000)
+        # Every set the user could be in: on Redis Cluster, those of the user's bucket.
+        sets = sorted(keys.segment_name(k) for k in client.scan_iter(match=keys.segment_of("*", user_id), count=1000)
                       if client.sismember(k, user_id))
     finally:
         client.close()

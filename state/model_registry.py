@@ -20,7 +20,9 @@ def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any]
                     descriptions: list[str] | None = None) -> None:
     """``descriptions``: per segment, a readable description (the segments model), kept beside the metrics."""
     name, version = record["model"], int(record["version"])
-    pipe = client.pipeline(transaction=True)
+    # One MULTI on a server. redis-py has no transactions on Redis Cluster: there the writes go in this order in one
+    # pipeline to the node of the model's slot (its keys share a hash tag), the blob before the version naming it.
+    pipe = client.pipeline(transaction=not keys.clustered)
     pipe.set(keys.model_blob(name, version), json.dumps(record))
     pipe.zadd(keys.model_versions(name), {str(version): version})
     fields: dict[str, Any] = {
@@ -36,10 +38,10 @@ def record_snapshot(client: redis.Redis, keys: RedisKeys, record: dict[str, Any]
     # A pinned version is never evicted: scorers that restart must still find it (the newest is never old).
     old = [v for v in old if pinned is None or int(v) != int(pinned)]
     if old:
-        pipe = client.pipeline(transaction=True)
+        pipe = client.pipeline(transaction=not keys.clustered)
+        pipe.zrem(keys.model_versions(name), *old)   # unlisted before its blob goes
         for v in old:
             pipe.delete(keys.model_blob(name, int(v)))
-        pipe.zrem(keys.model_versions(name), *old)
         pipe.execute()
 
 

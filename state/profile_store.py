@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis
 
 from state.keys import RedisKeys
+from state.redis_client import connect
 
 # KEYS[1] profile hash, KEYS[2..] segment sets; ARGV[1] new profile_version, ARGV[2] ttl seconds,
 # ARGV[3] user id, ARGV[4] ",i,j," indices of the segments the user belongs to (1-based over KEYS[2..]),
@@ -59,7 +60,9 @@ class ProfileWriter:
         # every flush (redis-py's Pipeline.load_scripts), on the loader's per-record path.
         self._script = client.register_script(_REPLACE_IF_NEWER)
         self._segments = segments
-        self._segment_keys = [keys.segment(name) for name in segments]
+        # The segment sets a user's script touches: in the slot of the user's profile on Redis Cluster (one set per
+        # bucket and segment), the same sets for everyone on one server.
+        self._segment_keys: dict[int, list[str]] = {}
         self._index = {name: i + 1 for i, name in enumerate(segments)}   # 1-based, as the script counts
         self._pending: dict[str, tuple[int, int, Fields, tuple[str, ...]]] = {}
         self._erase: set[str] = set()
@@ -70,7 +73,7 @@ class ProfileWriter:
     @classmethod
     def from_url(cls, url: str, keys: RedisKeys, ttl_s: int, flush_interval_ms: int, max_batch: int,
                  segments: tuple[str, ...] = ()) -> ProfileWriter:
-        return cls(redis.Redis.from_url(url), keys, ttl_s, flush_interval_ms, max_batch, segments)
+        return cls(connect(url, keys.clustered), keys, ttl_s, flush_interval_ms, max_batch, segments)
 
     @property
     def pending(self) -> int:
@@ -128,9 +131,9 @@ class ProfileWriter:
         pipe = self._client.pipeline(transaction=False)
         for user_id in self._erase:
             pipe.delete(self._keys.profile(user_id))
-            for key in self._segment_keys:
+            for key in self._sets_of(user_id):
                 pipe.srem(key, user_id)
-        erase_replies = len(self._erase) * (1 + len(self._segment_keys))
+        erase_replies = len(self._erase) * (1 + len(self._segments))
         for user_id, (version, epoch, fields, member_of) in self._pending.items():
             values = fields() if callable(fields) else fields
             if isinstance(values, tuple):
@@ -139,9 +142,19 @@ class ProfileWriter:
             args: list[Any] = [version, self._ttl_s, user_id, indices, epoch]
             for k, v in values.items():
                 args += (k, v)
-            pipe.evalsha(self._script.sha, 1 + len(self._segment_keys), self._keys.profile(user_id),
-                         *self._segment_keys, *args)
+            # EVALSHA by name: redis-py 5 blocks the ``evalsha`` method in a cluster pipeline, yet routes the command
+            # by its first key (the keys share the user's slot).
+            pipe.execute_command(  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                "EVALSHA", self._script.sha, 1 + len(self._segments), self._keys.profile(user_id),
+                *self._sets_of(user_id), *args)
         return pipe.execute()[erase_replies:]
+
+    def _sets_of(self, user_id: str) -> list[str]:
+        bucket = self._keys.bucket(user_id) if self._keys.clustered else 0
+        sets = self._segment_keys.get(bucket)
+        if sets is None:
+            sets = self._segment_keys[bucket] = [self._keys.segment_of(name, user_id) for name in self._segments]
+        return sets
 
     def close(self) -> None:
         try:
@@ -174,3 +187,18 @@ def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str
         text = v.decode() if isinstance(v, bytes) else v
         out[name] = int(text) if name in _INT_FIELDS else json.loads(text) if name in _JSON_FIELDS else text
     return out
+
+
+def segment_members(client: redis.Redis, keys: RedisKeys, name: str) -> set[str]:
+    """The user ids in a segment: one set on a server, the union of its bucket sets on a cluster (pipelined)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys.segment_keys(name):
+        pipe.smembers(key)
+    return {m.decode() if isinstance(m, bytes) else m for members in pipe.execute() for m in members}
+
+
+def segment_size(client: redis.Redis, keys: RedisKeys, name: str) -> int:
+    pipe = client.pipeline(transaction=False)
+    for key in keys.segment_keys(name):
+        pipe.scard(key)
+    return sum(pipe.execute())

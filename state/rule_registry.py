@@ -3,7 +3,7 @@
 ``rules:versions`` is a hash (version -> ``RuleSet`` JSON, operators/rule_sets.py), ``rules:current`` the
 version in force, ``rules:applied`` a hash (subtask index -> JSON of the version it switched to and when).
 Versions are never rewritten: a rollback publishes the old source as a new version. A publication is a
-transaction on ``rules:current`` (WATCH), so two publishers never get the same number.
+script that refuses a version number already taken, so two publishers never get the same number.
 """
 
 from __future__ import annotations
@@ -40,23 +40,26 @@ def all_rule_sets(client: redis.Redis, keys: RedisKeys) -> list[RuleSet]:
     return sorted((RuleSet.from_json(v) for v in raw.values()), key=lambda r: r.version)
 
 
+# KEYS[1] rules:current, KEYS[2] rules:versions; ARGV[1] the new version, ARGV[2] its JSON. The version is the
+# newest + 1 that the publisher read: if it exists now, another publication got in between, and nothing is written.
+_PUBLISH_IF_UNTAKEN = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 def publish(client: redis.Redis, keys: RedisKeys, make: Callable[[RuleSet | None], RuleSet]) -> RuleSet:
-    """Store ``make(newest)`` as the next version and put it in force, atomically; retried if another
-    publication got in between."""
+    """Store ``make(newest)`` as the next version and put it in force, atomically (one script on the two keys,
+    which share a slot on Redis Cluster); made again from the new newest if another publication got in between."""
+    script = client.register_script(_PUBLISH_IF_UNTAKEN)
     while True:
-        with client.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(keys.rules_current(), keys.rules_versions())  # type: ignore[no-untyped-call]
-                versions = [int(v) for v in cast(list[bytes], pipe.hkeys(keys.rules_versions()))]
-                newest_raw = cast(bytes | None, pipe.hget(keys.rules_versions(), str(max(versions)))) if versions else None
-                new = make(RuleSet.from_json(newest_raw) if newest_raw is not None else None)
-                pipe.multi()
-                pipe.hset(keys.rules_versions(), str(new.version), new.to_json())
-                pipe.set(keys.rules_current(), str(new.version))
-                pipe.execute()
-                return new
-            except redis.WatchError:
-                continue
+        versions = [int(v) for v in cast(list[bytes], client.hkeys(keys.rules_versions()))]
+        newest_raw = cast(bytes | None, client.hget(keys.rules_versions(), str(max(versions)))) if versions else None
+        new = make(RuleSet.from_json(newest_raw) if newest_raw is not None else None)
+        if script(keys=[keys.rules_current(), keys.rules_versions()], args=[str(new.version), new.to_json()]) == 1:
+            return new
 
 
 def record_applied(client: redis.Redis, keys: RedisKeys, subtask: int, subtasks: int, version: int) -> None:

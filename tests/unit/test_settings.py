@@ -23,6 +23,8 @@ def test_defaults_load() -> None:
     ({"redis.url": "http://x"}, "redis.url"),
     ({"kafka.nope": "1"}, "kafka.nope"),
     ({"source.max_out_of_orderness_ms": "-1"}, "source.max_out_of_orderness_ms"),
+    ({"redis.cluster_buckets": "0"}, "redis.cluster_buckets"),
+    ({"redis.cluster": "true", "recommend.enabled": "true"}, "redis.cluster"),
 ])
 def test_bad_values_name_the_key_on_one_line(override: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -98,3 +100,16 @@ def test_checkpoints_go_to_the_filesystem_by_default() -> None:
     assert uri is not None and uri.startswith("file:///") and uri.endswith("/.run/checkpoints")
     assert load_job_settings({"flink.checkpoint_dir": "s3://bucket/ckpt"}).flink.checkpoint_uri() == "s3://bucket/ckpt"
     assert load_job_settings({"flink.checkpoint_dir": ""}).flink.checkpoint_uri() is None
+
+
+def test_redis_cluster_lays_keys_out_in_buckets_and_connects_without_a_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    from state.redis_client import _cluster_url
+    assert load_job_settings().redis.keys().buckets == 0
+    monkeypatch.setenv("REDIS_CLUSTER", "true")
+    target = load_job_settings({"redis.cluster_buckets": "16"}).redis.target()
+    assert target.cluster and target.keys().buckets == 16
+    assert target.keys().segment_keys("loyal")[15] == "persona:{b15}:segment:loyal"
+    with pytest.raises(ValueError, match="database 0 only"):
+        _cluster_url("redis://127.0.0.1:7000/3")
+    with pytest.raises(ValueError, match="segment_keys"):   # no single set to read on a cluster
+        target.keys().segment("loyal")
