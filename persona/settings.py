@@ -408,9 +408,6 @@ class JobSettings(_Strict):
         if self.kafka.triggers_delivery == "exactly-once" and self.flink.checkpoint_interval_ms <= 0:
             raise ValueError("kafka.triggers_delivery: exactly-once commits at checkpoints; "
                              "flink.checkpoint_interval_ms must be > 0")
-        if self.redis.cluster and self.recommend.enabled:
-            raise ValueError("redis.cluster: the recommender's item keys are not laid out for Redis Cluster yet "
-                             "(docs/production.md \"Redis Cluster\"); set recommend.enabled: false")
         if self.flink.execution_mode == "process" and secret:
             raise ValueError("flink.execution_mode: process is refused while a Kafka or Redis secret is set "
                              "(its workers log their environment); use thread")

@@ -58,12 +58,15 @@ class ItemWriter:
 
     def _send(self, batch: list[tuple[dict[str, Any], float]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        everything = self._keys.item_weights()
+        keys = self._keys
         for record, score in batch:
             item = record["item"]
-            pipe.evalsha(self._script.sha, 3, self._keys.item(item), everything, self._keys.item_weights(record["category"]),
-                         record["folded"], orjson.dumps(record).decode(),
-                         repr(score) if math.isfinite(score) else "", item, record["category"])
+            # EVALSHA by name, as the profile writer: redis-py blocks the method in a cluster pipeline. The three keys
+            # share the item's slot on Redis Cluster.
+            pipe.execute_command(  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                "EVALSHA", self._script.sha, 3, keys.item(item), keys.item_weights(None, item),
+                keys.item_weights(record["category"], item), record["folded"], orjson.dumps(record).decode(),
+                repr(score) if math.isfinite(score) else "", item, record["category"])
         return pipe.execute()
 
 
@@ -91,11 +94,19 @@ def read_list_inputs(client: redis.Redis, keys: RedisKeys, anchors: list[str], c
     pipe = client.pipeline(transaction=False)
     for item in anchors:
         pipe.hget(keys.item(item), "record")
-    for key, n in [*((keys.item_weights(c), per_category) for c in categories), (keys.item_weights(), overall)]:
-        pipe.zrevrange(key, 0, max(n, 1) - 1, withscores=True)
+    rankings = [*((keys.item_weight_keys(c), per_category) for c in categories), (keys.item_weight_keys(), overall)]
+    for shards, n in rankings:
+        for key in shards:   # one set on a server; on Redis Cluster the best n of each shard hold the best n
+            pipe.zrevrange(key, 0, max(n, 1) - 1, withscores=True)
     replies = pipe.execute()
     records = {item: json.loads(raw) for item, raw in zip(anchors, replies, strict=False) if raw}
-    ranked = [[(_text(item), float(score)) for item, score in reply] for reply in replies[len(anchors):]]
+    ranked, at = [], len(anchors)
+    for shards, n in rankings:
+        merged = [(_text(item), float(score)) for reply in replies[at:at + len(shards)] for item, score in reply]
+        # Redis orders equal scores by member, descending (ZREVRANGE): the merge keeps that order.
+        ranked.append(sorted(merged, key=lambda pair: (pair[1], pair[0]), reverse=True)[:max(n, 1)] if len(shards) > 1
+                      else merged)
+        at += len(shards)
     everything = ranked.pop()
     wanted = sorted(set(records) | {other for r in records.values() for other, _ in r["neighbours"]})
     by_category = dict(zip(categories, ranked, strict=True))
@@ -104,14 +115,17 @@ def read_list_inputs(client: redis.Redis, keys: RedisKeys, anchors: list[str], c
         placed = {item for best in by_category.values() for item, _ in best}
         unplaced = sorted(({*wanted, *(item for item, _ in everything)}) - placed)
     pipe = client.pipeline(transaction=False)
-    if wanted:
-        pipe.zmscore(keys.item_weights(), wanted)
+    by_set: dict[str, list[str]] = {}   # one set on a server; on Redis Cluster, the shard of each item
+    for item in wanted:
+        by_set.setdefault(keys.item_weights(None, item) if keys.clustered else keys.item_weights(), []).append(item)
+    for key, members in by_set.items():
+        pipe.zmscore(key, members)
     for item in unplaced:
         pipe.hget(keys.item(item), "category")
     replies = pipe.execute() if wanted or unplaced else []
-    weights = cast(list[float | None], replies[0]) if wanted else []
-    scores = dict(zip(wanted, weights, strict=True))
-    found = {item: _text(c) for item, c in zip(unplaced, replies[1 if wanted else 0:], strict=True) if c}
+    scores = {item: weight for members, reply in zip(by_set.values(), replies, strict=False)
+              for item, weight in zip(members, cast(list[float | None], reply), strict=True)}
+    found = {item: _text(c) for item, c in zip(unplaced, replies[len(by_set):], strict=True) if c}
     return ListInputs(records, {k: float(v) for k, v in scores.items() if v is not None}, by_category, everything, found)
 
 

@@ -25,6 +25,9 @@ import zlib
 from dataclasses import dataclass
 
 PROFILE_SCHEMA_VERSION = "1"
+# On Redis Cluster, the item weight rankings are split in this many sets (by item): enough to spread their writes
+# over 16 masters, few enough that a lookup reads each ranking's shards in one pipeline.
+ITEM_SHARDS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +117,35 @@ class RedisKeys:
         """Hash: job subtask -> the rule-set version it switched to, and when."""
         return f"{self._rules()}:applied"
 
+    def item_shard(self, item_id: str) -> int:
+        """On Redis Cluster, the shard of an item's keys: ``crc32(utf-8 id) % ITEM_SHARDS``."""
+        return zlib.crc32(item_id.encode()) % ITEM_SHARDS
+
     def item(self, item_id: str) -> str:
         """Hash of an item's neighbours, written by the item operator: ``folded`` (orders the writes) and
         ``record`` (JSON, schemas/item_neighbours.v1.json)."""
-        return f"{self.prefix}item:{item_id}"
+        tag = f"{{i{self.item_shard(item_id)}}}:" if self.buckets else ""
+        return f"{self.prefix}{tag}item:{item_id}"
 
-    def item_weights(self, category: str | None = None) -> str:
+    def item_pattern(self) -> str:
+        """A SCAN pattern matching every item hash."""
+        return f"{self.prefix}{{i*}}:item:*" if self.buckets else f"{self.prefix}item:*"
+
+    def item_weights(self, category: str | None = None, item_id: str | None = None) -> str:
         """Sorted set of items by decayed weight (score ``log2(weight) + at / half_life``, operators/item_table.py):
-        every item, or a category's."""
+        every item, or a category's. On Redis Cluster each is split in ``ITEM_SHARDS`` sets, and this is the one
+        that holds ``item_id`` (in the slot of the item's hash); ``item_weight_keys`` lists them all."""
+        if self.buckets:
+            if item_id is None:
+                raise ValueError("on Redis Cluster the item weights are one set per shard: use item_weight_keys")
+            return self._item_weights(category, self.item_shard(item_id))
         return f"{self.prefix}items:weight" + (f":{category}" if category is not None else "")
+
+    def item_weight_keys(self, category: str | None = None) -> list[str]:
+        """Every set of a ranking: the best items are the best of their union."""
+        if not self.buckets:
+            return [self.item_weights(category)]
+        return [self._item_weights(category, shard) for shard in range(ITEM_SHARDS)]
+
+    def _item_weights(self, category: str | None, shard: int) -> str:
+        return f"{self.prefix}{{i{shard}}}:items:weight" + (f":{category}" if category is not None else "")

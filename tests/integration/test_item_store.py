@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import redis
 
 from operators.co_occurrence import ItemSignal, RecommendRules
 from operators.item_table import ItemTable, publications
@@ -16,15 +15,25 @@ from operators.rule_sets import next_rule_set
 from persona.settings import ROOT
 from state.item_store import ItemWriter, read_item
 from state.keys import RedisKeys
+from state.redis_client import connect
 from state.rule_registry import publish
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
 
 
-def test_an_older_item_state_never_overwrites_a_newer_one(redis_url: str, redis_prefix: str) -> None:
-    keys, rules = RedisKeys(redis_prefix), RecommendRules()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+@pytest.fixture(params=["server", "cluster"])
+def store(request: pytest.FixtureRequest, redis_prefix: str) -> tuple[str, RedisKeys, list[str]]:
+    """(url, keys, overrides) of one Redis server, or of a Redis Cluster (items in shards): the same expectations."""
+    if request.param == "server":
+        return request.getfixturevalue("redis_url"), RedisKeys(redis_prefix), []
+    return request.getfixturevalue("redis_cluster").url, RedisKeys(redis_prefix, 64), ["redis.cluster=true"]
+
+
+def test_an_older_item_state_never_overwrites_a_newer_one(store: tuple[str, RedisKeys, list[str]]) -> None:
+    url, keys, _ = store
+    rules = RecommendRules()
+    client = connect(url, keys.clustered, decode_responses=True)
     writer, table = ItemWriter(client, keys), ItemTable(rules)
     first = table.fold([ItemSignal("a", "toys", "", 1.0, DAY), ItemSignal("b", "toys", "", 1.0, DAY)])
     older = list(publications(first.values(), rules))
@@ -34,15 +43,16 @@ def test_an_older_item_state_never_overwrites_a_newer_one(redis_url: str, redis_
     stored = read_item(client, keys, "a")
     assert stored is not None and stored["folded"] == 2 and stored["neighbours"] == [["b", 2.0]]
     # Weights as scores: "a" (1 at day 1) and "b" (1 at day 1) rank equal; the score is log2(1) + days.
-    assert client.zscore(keys.item_weights("toys"), "a") == pytest.approx(1 / 7)
-    assert set(client.zrange(keys.item_weights(), 0, -1)) == {"a", "b"}
+    assert client.zscore(keys.item_weights("toys", "a"), "a") == pytest.approx(1 / 7)
+    assert {item for key in keys.item_weight_keys() for item in client.zrange(key, 0, -1)} == {"a", "b"}
     client.script_flush()                         # a restarted Redis forgets its scripts: loaded again
     assert writer.publish(publications(table.fold([ItemSignal("b", "toys", "", 1.0, 3 * DAY)]).values(), rules)) == 1
 
 
-def test_persona_recommend_reads_the_list_a_front_end_would(redis_url: str, redis_prefix: str) -> None:
-    keys, rules = RedisKeys(redis_prefix), RecommendRules()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def test_persona_recommend_reads_the_list_a_front_end_would(store: tuple[str, RedisKeys, list[str]]) -> None:
+    url, keys, overrides = store
+    rules = RecommendRules()
+    client = connect(url, keys.clustered, decode_responses=True)
     table = ItemTable(rules)
     signals = [ItemSignal(i, "games" if i == "d" else "toys", "", w, DAY)
                for i, w in (("a", 1.0), ("b", 5.0), ("c", 3.0), ("d", 1.0))]
@@ -53,7 +63,8 @@ def test_persona_recommend_reads_the_list_a_front_end_would(redis_url: str, redi
 
     def ask(user: str) -> dict:  # type: ignore[type-arg]
         out = subprocess.run([sys.executable, "-m", "persona.cli", "recommend", user, "--json",
-                              "--set", f"redis.url={redis_url}", "--set", f"redis.key_prefix={redis_prefix}"],
+                              "--set", f"redis.url={url}", "--set", f"redis.key_prefix={keys.prefix}",
+                              *(a for o in overrides for a in ("--set", o))],
                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
         return json.loads(out.stdout)   # type: ignore[no-any-return]
 

@@ -53,9 +53,9 @@ def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: st
 def stored_items(client: redis.Redis, keys: RedisKeys) -> dict[str, dict[str, Any]]:
     """Every item record in Redis, with ``weight_at_as_of`` from the item's score in its category's sorted set."""
     out = {}
-    for key in client.scan_iter(keys.item("*"), count=1000):
+    for key in client.scan_iter(keys.item_pattern(), count=1000):
         record = json.loads(client.hget(key, "record"))
-        score = client.zscore(keys.item_weights(record["category"]), record["item"])
+        score = client.zscore(keys.item_weights(record["category"], record["item"]), record["item"])
         record["weight_at_as_of"] = None if score is None else 2 ** (score - record["as_of"] / 604_800_000)
         out[record["item"]] = record
     return out

@@ -8,13 +8,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from persona.generator.shoppers import generate
+from persona.rules import recommend_rules
+from persona.serving import recommend
 from persona.settings import ROOT, load_generator_settings, load_job_settings
 from persona.stack.procs import wait_until
 from persona.stack.redis_cluster import LocalRedisCluster
@@ -24,28 +25,19 @@ from state.profile_store import ProfileWriter, read_profile, segment_members, se
 from state.redis_client import connect
 from state.rule_registry import current_version, publish
 from state.rule_set_record import RuleSet
-from tests.fixtures.jobs import history_override
+from tests.fixtures.item_oracle import expected_items, expected_lists, item_mismatches, list_mismatches
 from tests.fixtures.kafka_io import produce, read_all_json
 from tests.fixtures.personalization_oracle import expected, leftovers, trigger_mismatches
 from tests.fixtures.services import TopicNames
-from tests.integration.test_personalization_job import profile_mismatches
+from tests.integration.test_personalization_job import job_overrides, profile_mismatches, stored_items
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
-    c = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        c.up()
-        yield c
-    finally:
-        c.down()
-
-
-def test_profiles_segments_and_registries_keep_their_guarantees_across_slots(cluster: LocalRedisCluster) -> None:
-    keys = RedisKeys("t:", buckets=64)
-    client = connect(cluster.url, cluster=True)
+def test_profiles_segments_and_registries_keep_their_guarantees_across_slots(redis_cluster: LocalRedisCluster,
+                                                                             redis_prefix: str) -> None:
+    keys = RedisKeys(redis_prefix, buckets=64)
+    client = connect(redis_cluster.url, cluster=True)
     writer = ProfileWriter(client, keys, 3600, 100, 500, segments=("loyal", "browsing"))
     users = [f"u{i}" for i in range(300)]   # spread over every bucket, so over the three masters
     assert len({keys.bucket(u) for u in users}) == 64
@@ -79,7 +71,7 @@ def test_profiles_segments_and_registries_keep_their_guarantees_across_slots(clu
         made.append(version)
         return RuleSet(version=version, source=f"s{version}", published_by="t", published_at=0, patterns={})
 
-    threads = [threading.Thread(target=lambda: [publish(connect(cluster.url, cluster=True), keys, make)
+    threads = [threading.Thread(target=lambda: [publish(connect(redis_cluster.url, cluster=True), keys, make)
                                                 for _ in range(5)]) for _ in range(2)]
     for t in threads:
         t.start()
@@ -90,15 +82,15 @@ def test_profiles_segments_and_registries_keep_their_guarantees_across_slots(clu
 
 
 def test_the_job_equals_the_oracle_with_a_master_failed_over_mid_stream(
-        cluster: LocalRedisCluster, kafka_bootstrap: str, topics: TopicNames, redis_prefix: str, tmp_path: Path) -> None:
+        redis_cluster: LocalRedisCluster, kafka_bootstrap: str, topics: TopicNames, redis_prefix: str, tmp_path: Path) -> None:
     records = list(generate(load_generator_settings({"users": 450, "seed": 21, "bot_fraction": 0.0}), max_records=22_000))
     produce(kafka_bootstrap, topics.events, records)
-    overrides = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={cluster.url}",
-                 "redis.cluster=true", f"redis.key_prefix={redis_prefix}", "kafka.starting_offsets=earliest",
-                 "kafka.group_id=cluster-test", "models.bot_min_session_events=1000000", history_override()]
+    # The oracle test's settings (the recommender on), on the cluster.
+    overrides = [*job_overrides(topics, kafka_bootstrap, redis_cluster.url, redis_prefix, "cluster-test"),
+                 "redis.cluster=true"]
     keys = load_job_settings({"redis.cluster": True, "redis.key_prefix": redis_prefix}).redis.keys()
-    client = connect(cluster.url, cluster=True, decode_responses=True)
-    victim = cluster.master_of(keys.profile("u0"))
+    client = connect(redis_cluster.url, cluster=True, decode_responses=True)
+    victim = redis_cluster.master_of(keys.profile("u0"))
     log = tmp_path / "job.log"
     with open(log, "wb") as out:
         job = subprocess.Popen([sys.executable, "-m", "jobs.personalization", "--bounded",
@@ -114,8 +106,8 @@ def test_the_job_equals_the_oracle_with_a_master_failed_over_mid_stream(
                    interval_s=0.05)
         assert job.poll() is None, log.read_text(errors="replace")[-3000:]
         at_kill = profiles()
-        cluster.kill(victim)
-        wait_until(lambda: cluster.healthy() and cluster.master_of(keys.profile("u0")) != victim, 30,
+        redis_cluster.kill(victim)
+        wait_until(lambda: redis_cluster.healthy() and redis_cluster.master_of(keys.profile("u0")) != victim, 30,
                    "the replica promoted")
         assert job.wait(timeout=600) == 0, log.read_text(errors="replace")[-3000:]
     finally:
@@ -124,7 +116,7 @@ def test_the_job_equals_the_oracle_with_a_master_failed_over_mid_stream(
             job.wait(timeout=30)
 
     want = expected(records)
-    client = connect(cluster.url, cluster=True, decode_responses=True)
+    client = connect(redis_cluster.url, cluster=True, decode_responses=True)
     assert at_kill < len(want.profiles), "the master was killed after the stream had ended"
     assert profile_mismatches(client, keys, want.profiles) == []
     assert leftovers(client, keys, want.nothing_left) == []
@@ -132,6 +124,11 @@ def test_the_job_equals_the_oracle_with_a_master_failed_over_mid_stream(
     for stage, n in stages.items():
         assert segment_size(client, keys, stage) == n, stage
     assert trigger_mismatches(read_all_json(kafka_bootstrap, topics.triggers), want) == {}
+    # The item operator's records and weights, spread over the item shards, and the users' lists read from them.
+    assert item_mismatches(stored_items(client, keys), expected_items(records)) == []
+    lists = expected_lists(records)
+    rules = recommend_rules(load_job_settings())
+    assert list_mismatches({user: recommend(client, keys, user, rules).items for user in lists}, lists) == []
     # The registries: the rule set the job published at start-up, and the models it published.
     assert current_version(client, keys) == 1
     info = model_info(client, keys, "propensity")

@@ -24,7 +24,6 @@ def test_defaults_load() -> None:
     ({"kafka.nope": "1"}, "kafka.nope"),
     ({"source.max_out_of_orderness_ms": "-1"}, "source.max_out_of_orderness_ms"),
     ({"redis.cluster_buckets": "0"}, "redis.cluster_buckets"),
-    ({"redis.cluster": "true", "recommend.enabled": "true"}, "redis.cluster"),
 ])
 def test_bad_values_name_the_key_on_one_line(override: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as err:
