@@ -22,7 +22,14 @@ def parse_job_args(prog: str, description: str, argv: Sequence[str] | None) -> t
     parser.add_argument("--bounded", action="store_true",
                         help="stop at the offsets that are latest at start (tests, replays)")
     parser.add_argument("--quiet", action="store_true", help="no live line (events/s, dead letters, triggers)")
+    parser.add_argument("--from-savepoint", metavar="PATH",
+                        help="local: restore state and offsets from this savepoint (persona backfill prints it)")
+    parser.add_argument("--savepoint-at-end", metavar="DIR",
+                        help="read the topic to the offsets that are latest at start, then stop with a savepoint in "
+                             "DIR (persona backfill)")
     args = parser.parse_args(argv)
+    if args.bounded and args.savepoint_at_end:
+        parser.error("--bounded and --savepoint-at-end exclude each other (a finished job takes no savepoint)")
     try:
         settings = load_job_settings(parse_overrides(args.overrides), args.conf)
         if args.deployment == "local":

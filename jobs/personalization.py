@@ -24,7 +24,15 @@ from typing import Any
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pyflink.common import Row, Types
-from pyflink.datastream import DataStream, KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext, TimeDomain
+from pyflink.datastream import (
+    DataStream,
+    KeyedProcessFunction,
+    KeyedStream,
+    OutputTag,
+    RuntimeContext,
+    StreamExecutionEnvironment,
+    TimeDomain,
+)
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
@@ -64,6 +72,7 @@ from operators.runner import (
     decode_batch,
 )
 from operators.untrusted_warning import UntrustedWarnings
+from persona.backfill import History, committed_offsets, history_of, live_command, summary_lines, wait_for_history
 from persona.bounded_start import bounded_start
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer, recommend_rules, rule_set_in_force
@@ -391,20 +400,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_patterns(settings)   # a broken file is named before any service is reached
         check_topics(settings)
         book = rule_set_in_force(settings)
-        start = bounded_start(settings.kafka) if args.bounded else None
+        # A backfill starts as a bounded run does (a new group from the earliest offset) and reads to the same end.
+        start = bounded_start(settings.kafka) if args.bounded or args.savepoint_at_end else None
+        history = history_of(settings.kafka, start.starting_offsets) if start and args.savepoint_at_end else None
     except ConfigError as e:
         fail("personalization", str(e))
     except KafkaError as e:
         fail("personalization", f"kafka.bootstrap_servers: {settings.kafka.bootstrap_servers} did not answer ({e})")
     if start is not None:
-        print(f"bounded run: {start.message}", flush=True)
+        print(f"{'bounded run' if args.bounded else 'backfill'}: {start.message}", flush=True)
         if start.to_read == 0:
             return
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"starting_offsets": start.starting_offsets})})
     rest_port = free_port() if args.deployment == "local" else None
     prometheus_port = free_port() if args.deployment == "local" and settings.flink.prometheus else None
-    env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port)
+    env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port, args.from_savepoint)
     if prometheus_port is not None:
         print(f"job metrics (Prometheus): http://127.0.0.1:{prometheus_port}/metrics", flush=True)
     live = None
@@ -444,13 +455,56 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"loader metrics (Prometheus): http://{settings.loader.metrics_host}:{loader.metrics_port}/metrics",
               flush=True)
     try:
-        env.execute("persona-personalization")
+        if history is not None:
+            assert rest_url is not None, "a backfill runs on the embedded mini-cluster"
+            _backfill(env, settings, history, args.savepoint_at_end, rest_url, args.overrides)
+        else:
+            env.execute("persona-personalization")
     finally:
         if live is not None:
             live.stop()
         if loader is not None:
             stats = loader.finish(catch_up=args.bounded)
             print("persona-loader " + json.dumps(stats.as_dict(), sort_keys=True), flush=True)
+
+
+def _backfill(env: StreamExecutionEnvironment, settings: JobSettings, history: History, savepoints: str,
+              rest_url: str, overrides: list[str]) -> None:
+    """Run until a checkpoint holds the whole history, then stop with a savepoint (persona/backfill.py)."""
+    client = env.execute_async("persona-personalization")
+    try:
+        wait_for_history(history, lambda: committed_offsets(settings.kafka),
+                         lambda: not client.get_job_status().result().is_globally_terminal_state())
+        counters = _settled_counters(rest_url, history.records)
+        savepoint = _stop_with_savepoint(client, savepoints)
+    except BaseException:
+        client.cancel()
+        raise
+    print("\n".join(summary_lines(history, counters)), flush=True)
+    print(f"savepoint: {savepoint}", flush=True)
+    print("start the live job from it (state, models and offsets continue where the history ends):\n  "
+          + live_command(savepoint, settings.history.triggers_before_ms, overrides), flush=True)
+
+
+def _stop_with_savepoint(client: Any, folder: str) -> str:
+    """Stop with a savepoint, without draining: pending timers stay in it, for the live job to fire. PyFlink 2.2's
+    ``JobClient.stop_with_savepoint`` still calls Flink 1.x's two-argument method; Flink 2 asks for the format."""
+    from pyflink.java_gateway import get_gateway
+    canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    return str(client._j_job_client.stopWithSavepoint(False, folder, canonical).get())
+
+
+def _settled_counters(rest_url: str, records: int, deadline_s: float = 30) -> dict[str, Any]:
+    """The job's counters once they account for every record of the history (counters reach Flink at each tick,
+    and its REST API refreshes them every 2 s)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        counters = flink_status(rest_url, only="personalize")["counters"]
+        dead = counters["dead_letters"]
+        accounted = counters["valid"] - dead.get("late_event", 0) - dead.get("processing_error", 0) + sum(dead.values())
+        if accounted >= records or time.monotonic() > end:
+            return counters
+        time.sleep(1)
 
 
 if __name__ == "__main__":

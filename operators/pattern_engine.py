@@ -47,12 +47,14 @@ def _cart_snapshot(state: UserState) -> dict[str, Any]:
 
 
 class PatternEngine:
-    def __init__(self, book: PatternBook, max_marks: int = 128, rules: ProfileRules | None = None) -> None:
+    def __init__(self, book: PatternBook, max_marks: int = 128, rules: ProfileRules | None = None,
+                 history_before_ms: int = 0) -> None:
+        """``history_before_ms``: matches decided at an event time before it are history, never sent (the gate)."""
         self.book = book
         self.rules = rules or ProfileRules()   # consent defaults (judged at match time and at release)
         self.gate = TriggerGate(book.gate.frequency_cap, book.gate.frequency_window_ms,
                                 book.gate.quiet_start_hour, book.gate.quiet_end_hour,
-                                book.gate.user_cap, book.gate.user_cap_window_ms)
+                                book.gate.user_cap, book.gate.user_cap_window_ms, history_before_ms)
         # Patterns are evaluated, and their matches gated, in the gate's priority order, then in file order.
         rank = {name: i for i, name in enumerate(book.gate.priority)}
         self._ordered = sorted(book.patterns, key=lambda p: rank.get(p.name, len(rank)))

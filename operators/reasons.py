@@ -42,6 +42,8 @@ class SuppressReason(StrEnum):
     # A rule switch (docs/behaviour.md "Rules at runtime"): a pending match of a pattern removed, or whose state was reset.
     PATTERN_REMOVED = "pattern_removed"
     PATTERN_RESET = "pattern_reset"
+    # Loading history (docs/history.md): a match decided at an event time before ``history.triggers_before_ms``.
+    HISTORY = "history"
 
 
 class Dropped(StrEnum):

@@ -49,7 +49,7 @@ from operators.list_rules import ListRules
 from operators.model_scoring import Example, ServedModels
 from operators.personalize import Personalizer, Step
 from operators.profile_fold import profile_fingerprint
-from operators.reasons import RejectReason
+from operators.reasons import RejectReason, SuppressReason
 from operators.validation import DEFAULT_LIMITS, parse_event
 from state.pattern_state import Trigger
 from state.profile_changelog import changelog_value
@@ -321,8 +321,10 @@ class Runner:
             self.on_step(user, step)
         for t in step.timers:
             timers.arm(user, t)
-        for _, reason in step.suppressed:
+        for pattern, reason in step.suppressed:
             out.count(("personalize", "suppressed", reason))
+            if reason is SuppressReason.HISTORY:   # persona backfill's summary: per pattern
+                out.count(("personalize", "history", pattern))
         if step.bot_flagged:
             out.count(BOT_FLAGS)
         for group, name in step.bot_counts:   # which one flagged, and the model against the rule (docs/models.md)

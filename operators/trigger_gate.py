@@ -1,6 +1,8 @@
 """Whether, and when, a matched pattern may reach a person: consent, frequency caps, quiet hours.
 
 Pure and time-injected. Decisions:
+- decided at an event time before ``history_before_ms`` (history loaded by ``persona backfill``) -> suppressed,
+  reason ``history``, before consent and caps: it never reached anyone, so it counts towards no cap;
 - no marketing consent (withdrawn and not granted again) -> suppressed, reason ``no_consent``;
 - more than ``cap`` triggers of the same pattern for the user within ``cap_window_ms`` -> suppressed,
   reason ``frequency_cap``;
@@ -39,9 +41,12 @@ class TriggerGate:
     quiet_end_hour: int
     user_cap: int = 0              # 0: no cap across patterns
     user_cap_window_ms: int = 0
+    history_before_ms: int = 0     # matches decided before this event time are history (0: none)
 
     def decide(self, state: GateState, pattern: str, at_ms: int, timezone: str | None) -> Decision:
         """Decide for a match at ``at_ms``; records the release in ``state`` unless suppressed."""
+        if at_ms < self.history_before_ms:
+            return Decision("suppressed", at_ms, SuppressReason.HISTORY)
         if not state.marketing_consent:
             return Decision("suppressed", at_ms, SuppressReason.NO_CONSENT)
         release = self.end_of_quiet_hours(at_ms, timezone)

@@ -71,6 +71,12 @@ def _group_offsets(admin: Any, group: str, deadline_s: float = 30) -> dict[Any, 
             time.sleep(0.5)
 
 
+def group_offsets(admin: Any, group: str, topic: str) -> dict[int, int]:
+    """``group``'s committed offsets on ``topic``, per partition (those it has)."""
+    return {tp.partition: meta.offset for tp, meta in _group_offsets(admin, group).items()
+            if tp.topic == topic and meta.offset >= 0}
+
+
 def bounded_start(kafka: Any) -> BoundedStart:
     """:func:`decide` for the job's events topic and group, read from the broker (``kafka``: the KafkaSettings)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -83,8 +89,7 @@ def bounded_start(kafka: Any) -> BoundedStart:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         beginnings = {tp.partition: o for tp, o in consumer.beginning_offsets(partitions).items()}
         ends = {tp.partition: o for tp, o in consumer.end_offsets(partitions).items()}
-        group = _group_offsets(admin, kafka.group_id)
-        committed = {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == topic and meta.offset >= 0}
+        committed = group_offsets(admin, kafka.group_id, topic)
     finally:
         consumer.close()
         admin.close()

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,6 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bounded", action="store_true", help="stop at the offsets that are latest at start")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--quiet", action="store_true", help="no live line (events/s, dead letters, triggers)")
+    run.add_argument("--from-savepoint", metavar="PATH", help="restore state and offsets from a savepoint "
+                     "(the command persona backfill prints)")
+
+    bf = sub.add_parser("backfill", help="load history: the job over the events topic's past with no message sent, "
+                        "ending in a savepoint that the live job starts from (docs/history.md)")
+    bf.add_argument("--events", dest="events_file", type=Path, metavar="PATH",
+                    help="a file of recorded events, one per line, put into the events topic first (as `persona "
+                         "events load`)")
+    bf.add_argument("--savepoint-dir", metavar="DIR", help="where the savepoint goes (default: .run/savepoints)")
+    bf.add_argument("--history-until", type=_time_ms, metavar="TIME",
+                    help="matches decided at an event time before TIME (ISO 8601 or epoch ms) are history and never "
+                         "sent (default: now, when the backfill starts)")
+    bf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="job setting, e.g. kafka.group_id=shop (the live job's: the same group continues)")
+    bf.add_argument("--quiet", action="store_true", help="no live line")
 
     st = sub.add_parser("status", help="a running job: state, restarts, rates, dead letters, triggers, watermark, "
                         "checkpoints, Kafka lag, Redis (docs/operations.md \"Running it\")")
@@ -326,9 +342,15 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return _generate(args)
     if args.command == "run":
         from jobs.personalization import main as job_main
+        if args.bounded and args.from_savepoint:
+            raise ConfigError("--bounded and --from-savepoint exclude each other: the savepoint's offsets are "
+                              "where the live job goes on")
         job_main([*(["--bounded"] if args.bounded else []), *(["--quiet"] if args.quiet else []),
+                  *(["--from-savepoint", args.from_savepoint] if args.from_savepoint else []),
                   *(a for o in args.overrides for a in ("--set", o))])
         return 0
+    if args.command == "backfill":
+        return _backfill(args)
     if args.command == "status":
         return _status(args)
     if args.command == "demo":
@@ -489,11 +511,68 @@ def _dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from jobs.personalization import main as job_main
+    from persona.backfill import backfill_overrides, retention_ms, retention_problem
+    job = load_job_settings(parse_overrides(args.overrides))   # a bad setting is named before anything runs
+    now_ms = int(time.time() * 1000)
+    if args.events_file is not None:
+        if not args.events_file.is_file():
+            raise ConfigError(f"--events: {args.events_file}: no such file")
+        oldest = min((ts for _, ts in _keys_and_times(args.events_file) if ts is not None), default=now_ms)
+        topic = job.kafka.topics.events
+        try:
+            problem = retention_problem(topic, retention_ms(job.kafka, topic), oldest, now_ms)
+        except Exception as e:  # noqa: BLE001 - a missing topic or a broker that does not answer: said below
+            raise StackError(f"kafka at {job.kafka.bootstrap_servers}: cannot read topic {topic}'s retention ({e})") from None
+        if problem:
+            raise ConfigError(problem)
+        _load_events(args.events_file, None, args.overrides)
+    extra = backfill_overrides(now_ms, args.history_until)
+    until = extra["history.triggers_before_ms"]
+    at = datetime.fromtimestamp(until / 1000, UTC).isoformat(timespec="seconds")
+    print(f"backfill of {job.kafka.topics.events} for group {job.kafka.group_id}, for this run only:\n"
+          f"  limits.max_event_age_ms={extra['limits.max_event_age_ms']} (any event since 1970; the live job keeps "
+          f"{job.limits.max_event_age_ms})\n"
+          f"  history.triggers_before_ms={until} ({at}): a match decided before it is history, counted and never sent",
+          flush=True)
+    folder = Path(args.savepoint_dir) if args.savepoint_dir else load_stack_settings().run_path / "savepoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    job_main(["--savepoint-at-end", folder.resolve().as_uri(), *(["--quiet"] if args.quiet else []),
+              *(a for o in [*args.overrides, *(f"{k}={v}" for k, v in extra.items())] for a in ("--set", o))])
+    return 0
+
+
+def _time_ms(text: str) -> int:
+    """An argparse type: epoch milliseconds, or an ISO 8601 time with its zone."""
+    from operators.validation import parse_time_ms
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_time_ms(text, "--history-until")
+    except Exception:  # noqa: BLE001 - the validator's own error type: any failure is a usage error here
+        raise argparse.ArgumentTypeError(f"{text!r} is neither epoch milliseconds nor an ISO 8601 time with a zone") from None
+
+
+def _keys_and_times(path: Path) -> Iterator[tuple[bytes | None, int | None]]:
+    """Per line of an events file, the key and timestamp the contract asks producers for (None, None for a line
+    that is not a readable event: the job dead-letters it with its reason)."""
+    from operators.validation import parse_time_ms
+    from persona.dry_run import read_lines
+    for raw in read_lines(path):
+        try:
+            doc = json.loads(raw)
+            yield str(doc["user_id"]).encode(), parse_time_ms(doc["event_time"])
+        except Exception:   # noqa: BLE001 - any unreadable line
+            yield None, None
+
+
 def _load_events(path: Path, topic: str | None, overrides: list[str]) -> int:
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    from operators.validation import parse_time_ms
     from persona.dry_run import read_lines
     from persona.generator.shoppers import GeneratedRecord
     from persona.generator.sink import send_to_kafka
@@ -513,12 +592,7 @@ def _load_events(path: Path, topic: str | None, overrides: list[str]) -> int:
         raise ConfigError(f"topic {topic!r} does not exist on {job.kafka.bootstrap_servers} (persona topics create)")
 
     def records() -> Iterator[GeneratedRecord]:
-        for raw in read_lines(path):
-            try:   # the key and timestamp the contract asks producers for; an unreadable line goes as it is
-                doc = json.loads(raw)
-                user, ts = str(doc["user_id"]).encode(), parse_time_ms(doc["event_time"])
-            except Exception:   # noqa: BLE001 - the job dead-letters it with its reason
-                user, ts = None, None
+        for raw, (user, ts) in zip(read_lines(path), _keys_and_times(path), strict=True):
             yield GeneratedRecord(user, raw, None, ts, malformed=None if user else "unreadable")  # type: ignore[arg-type]
     total = sum(1 for _ in read_lines(path))
     kinds = send_to_kafka(records(), job.kafka.bootstrap_servers, topic, total=total,

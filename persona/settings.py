@@ -361,6 +361,12 @@ class LoaderSettings(_Strict):
     metrics_host: str = "127.0.0.1"
 
 
+class HistorySettings(_Strict):
+    # Matches decided at an event time before this (epoch ms) are history: suppressed (reason ``history``), never
+    # sent. ``persona backfill`` sets it to its start for the backfill and for the live job it prints.
+    triggers_before_ms: int = Field(default=0, ge=0)
+
+
 class RulesSettings(_Strict):
     refresh_ms: int = Field(default=1000, gt=0, le=5000)   # the job looks for a newly published rule set this often
 
@@ -398,6 +404,7 @@ class JobSettings(_Strict):
     loader: LoaderSettings = LoaderSettings()
     privacy: PrivacySettings = PrivacySettings()
     rules: RulesSettings = RulesSettings()
+    history: HistorySettings = HistorySettings()
     recommend: RecommendSettings
 
     def model_post_init(self, _: Any) -> None:

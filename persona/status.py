@@ -102,6 +102,7 @@ def flink_status(rest_url: str, only: str | None = None) -> dict[str, Any]:
                            "uptime_s": round(detail.get("duration", 0) / 1000, 1),
                            "restarts": int(float(restarts[0]["value"])) if restarts else 0, "operators": {}}
     counters: dict[str, Any] = {"valid": 0, "late_events": 0, "dead_letters": {}, "triggers": {}, "suppressed": {},
+                                "history": {},
                                 "erasures": 0, "consent_changes": 0, "duplicates": 0, "bots": {}}
     for v in detail["vertices"]:
         chain = [n.strip() for n in v["name"].split(" -> ")]
@@ -134,6 +135,8 @@ def flink_status(rest_url: str, only: str | None = None) -> dict[str, Any]:
                 counters["triggers"][parts[-1]] = counters["triggers"].get(parts[-1], 0) + n
             elif key.startswith("personalize.personalize.suppressed.") and n:
                 counters["suppressed"][parts[-1]] = counters["suppressed"].get(parts[-1], 0) + n
+            elif key.startswith("personalize.personalize.history.") and n:   # persona backfill: per pattern
+                counters["history"][parts[-1]] = counters["history"].get(parts[-1], 0) + n
             elif key == "personalize.personalize.bot_flags" or key.startswith(
                     ("personalize.personalize.bot_flags_by.", "personalize.personalize.bot_model.")):
                 name = "flagged" if key.endswith(".bot_flags") else "_".join(parts[-2:])

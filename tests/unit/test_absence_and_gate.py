@@ -114,6 +114,17 @@ def test_consent_suppresses() -> None:
     assert (d.outcome, d.reason) == ("suppressed", "no_consent")
 
 
+def test_history_is_suppressed_before_consent_and_caps_and_counts_towards_no_cap() -> None:
+    from dataclasses import replace
+    t0 = utc_ms(2026, 11, 2, 12)
+    gate, s = replace(GATE, history_before_ms=t0), GateState()
+    decided = [gate.decide(s, "p", t0 - (3 - i) * MIN, "UTC") for i in range(3)]   # three matches just before
+    assert [(d.outcome, d.reason) for d in decided] == [("suppressed", "history")] * 3
+    assert gate.decide(GateState(marketing_consent=False), "p", t0 - 1, "UTC").reason == "history"
+    # The cap (2 a day here) starts afresh at the boundary: history reached nobody.
+    assert [gate.decide(s, "p", t0 + i * MIN, "UTC").outcome for i in range(3)] == ["send", "send", "suppressed"]
+
+
 def test_frequency_cap_per_pattern_with_sliding_window() -> None:
     s = GateState()
     t0 = utc_ms(2026, 11, 2, 12)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jobs.job_cli import parse_job_args
@@ -14,7 +16,8 @@ from persona.cli import main
                                   ["bench-layouts", "--layouts", "0x1"], ["bench-layouts", "--events", "40000", "10000"],
                                   ["bench-layouts", "--events", "0", "10"],
                                   ["evaluate", "--warm", "1.5"], ["evaluate", "--warm", "x"],
-                                  ["evaluate", "--recommend", "--warm", "0.5"]])
+                                  ["evaluate", "--recommend", "--warm", "0.5"],
+                                  ["backfill", "--history-until", "yesterday"], ["backfill", "--frobnicate"]])
 def test_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -49,6 +52,14 @@ def test_allow_non_restored_state_needs_a_savepoint(capsys: pytest.CaptureFixtur
     assert main(["cluster", "submit", "--allow-non-restored-state"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--allow-non-restored-state needs --from-savepoint" in err and "\n" not in err
+
+
+def test_a_bounded_run_from_a_savepoint_and_a_missing_history_file_are_one_line_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--bounded", "--from-savepoint", "file:/x"]) == 2
+    assert main(["backfill", "--events", str(tmp_path / "none.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--bounded and --from-savepoint exclude each other" in err[0] and "no such file" in err[1]
 
 
 def test_cluster_stop_without_a_savepoint_dir_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,162 @@
+"""``persona backfill`` on the real stack: a year-old recorded stream loaded without a message, a savepoint, the live
+job started from it with the command the backfill printed, and live events; against the independent oracle."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+from persona.generator.shoppers import GeneratedRecord, generate
+from persona.settings import ROOT, load_generator_settings
+from persona.stack.procs import StackError, wait_until
+from state.keys import RedisKeys
+from state.model_registry import model_info
+from tests.fixtures.kafka_io import produce, read_all_json
+from tests.fixtures.personalization_oracle import Expected, expected, trigger_mismatches
+from tests.fixtures.services import TopicNames
+from tests.integration.test_personalization_job import profile_mismatches
+
+pytestmark = pytest.mark.integration
+DAY = 86_400_000
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _relabel(records: list[GeneratedRecord], tag: str) -> list[GeneratedRecord]:
+    """The live stream's own event and order ids (the generator numbers each user's from 0, as in the history, and
+    the job would drop a repeated id as a retry)."""
+    out = []
+    for r in records:
+        if r.event is None:
+            out.append(r)
+            continue
+        event = {**r.event, "event_id": f"{tag}{r.event['event_id']}"}
+        if "order_id" in (event.get("payload") or {}):
+            event["payload"] = {**event["payload"], "order_id": f"{tag}{event['payload']['order_id']}"}
+        out.append(replace(r, event=event, value=json.dumps(event).encode()))
+    return out
+
+
+def _visits(users: list[str], at: int, tag: str) -> list[GeneratedRecord]:
+    out = []
+    for i, user in enumerate(users):
+        event = {"event_id": f"{user}-{tag}", "event_type": "page_view", "user_id": user, "schema_version": 1,
+                 "event_time": _iso(at + i), "payload": {"page_type": "home"}}
+        out.append(GeneratedRecord(user.encode(), json.dumps(event).encode(), event, at + i))
+    return out
+
+
+def _sent_after(want: Expected, boundary: int) -> Expected:
+    """The oracle's triggers less those of history (released before ``boundary``: a year before it, here)."""
+    def live(ids: set[str]) -> set[str]:
+        return {t for t in ids if t not in want.released or want.released[t][1] >= boundary}
+    return replace(want, triggers={p: live(ids) for p, ids in want.triggers.items()},
+                   maybe={p: live(ids) for p, ids in want.maybe.items()})
+
+
+def test_backfill_a_year_old_stream_then_the_live_job_from_its_savepoint(
+        kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str, tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    year_ago = _iso(now - 400 * DAY)
+    history = list(generate(load_generator_settings({"users": 250, "seed": 31, "bot_fraction": 0.0,
+                                                     "start_time": year_ago, "span_hours": 24})))
+    # The live part: the same shoppers (the same seed: the same devices and time zones, which the oracle holds
+    # constant per user) 60 hours ago: within the job's age limit, and far enough back that the last visits below
+    # pass every deadline and quiet-hour release without an event from the future.
+    live_start = now - 60 * 3_600_000
+    live = _relabel(list(generate(load_generator_settings({"users": 250, "seed": 31, "bot_fraction": 0.0,
+                                                           "start_time": _iso(live_start), "span_hours": 2}))), "live-")
+    users = sorted({r.event["user_id"] for r in history + live if r.event is not None})
+    live_end = max(r.event_time_ms for r in live)
+    finals = _visits(users, live_end + DAY, "final") + _visits([f"zz-end{i}" for i in range(8)], live_end + 2 * DAY, "probe")
+    assert max(r.event_time_ms for r in finals) < now
+    # As docs/history.md asks: the topic keeps the history while it is read (its retention would delete it).
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics.events, {"retention.ms": "-1"})])
+    admin.close()
+    history_file = tmp_path / "history.jsonl"
+    history_file.write_bytes(b"".join(r.value.replace(b"\n", b" ") + b"\n" for r in history))
+    base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+            f"redis.key_prefix={redis_prefix}", "kafka.group_id=shop", "models.bot_min_session_events=1000000"]
+
+    backfill = subprocess.run([sys.executable, "-m", "persona.cli", "backfill", "--events", str(history_file),
+                               "--quiet", "--savepoint-dir",
+                               str(tmp_path / "savepoints"), "--history-until", _iso(live_start),
+                               *(a for o in base for a in ("--set", o))],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    out = backfill.stdout
+    assert backfill.returncode == 0, out[-3000:] + backfill.stderr[-3000:]
+    # The summary adds up to the history, and the one command to go live is printed.
+    read = int(re.search(r"history: ([\d,]+) events", out).group(1).replace(",", ""))
+    processed, dead, total = (int(x.replace(",", "")) for x in
+                              re.search(r"processed ([\d,]+), dead-lettered ([\d,]+).*: ([\d,]+) in all", out).groups())
+    assert read == len(history) == total == processed + dead, out
+    suppressed = int(re.search(r"suppressed and never sent: ([\d,]+)", out).group(1).replace(",", ""))
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("persona run --from-savepoint"))
+
+    want_history = expected(history)
+    assert sum(len(ids) for ids in want_history.triggers.values()) > 20 and suppressed > 0
+    assert read_all_json(kafka_bootstrap, topics.triggers) == []             # nothing of history reached anyone
+    dead_letters = read_all_json(kafka_bootstrap, topics.dead_letter)
+    assert "event_time_out_of_range" not in Counter(d["reason"] for d in dead_letters)
+    assert Counter(d["reason"] for d in dead_letters) == want_history.dead_letter_reasons
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(redis_prefix)
+    # The loader caught up with the backfill. Compared: what events decide (the stage and profile_version also count
+    # timer releases, and the history's last timers fire only when the live stream moves the watermark).
+    by_events = {u: {k: v for k, v in f.items() if k not in ("stage", "profile_version")}
+                 for u, f in want_history.profiles.items()}
+    assert profile_mismatches(client, keys, by_events) == []
+    warm = model_info(client, keys, "propensity")
+    assert warm is not None and warm["examples"] > 0                        # warm models, published by the backfill
+
+    # The live job, started with the printed command, then live events and the last visits.
+    args = shlex.split(command)
+    assert args[:2] == ["persona", "run"]
+    with open(tmp_path / "live.log", "wb") as log:
+        job = subprocess.Popen([sys.executable, "-m", "persona.cli", *args[1:], "--quiet"], cwd=ROOT, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        produce(kafka_bootstrap, topics.events, live + finals)
+        want = expected(history + live + finals)
+        wait_until(lambda: job.poll() is None and not profile_mismatches(client, keys, want.profiles), 300,
+                   "profiles over history and live equal to the oracle", interval_s=1.0)
+        sent_want = _sent_after(want, live_start)
+        assert sum(len(ids) for ids in sent_want.triggers.values()) > 10
+        def sent_now() -> list[dict]:  # type: ignore[type-arg]
+            return read_all_json(kafka_bootstrap, topics.triggers, isolation_level="read_committed")
+        try:
+            wait_until(lambda: not trigger_mismatches(sent_now(), sent_want), 120, "the live triggers", interval_s=1.0)
+        except StackError:
+            pass   # the assertion below shows what differs
+        sent = sent_now()
+        diff = trigger_mismatches(sent, sent_want)
+        extra = {t for d in diff.values() for t in d["extra"]}
+        assert diff == {}, ([t for t in sent if t["trigger_id"] in extra], [want.released.get(t) for t in extra],
+                            live_start)
+        assert len(sent) == len({t["trigger_id"] for t in sent}), "a live trigger sent twice"
+        assert all(t["event_time"] >= live_start for t in sent), "a trigger of history was sent"
+        dead_letters = read_all_json(kafka_bootstrap, topics.dead_letter)
+        assert "event_time_out_of_range" not in Counter(d["reason"] for d in dead_letters)
+    finally:
+        if job.poll() is None:
+            job.send_signal(signal.SIGINT)   # our own job, by its pid
+            try:
+                job.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                job.kill()
+                job.wait(timeout=30)
