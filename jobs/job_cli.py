@@ -30,6 +30,9 @@ def parse_job_args(prog: str, description: str, argv: Sequence[str] | None) -> t
     args = parser.parse_args(argv)
     if args.bounded and args.savepoint_at_end:
         parser.error("--bounded and --savepoint-at-end exclude each other (a finished job takes no savepoint)")
+    if args.deployment == "cluster" and (args.savepoint_at_end or args.from_savepoint):
+        parser.error("--savepoint-at-end and --from-savepoint are for the embedded mini-cluster; on a cluster, "
+                     "persona cluster submit --from-savepoint and persona cluster stop --savepoint")
     try:
         settings = load_job_settings(parse_overrides(args.overrides), args.conf)
         if args.deployment == "local":

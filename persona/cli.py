@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--events", dest="events_file", type=Path, metavar="PATH",
                     help="a file of recorded events, one per line, put into the events topic first (as `persona "
                          "events load`)")
+    bf.add_argument("--topic", metavar="T", help="the events topic to load and go live on (default: "
+                    "kafka.topics.events; the same as --set kafka.topics.events=T)")
     bf.add_argument("--savepoint-dir", metavar="DIR", help="where the savepoint goes (default: .run/savepoints)")
     bf.add_argument("--history-until", type=_time_ms, metavar="TIME",
                     help="matches decided at an event time before TIME (ISO 8601 or epoch ms) are history and never "
@@ -516,6 +518,8 @@ def _backfill(args: argparse.Namespace) -> int:
 
     from jobs.personalization import main as job_main
     from persona.backfill import backfill_overrides, retention_ms, retention_problem
+    if args.topic:   # the live job reads the same topic: it goes into the overrides the live command keeps
+        args.overrides = [*args.overrides, f"kafka.topics.events={args.topic}"]
     job = load_job_settings(parse_overrides(args.overrides))   # a bad setting is named before anything runs
     now_ms = int(time.time() * 1000)
     if args.events_file is not None:
