@@ -464,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if live is not None:
             live.stop()
         if loader is not None:
-            stats = loader.finish(catch_up=args.bounded)
+            # A bounded run and a backfill end with Redis holding every change (the live job starts from there).
+            stats = loader.finish(catch_up=args.bounded or history is not None)
             print("persona-loader " + json.dumps(stats.as_dict(), sort_keys=True), flush=True)
 
 
