@@ -73,7 +73,7 @@ from operators.runner import (
 )
 from operators.untrusted_warning import UntrustedWarnings
 from persona.backfill import History, committed_offsets, history_of, live_command, summary_lines, wait_for_history
-from persona.bounded_start import bounded_start
+from persona.bounded_start import bounded_start, topic_offsets
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer, recommend_rules, rule_set_in_force
 from persona.serving import redis_trigger_lists
@@ -401,8 +401,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_topics(settings)
         book = rule_set_in_force(settings)
         # A backfill starts as a bounded run does (a new group from the earliest offset) and reads to the same end.
-        start = bounded_start(settings.kafka) if args.bounded or args.savepoint_at_end else None
-        history = history_of(settings.kafka, start.starting_offsets) if start and args.savepoint_at_end else None
+        offsets = topic_offsets(settings.kafka) if args.bounded or args.savepoint_at_end else None
+        start = bounded_start(settings.kafka, offsets) if offsets else None
+        history = (history_of(settings.kafka, start.starting_offsets, offsets)
+                   if start and offsets and args.savepoint_at_end else None)
     except ConfigError as e:
         fail("personalization", str(e))
     except KafkaError as e:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from persona.bounded_start import TopicOffsets
 from persona.settings import KafkaSettings
 
 # Settings a backfill changes for its run only: the live job keeps its own (the live command drops them).
@@ -62,26 +63,19 @@ class History:
         return sum(max(0, self.ends[p] - self.starts.get(p, 0)) for p in self.ends)
 
 
-def history_of(kafka: KafkaSettings, starting_offsets: str) -> History:
-    """The events topic's history for ``kafka.group_id``: from the group's committed offsets (``committed``, those
-    it has) or the earliest ones, to the newest."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.admin import KafkaAdminClient
+def history_of(kafka: KafkaSettings, starting_offsets: str, offsets: TopicOffsets) -> History:
+    """The events topic's history for ``kafka.group_id``, from the same reading of the broker as the start
+    (``persona.bounded_start``): from the group's committed offsets (``committed``, those it has) or the earliest
+    ones, to the newest.
 
-    from persona.bounded_start import group_offsets
-    topic = kafka.topics.events
-    consumer = KafkaConsumer(**kafka.client_config(), enable_auto_commit=False, request_timeout_ms=15_000)
-    admin = KafkaAdminClient(**kafka.client_config(), request_timeout_ms=15_000)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        beginnings = {tp.partition: o for tp, o in consumer.beginning_offsets(partitions).items()}
-        ends = {tp.partition: o for tp, o in consumer.end_offsets(partitions).items()}
-        committed = group_offsets(admin, kafka.group_id, topic) if starting_offsets == "committed" else {}
-    finally:
-        consumer.close()
-        admin.close()
-    starts = {p: max(committed.get(p, beginnings[p]), beginnings[p]) for p in ends}
-    return History(topic, kafka.group_id, starts, ends)
+    >>> from types import SimpleNamespace as NS
+    >>> kafka = NS(topics=NS(events="ev"), group_id="g")
+    >>> history_of(kafka, "committed", TopicOffsets({0: 2, 1: 0}, {0: 9, 1: 4}, {0: 5})).records   # 9-5 + 4-0
+    8
+    """
+    committed = offsets.committed if starting_offsets == "committed" else {}
+    starts = {p: max(committed.get(p, offsets.beginnings[p]), offsets.beginnings[p]) for p in offsets.ends}
+    return History(kafka.topics.events, kafka.group_id, starts, dict(offsets.ends))
 
 
 def retention_ms(kafka: KafkaSettings, topic: str) -> int:

@@ -25,7 +25,7 @@ def decide(topic: str, group: str, starting_offsets: str, beginnings: dict[int, 
     committed offsets (partitions without one are absent).
 
     >>> decide("ev", "g", "committed", {0: 0, 1: 0}, {0: 5, 1: 7}, {}).message
-    'group g has no committed offsets on ev: this bounded run reads it from the earliest offset (12 records)'
+    'group g has no committed offsets on ev: this run reads it from the earliest offset (12 records)'
     >>> decide("ev", "g", "committed", {0: 0}, {0: 5}, {0: 5}).message
     'nothing to read: group g has read ev to its end (5 records); --set kafka.starting_offsets=earliest reads it again'
     >>> decide("ev", "g", "earliest", {0: 3}, {0: 3}, {}).message
@@ -37,21 +37,21 @@ def decide(topic: str, group: str, starting_offsets: str, beginnings: dict[int, 
     if on_topic == 0:
         return BoundedStart(starting_offsets, 0, f"nothing to read: topic {topic} is empty (or every record has expired)")
     if starting_offsets == "earliest":
-        return BoundedStart("earliest", on_topic, f"this bounded run reads {topic} from the earliest offset "
+        return BoundedStart("earliest", on_topic, f"this run reads {topic} from the earliest offset "
                                                   f"({on_topic:,} records)")
     if starting_offsets == "latest":
-        return BoundedStart("latest", 0, f"nothing to read: kafka.starting_offsets is latest, so a bounded run "
+        return BoundedStart("latest", 0, f"nothing to read: kafka.starting_offsets is latest, so this run "
                                          f"starts and ends at the end of {topic}")
     if not committed:
-        return BoundedStart("earliest", on_topic, f"group {group} has no committed offsets on {topic}: this bounded "
-                                                  f"run reads it from the earliest offset ({on_topic:,} records)")
+        return BoundedStart("earliest", on_topic, f"group {group} has no committed offsets on {topic}: this run "
+                                                  f"reads it from the earliest offset ({on_topic:,} records)")
     # A partition without a committed offset is read from its earliest offset (the source's reset policy).
     to_read = sum(ends[p] - max(committed.get(p, beginnings.get(p, 0)), beginnings.get(p, 0)) for p in ends)
     if to_read <= 0:
         return BoundedStart("committed", 0, f"nothing to read: group {group} has read {topic} to its end "
                                             f"({on_topic:,} records); --set kafka.starting_offsets=earliest reads "
                                             "it again")
-    return BoundedStart("committed", to_read, f"this bounded run reads {topic} from group {group}'s committed "
+    return BoundedStart("committed", to_read, f"this run reads {topic} from group {group}'s committed "
                                               f"offsets ({to_read:,} records)")
 
 
@@ -77,8 +77,15 @@ def group_offsets(admin: Any, group: str, topic: str) -> dict[int, int]:
             if tp.topic == topic and meta.offset >= 0}
 
 
-def bounded_start(kafka: Any) -> BoundedStart:
-    """:func:`decide` for the job's events topic and group, read from the broker (``kafka``: the KafkaSettings)."""
+@dataclass(frozen=True, slots=True)
+class TopicOffsets:
+    beginnings: dict[int, int]   # per partition, its first offset
+    ends: dict[int, int]         # per partition, its next offset (the newest + 1)
+    committed: dict[int, int]    # the group's committed offsets (the partitions it has one for)
+
+
+def topic_offsets(kafka: Any) -> TopicOffsets:
+    """The job's events topic and group, read from the broker (``kafka``: the KafkaSettings)."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.admin import KafkaAdminClient
 
@@ -93,4 +100,10 @@ def bounded_start(kafka: Any) -> BoundedStart:
     finally:
         consumer.close()
         admin.close()
-    return decide(topic, kafka.group_id, kafka.starting_offsets, beginnings, ends, committed)
+    return TopicOffsets(beginnings, ends, committed)
+
+
+def bounded_start(kafka: Any, offsets: TopicOffsets | None = None) -> BoundedStart:
+    """:func:`decide` for the job's events topic and group (``offsets``: read from the broker when not given)."""
+    o = offsets or topic_offsets(kafka)
+    return decide(kafka.topics.events, kafka.group_id, kafka.starting_offsets, o.beginnings, o.ends, o.committed)

@@ -42,7 +42,7 @@ def test_a_new_group_reads_from_the_earliest_offset_and_an_empty_topic_is_named(
             history_override()]   # kafka.starting_offsets stays the default, committed
 
     out = _bounded(base, tmp_path / "first.log")
-    assert f"group {group} has no committed offsets on {topics.events}: this bounded run reads it from the " \
+    assert f"group {group} has no committed offsets on {topics.events}: this run reads it from the " \
            f"earliest offset ({len(records):,} records)" in out
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = RedisKeys(redis_prefix)
