@@ -72,7 +72,15 @@ from operators.runner import (
     decode_batch,
 )
 from operators.untrusted_warning import UntrustedWarnings
-from persona.backfill import History, committed_offsets, history_of, live_command, summary_lines, wait_for_history
+from persona.backfill import (
+    History,
+    committed_offsets,
+    history_of,
+    live_command,
+    records_left,
+    summary_lines,
+    wait_for_history,
+)
 from persona.bounded_start import bounded_start, topic_offsets
 from persona.loader import EmbeddedLoader
 from persona.rules import check_patterns, input_limits, personalizer, recommend_rules, rule_set_in_force
@@ -476,14 +484,16 @@ def _backfill(env: StreamExecutionEnvironment, settings: JobSettings, history: H
     """Run until a checkpoint holds the whole history, then stop with a savepoint (persona/backfill.py)."""
     client = env.execute_async("persona-personalization")
     try:
-        wait_for_history(history, lambda: committed_offsets(settings.kafka),
-                         lambda: not client.get_job_status().result().is_globally_terminal_state())
-        counters = _settled_counters(rest_url, history.records)
+        markers = wait_for_history(history, lambda: committed_offsets(settings.kafka),
+                                   lambda: not client.get_job_status().result().is_globally_terminal_state(),
+                                   left=lambda committed: records_left(settings.kafka, history, committed))
+        # With transaction markers the offsets outnumber the events: the counters are read once they stop moving.
+        counters = _settled_counters(rest_url, None if markers else history.records)
         savepoint = _stop_with_savepoint(client, savepoints)
     except BaseException:
         client.cancel()
         raise
-    print("\n".join(summary_lines(history, counters)), flush=True)
+    print("\n".join(summary_lines(history, counters, markers)), flush=True)
     print(f"savepoint: {savepoint}", flush=True)
     print("start the live job from it (state, models and offsets continue where the history ends):\n  "
           + live_command(savepoint, settings.history.triggers_before_ms, overrides), flush=True)
@@ -497,15 +507,17 @@ def _stop_with_savepoint(client: Any, folder: str) -> str:
     return str(client._j_job_client.stopWithSavepoint(False, folder, canonical).get())
 
 
-def _settled_counters(rest_url: str, records: int, deadline_s: float = 30) -> dict[str, Any]:
-    """The job's counters once they account for every record of the history (counters reach Flink at each tick,
-    and its REST API refreshes them every 2 s)."""
-    end = time.monotonic() + deadline_s
+def _settled_counters(rest_url: str, records: int | None, deadline_s: float = 30) -> dict[str, Any]:
+    """The job's counters once they account for every record of the history, or (``records`` None) once they have
+    not moved for 5 s: counters reach Flink at each tick, and its REST API refreshes them every 2 s."""
+    end, seen, still = time.monotonic() + deadline_s, -1, 0
     while True:
         counters = flink_status(rest_url, only="personalize")["counters"]
         dead = counters["dead_letters"]
         accounted = counters["valid"] - dead.get("late_event", 0) - dead.get("processing_error", 0) + sum(dead.values())
-        if accounted >= records or time.monotonic() > end:
+        still = still + 1 if accounted == seen else 0
+        seen = accounted
+        if (accounted >= records if records is not None else still >= 5) or time.monotonic() > end:
             return counters
         time.sleep(1)
 

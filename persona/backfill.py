@@ -129,26 +129,76 @@ def read_so_far(history: History, committed: Mapping[int, int]) -> int:
                for p, end in history.ends.items())
 
 
+def records_left(kafka: KafkaSettings, history: History, committed: Mapping[int, int], timeout_s: float = 10) -> int:
+    """Records a read_committed consumer still finds between the committed offsets and the history's end. 0 when
+    what is left are transaction markers (no record follows a topic's last commit marker, so the job's committed
+    offset stays short of the end) or aborted records; -1 when it could not read to the end in time."""
+    from kafka import KafkaConsumer, TopicPartition
+    spans = {p: (max(committed.get(p, history.starts[p]), history.starts[p]), end) for p, end in history.ends.items()}
+    spans = {p: span for p, span in spans.items() if span[0] < span[1]}
+    if not spans:
+        return 0
+    consumer = KafkaConsumer(**kafka.client_config(), enable_auto_commit=False, isolation_level="read_committed")
+    try:
+        tps = {p: TopicPartition(history.topic, p) for p in spans}
+        consumer.assign(list(tps.values()))
+        for p, (start, _) in spans.items():
+            consumer.seek(tps[p], start)
+        found, deadline = 0, time.monotonic() + timeout_s
+        while any(consumer.position(tps[p]) < end for p, (_, end) in spans.items()):
+            if time.monotonic() > deadline:
+                return -1
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                found += sum(1 for r in records if r.offset < spans[tp.partition][1])
+        return found
+    finally:
+        consumer.close()
+
+
 def wait_for_history(history: History, committed: Callable[[], dict[int, int]], running: Callable[[], bool],
-                     progress: bool = True, every_s: float = 1.0) -> None:
-    """Until a checkpoint has committed every offset of the history (then a savepoint holds all of it); raises
-    RuntimeError if the job stops first. Shows a progress bar on a terminal, a line every 10 % otherwise."""
+                     progress: bool = True, every_s: float = 1.0,
+                     left: Callable[[dict[int, int]], int] | None = None, stalled_polls: int = 5) -> bool:
+    """Until a checkpoint has committed every record of the history (then a savepoint holds all of it); raises
+    RuntimeError if the job stops first. Shows a progress bar on a terminal, a line every 10 % otherwise.
+
+    When the committed offsets stop moving short of the end for ``stalled_polls`` polls, ``left`` (``records_left``)
+    says whether records are left or only transaction markers: the history is then read. Returns whether it ended
+    so (the topic's offsets then count its markers too, so they are more than its events).
+
+    >>> h = History("ev", "g", {0: 0}, {0: 10})
+    >>> wait_for_history(h, lambda: {0: 9}, lambda: True, progress=False, every_s=0, left=lambda c: 0)
+    True
+    >>> wait_for_history(h, lambda: {0: 10}, lambda: True, progress=False, every_s=0)
+    False
+    >>> wait_for_history(h, lambda: {0: 9}, lambda: False, progress=False, every_s=0, left=lambda c: 1)
+    Traceback (most recent call last):
+    RuntimeError: the job stopped before the history was read (see its log)
+    """
     total, shown = history.records, -1
+    last, still = -1, 0
     while True:
-        done = read_so_far(history, committed())
+        offsets = committed()
+        done = read_so_far(history, offsets)
+        still = still + 1 if done == last else 0
+        last = done
+        if done < total and left is not None and still >= stalled_polls and left(offsets) == 0:
+            if progress:
+                print(f"backfill: {done:,}/{total:,} offsets checkpointed; the {total - done:,} left hold no record "
+                      "(transaction markers or aborted records)", file=sys.stderr, flush=True)
+            return True
         if progress and (sys.stderr.isatty() or done * 10 // max(total, 1) != shown):
             shown = done * 10 // max(total, 1)
             bar = "#" * (30 * done // max(total, 1))
             end = "\r" if sys.stderr.isatty() and done < total else "\n"
             print(f"backfill [{bar:<30}] {done:,}/{total:,} events checkpointed", end=end, file=sys.stderr, flush=True)
         if done >= total:
-            return
+            return False
         if not running():
             raise RuntimeError("the job stopped before the history was read (see its log)")
         time.sleep(every_s)
 
 
-def summary_lines(history: History, counters: Mapping[str, Any]) -> list[str]:
+def summary_lines(history: History, counters: Mapping[str, Any], markers: bool = False) -> list[str]:
     """The backfill's summary from the job's counters (``persona.status.flink_status``): what was read, and where
     each record went, which adds up to what was read.
 
@@ -167,7 +217,8 @@ def summary_lines(history: History, counters: Mapping[str, Any]) -> list[str]:
     per = ", ".join(f"{k} {v:,}" for k, v in sorted(dead.items()))
     history_triggers = counters.get("history", {})
     sent = counters.get("triggers", {})
-    lines = [f"history: {history.records:,} events of {history.topic} (group {history.group})",
+    what = "offsets (events, transaction markers and aborted records)" if markers else "events"
+    lines = [f"history: {history.records:,} {what} of {history.topic} (group {history.group})",
              f"  processed {processed:,}, dead-lettered {dead_n:,}" + (f" ({per})" if per else "")
              + f": {processed + dead_n:,} in all",
              f"  triggers of history, suppressed and never sent: {sum(history_triggers.values()):,}"

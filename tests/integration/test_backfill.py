@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from persona.generator.shoppers import GeneratedRecord, generate
@@ -160,3 +161,40 @@ def test_backfill_a_year_old_stream_then_the_live_job_from_its_savepoint(
             except subprocess.TimeoutExpired:
                 job.kill()
                 job.wait(timeout=30)
+
+
+def test_a_backfill_of_a_transactional_topic_ends_at_its_last_commit_marker(
+        kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str, tmp_path: Path) -> None:
+    """A topic written in transactions ends with a commit marker that no record follows: the job's committed offset
+    stays one short of the end, and the backfill must still see that the history is read."""
+    now = int(time.time() * 1000)
+    history = list(generate(load_generator_settings({"users": 80, "seed": 33, "bot_fraction": 0.0,
+                                                     "start_time": _iso(now - 400 * DAY), "span_hours": 6})))
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics.events, {"retention.ms": "-1"})])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"shop-{topics.events}")
+    producer.init_transactions()
+    for part in (history[: len(history) // 2], history[len(history) // 2:]):   # two transactions
+        producer.begin_transaction()
+        for r in part:
+            producer.send(topics.events, key=r.key, value=r.value, timestamp_ms=r.event_time_ms)
+        producer.commit_transaction()
+    producer.close()
+    base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+            f"redis.key_prefix={redis_prefix}", "kafka.group_id=shop-tx", "models.bot_min_session_events=1000000"]
+    backfill = subprocess.run([sys.executable, "-m", "persona.cli", "backfill", "--quiet", "--savepoint-dir",
+                               str(tmp_path / "savepoints"), *(a for o in base for a in ("--set", o))],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    out = backfill.stdout
+    assert backfill.returncode == 0, out[-3000:] + backfill.stderr[-3000:]
+    assert "hold no record (transaction markers or aborted records)" in backfill.stderr
+    # Every event is accounted for, and the offsets count the markers too: one per transaction and partition (2 x 2).
+    offsets = int(re.search(r"history: ([\d,]+) offsets", out).group(1).replace(",", ""))
+    total = int(re.search(r": ([\d,]+) in all", out).group(1).replace(",", ""))
+    assert (offsets, total) == (len(history) + 4, len(history))
+    assert "savepoint: " in out and read_all_json(kafka_bootstrap, topics.triggers) == []
+    want = expected(history)
+    by_events = {u: {k: v for k, v in f.items() if k not in ("stage", "profile_version")} for u, f in want.profiles.items()}
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert profile_mismatches(client, RedisKeys(redis_prefix), by_events) == []
