@@ -99,7 +99,6 @@ class Personalizer:
         at an event time before it are history (loaded by ``persona backfill``), suppressed and never sent."""
         self.rules = profile_rules
         self.recommend = recommend
-        self.history_before_ms = history_before_ms
         self.models = ModelStep(model_rules)
         self.engine = PatternEngine(book, profile_rules.max_pattern_marks, profile_rules, history_before_ms)
         self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
@@ -108,7 +107,7 @@ class Personalizer:
         """Switch to another rule set (docs/behaviour.md "Rules at runtime"): each user's pattern state is reconciled with
         it at their next event or timer (``PatternEngine.reconcile``)."""
         stats = self.engine.experiment_stats
-        self.engine = PatternEngine(book, self.rules.max_pattern_marks, self.rules, self.history_before_ms)
+        self.engine = PatternEngine(book, self.rules.max_pattern_marks, self.rules, self.engine.gate.history_before_ms)
         self.engine.experiment_stats = stats
 
     def on_event(self, state: UserState | None, event: Event, served: ServedModels) -> Step:

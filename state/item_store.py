@@ -117,7 +117,7 @@ def read_list_inputs(client: redis.Redis, keys: RedisKeys, anchors: list[str], c
     pipe = client.pipeline(transaction=False)
     by_set: dict[str, list[str]] = {}   # one set on a server; on Redis Cluster, the shard of each item
     for item in wanted:
-        by_set.setdefault(keys.item_weights(None, item) if keys.clustered else keys.item_weights(), []).append(item)
+        by_set.setdefault(keys.item_weights(None, item), []).append(item)
     for key, members in by_set.items():
         pipe.zmscore(key, members)
     for item in unplaced:
