@@ -157,8 +157,30 @@ class Probe:
 
 
 def _fast_producer(bootstrap: str) -> Producer:
+    # Idempotent: a batch retried after an error of a just-created topic (its leader not known yet) keeps its
+    # place. Without it, librdkafka's five requests in flight wrote a retried batch after later ones, a user's
+    # early events after their later ones, and the job and the peer rightly dead-lettered them as late.
     return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.size": 512 * 1024, "acks": "all",
-                     "queue.buffering.max.messages": 1_000_000})
+                     "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
+
+
+class Delivery:
+    """A producer's delivery reports: the first error, so a lost record stops the bench instead of a system
+    under test being blamed for a user it never saw."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first_error: str | None = None
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            self.first_error = self.first_error or f"{msg.topic()}: {err}"
+
+    def check(self, left: int) -> None:
+        if left or self.failed:
+            raise StackError(f"bench: pre-loading lost records ({self.failed:,} failed, {left:,} unsent): "
+                             f"{self.first_error or 'the broker did not take them in time'}")
 
 
 def _preload(bootstrap: str, topic: str | list[str], n: int, users: int) -> tuple[dict[str, int], list[bytes], list[str]]:
@@ -167,6 +189,7 @@ def _preload(bootstrap: str, topic: str | list[str], n: int, users: int) -> tupl
     gen = load_generator_settings({"users": users, "seed": 7, "malformed_fraction": 0.0, "late_fraction": 0.0,
                                    "out_of_order_fraction": 0.0, "span_hours": 72})
     producer = _fast_producer(bootstrap)
+    delivery = Delivery()
     final: dict[str, int] = {}
     values: list[bytes] = []
     last: list[str] = []
@@ -175,11 +198,11 @@ def _preload(bootstrap: str, topic: str | list[str], n: int, users: int) -> tupl
         assert ev is not None
         final[ev["user_id"]] = 0 if ev["event_type"] == "erasure_request" else final.get(ev["user_id"], 0) + 1
         for t in topics:
-            producer.produce(t, key=rec.key, value=rec.value, timestamp=rec.event_time_ms)
+            producer.produce(t, key=rec.key, value=rec.value, timestamp=rec.event_time_ms, on_delivery=delivery)
         producer.poll(0)
         values.append(rec.value)
         last = [*last[-199:], ev["user_id"]]
-    producer.flush(60)
+    delivery.check(producer.flush(60))
     return final, values, sorted(set(last))
 
 
@@ -201,8 +224,35 @@ def _all_final(client: redis.Redis, keys: RedisKeys, final: dict[str, int], user
     return all(v is not None and int(v) >= final[u] for u, v in zip(users, pipe.execute(), strict=True))
 
 
+@dataclass(frozen=True)
+class Watched:
+    """A system under test seen from the harness: whether it is still running, and where its log is.
+
+    A system that dies mid-drain ends the wait at once, with its log's last lines, instead of at the deadline.
+    """
+
+    name: str
+    exit_code: Callable[[], int | None]
+    log: Path | None = None
+    status: Path | None = None   # a file the system rewrites with its counts (the peer's heartbeat)
+
+    def log_tail(self, lines: int = 25) -> str:
+        said = ""
+        if self.status is not None and self.status.exists():
+            said = f"\nits last status ({self.status}): {self.status.read_text(errors='replace').strip()}"
+        if self.log is None or not self.log.exists():
+            return said
+        text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        return said + (f"\nthe last lines of {self.log}:\n" + "\n".join(text) if text else f" ({self.log} is empty)")
+
+    def problem(self) -> str | None:
+        code = self.exit_code()
+        return None if code is None else f"bench: the {self.name} exited with {code} before it drained{self.log_tail()}"
+
+
 def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str],
-                  deadline_s: float, at_first: Callable[[], None] = lambda: None) -> tuple[float, float]:
+                  deadline_s: float, at_first: Callable[[], None] = lambda: None,
+                  watched: Watched | None = None) -> tuple[float, float]:
     """(time the first profile appeared, time every user reached its final version), wall clock seconds.
 
     Only ``tail`` (the users of the stream's last events) is polled often: polling everyone would take
@@ -213,6 +263,8 @@ def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], t
     t_first = None
     end = time.time() + deadline_s
     while time.time() < end:
+        if watched is not None and (problem := watched.problem()) is not None:
+            raise StackError(problem)
         if t_first is None:
             if any(client.exists(keys.profile(u)) for u in users[:20]):
                 t_first = time.time()
@@ -222,16 +274,31 @@ def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], t
             if _all_final(client, keys, final, users):
                 return t_first, t_done
         time.sleep(0.1)
-    raise StackError("bench: the events were not all in Redis before the deadline")
+    raise StackError(f"bench: the events were not all in Redis after {deadline_s:.0f} s: "
+                     f"{_short_of_final(client, keys, final, users)}"
+                     + (f"; the {watched.name} still runs{watched.log_tail()}" if watched is not None else ""))
+
+
+def _short_of_final(client: redis.Redis, keys: RedisKeys, final: dict[str, int], users: list[str]) -> str:
+    """How far the slowest users are from their final versions, for the deadline's message."""
+    pipe = client.pipeline(transaction=False)
+    for u in users:
+        pipe.hget(keys.profile(u), "profile_version")
+    short = [(u, int(v) if v is not None else None) for u, v in zip(users, pipe.execute(), strict=True)
+             if v is None or int(v) < final[u]]
+    missing = sum(1 for _, v in short if v is None)
+    shown = ", ".join(f"{u} at {v} of {final[u]}" for u, v in short[:5])
+    return f"{len(short):,} of {len(users):,} users short of their final version ({missing:,} with no profile; {shown})"
 
 
 def _drain(client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str], events: int,
-           t_start: float, cpu: CpuMeter | None = None) -> dict[str, Any]:
+           t_start: float, cpu: CpuMeter | None = None, watched: Watched | None = None) -> dict[str, Any]:
     """Events/s from the first profile to the last users' final versions; with ``cpu``, the CPU seconds per
     10,000 events the system and the shared services used over the same span (docs/performance.md)."""
     first: list[tuple[float, float]] = []
     t_first, t_done = _wait_drained(client, keys, final, tail, deadline_s=400,
-                                    at_first=lambda: first.append(cpu.read()) if cpu is not None else None)
+                                    at_first=lambda: first.append(cpu.read()) if cpu is not None else None,
+                                    watched=watched)
     out: dict[str, Any] = {"events": events, "startup_s": round(t_first - t_start, 1),
                            "seconds": round(t_done - t_first, 1), "events_per_s": round(events / (t_done - t_first))}
     if cpu is not None and first:
@@ -389,10 +456,11 @@ def _system_process(name: str, cmd: list[str], log_path: Path, redis_url: str, p
 
 def _drain_and_live(name: str, proc: subprocess.Popen[bytes], client: redis.Redis, keys: RedisKeys, bootstrap: str,
                     topics: dict[str, str], events: int, final: dict[str, int], tail: list[str], plan: LivePlan,
-                    log_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+                    log_path: Path, status: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     t_start = time.time()
     _say(f"{name}: draining {events:,} pre-loaded events")
-    drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: _group_pids(proc.pid), SHARED_PIDS))
+    drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: _group_pids(proc.pid), SHARED_PIDS),
+                   Watched(name, proc.poll, log_path, status))
     _say(f"{name}: start-up {drain['startup_s']} s, drained at {drain['events_per_s']:,} events/s, "
          f"{drain.get('cpu_s_per_10k')} CPU s per 10k events")
     live = _measure_live(bootstrap, topics, client, keys, plan, keys.prefix + "live-",
@@ -555,7 +623,8 @@ def baseline_process(bootstrap: str, redis_url: str, topics: dict[str, str], pre
 def baseline_drain(proc: Any, client: redis.Redis, keys: RedisKeys, final: dict[str, int], tail: list[str],
                    events: int, t_start: float) -> dict[str, Any]:
     _say(f"baseline: draining {events:,} pre-loaded events")
-    drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: [proc.pid or 0], SHARED_PIDS))
+    drain = _drain(client, keys, final, tail, events, t_start, CpuMeter(lambda: [proc.pid or 0], SHARED_PIDS),
+                   Watched("baseline", lambda: proc.exitcode))
     _say(f"baseline: drained at {drain['events_per_s']:,} events/s, {drain.get('cpu_s_per_10k')} CPU s per 10k events")
     return drain
 
@@ -576,7 +645,7 @@ def _run_peer(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: st
     """The peer engine (Bytewax, bench/peer_bytewax.py) in its own process, measured like the others."""
     with peer_process(bootstrap, redis_url, topics, prefix, out) as (proc, client, keys):
         drain, live = _drain_and_live("peer (Bytewax)", proc, client, keys, bootstrap, topics, events, final, tail,
-                                      plan, out / "bench-peer.log")
+                                      plan, out / "bench-peer.log", out / "bench-peer.heartbeat")
         live.pop("live_users")
         return {"drain": drain, **live, "state": _state_sizes(client, keys, list(final), None)}
 

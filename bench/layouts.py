@@ -230,7 +230,9 @@ def _others(services: Any, events: int, out: Path) -> dict[str, dict[str, Any]]:
         with peer as (proc, client, keys):
             _say(f"peer (Bytewax): draining {len(values):,} events")
             p = _drain(client, keys, final, tail, len(values), time.time(),
-                       harness.CpuMeter(lambda: harness._group_pids(proc.pid), harness.SHARED_PIDS))
+                       harness.CpuMeter(lambda: harness._group_pids(proc.pid), harness.SHARED_PIDS),
+                       harness.Watched("peer", proc.poll, out / "bench-peer.log",
+                                       out / "bench-peer.heartbeat"))
         with harness.baseline_process(bootstrap, redis_url, topics["baseline"], f"layouts:{run_id}:base:") as (
                 proc, client, keys):
             b = harness.baseline_drain(proc, client, keys, final, tail, len(values), time.time())

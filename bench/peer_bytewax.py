@@ -15,6 +15,8 @@ Run by ``persona bench`` as ``python -m bench.peer_bytewax --bootstrap ... --red
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 
 import redis
 from bytewax import operators as op
-from bytewax.connectors.kafka import KafkaSource
+from bytewax.connectors.kafka import KafkaError, KafkaSource
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import SimplePollingSource
 from bytewax.operators import StatefulBatchLogic
@@ -68,6 +70,7 @@ class _Runtime:
         self.now = 0
         self.heartbeat = heartbeat
         self._beat_at = 0.0
+        self.ledger: dict[str, int] = {}   # applied, duplicate, dead_letter.<reason>: in the heartbeat
 
     def _write(self, user: str, step: Step) -> None:
         write_step(self.writer, self.core, user, step, self.now)
@@ -75,6 +78,8 @@ class _Runtime:
     def run(self, records: list[Record]) -> None:
         self.now = int(time.time() * 1000)
         out = self.runner.on_batch(records, self.timers, self.store.get, self.now) if records else Result()
+        for outcome, n in out.ledger.items():
+            self.ledger[outcome] = self.ledger.get(outcome, 0) + n
         self.fire(self.watermarks.after(out), out)
 
     def fire(self, watermark: int, out: Result | None = None) -> None:
@@ -98,7 +103,8 @@ class _Runtime:
         self.publisher.publish_due(now)
         if now - self._beat_at > 0.5:
             self._beat_at = now
-            self.heartbeat.write_text(f"{now}\n")
+            self.heartbeat.write_text(json.dumps({"at": now, "ledger": self.ledger, "written": self.writer.written,
+                                                  "skipped_stale": self.writer.skipped_stale}) + "\n")
 
 
 RUNTIME: _Runtime | None = None
@@ -113,7 +119,11 @@ class _Everything(StatefulBatchLogic[Any, None, None]):
     def on_batch(self, values: list[Any]) -> tuple[list[None], bool]:
         rt = RUNTIME
         assert rt is not None
-        rt.run([Record(None, m.value or b"", m.topic, m.partition, m.offset) for m in values if not isinstance(m, str)])
+        for m in values:
+            if isinstance(m, KafkaError):   # librdkafka goes on fetching by itself; said, not fatal
+                print(f"peer: Kafka: {m.err}", file=sys.stderr, flush=True)
+        rt.run([Record(None, m.value or b"", m.topic, m.partition, m.offset) for m in values
+                if not isinstance(m, str | KafkaError)])
         return [], StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[None], bool]:
@@ -155,7 +165,11 @@ class _Discard(DynamicSink[Any]):
 
 def dataflow(bootstrap: str, events_topic: str) -> Dataflow:
     flow = Dataflow("persona-peer")
-    raw = op.input("kafka", flow, KafkaSource([bootstrap], [events_topic], tail=True))
+    # Bytewax's per-second consumer statistics are off: its callback reads the topic's entry before librdkafka
+    # has it on a slow start, and the KeyError stops the worker. Broker errors are items, not a crash, as the
+    # job's Kafka source retries them too.
+    raw = op.input("kafka", flow, KafkaSource([bootstrap], [events_topic], tail=True, raise_on_errors=False,
+                                              add_config={"statistics.interval.ms": "0"}))
     ticks = op.input("ticks", flow, _Ticks())
     keyed = op.key_on("all", op.merge("events-and-ticks", raw, ticks), lambda _: "all")
     done = op.stateful_batch("personalize", keyed, _Everything)

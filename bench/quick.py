@@ -41,7 +41,8 @@ def _job_drain(bootstrap: str, redis_url: str, topics: dict[str, str], prefix: s
     with harness._system_process("job", cmd, out / "bench-quick-job.log", redis_url, prefix) as (proc, client, keys):
         _say(f"job: draining {events:,} pre-loaded events")
         drain = _drain(client, keys, final, tail, events, time.time(),
-                       CpuMeter(lambda: _group_pids(proc.pid), harness.SHARED_PIDS))
+                       CpuMeter(lambda: _group_pids(proc.pid), harness.SHARED_PIDS),
+                       harness.Watched("job", proc.poll, out / "bench-quick-job.log"))
         drain["rss_mb"] = harness._rss_mb(_group_pids(proc.pid))   # every user's state held, at the drain's end
     return drain
 
