@@ -78,6 +78,9 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
         "key.fields": "k",
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
+        # A shop that writes its events in Kafka transactions aborts some: their records stay in the log, and a
+        # consumer at read_uncommitted (the client's default, which the connector keeps) would apply them.
+        "properties.isolation.level": "read_committed",
         **kafka.connector_properties(),
     }
     if bounded:

@@ -180,6 +180,15 @@ def test_a_backfill_of_a_transactional_topic_ends_at_its_last_commit_marker(
         for r in part:
             producer.send(topics.events, key=r.key, value=r.value, timestamp_ms=r.event_time_ms)
         producer.commit_transaction()
+    # A third one, aborted: its records stay in the log, and the job must not apply them (read_committed).
+    aborted = []
+    for i, r in enumerate(history[:3]):
+        doc = {**json.loads(r.value), "user_id": "u-aborted", "event_id": f"aborted-{i}", "session_id": "s-aborted"}
+        aborted.append((json.dumps(doc).encode(), r.event_time_ms))
+    producer.begin_transaction()
+    aborted_partitions = {producer.send(topics.events, key=b"u-aborted", value=value, timestamp_ms=t).get(30).partition
+                          for value, t in aborted}
+    producer.abort_transaction()
     producer.close()
     base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
             f"redis.key_prefix={redis_prefix}", "kafka.group_id=shop-tx", "models.bot_min_session_events=1000000"]
@@ -189,12 +198,14 @@ def test_a_backfill_of_a_transactional_topic_ends_at_its_last_commit_marker(
     out = backfill.stdout
     assert backfill.returncode == 0, out[-3000:] + backfill.stderr[-3000:]
     assert "hold no record (transaction markers or aborted records)" in backfill.stderr
-    # Every event is accounted for, and the offsets count the markers too: one per transaction and partition (2 x 2).
+    # Every committed event is accounted for, and the offsets count the markers and the aborted records too: a
+    # marker per transaction and partition (2 x 2 commits, an abort per partition the aborted records went to).
     offsets = int(re.search(r"history: ([\d,]+) offsets", out).group(1).replace(",", ""))
     total = int(re.search(r": ([\d,]+) in all", out).group(1).replace(",", ""))
-    assert (offsets, total) == (len(history) + 4, len(history))
+    assert (offsets, total) == (len(history) + 4 + len(aborted) + len(aborted_partitions), len(history))
     assert "savepoint: " in out and read_all_json(kafka_bootstrap, topics.triggers) == []
     want = expected(history)
     by_events = {u: {k: v for k, v in f.items() if k not in ("stage", "profile_version")} for u, f in want.profiles.items()}
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert profile_mismatches(client, RedisKeys(redis_prefix), by_events) == []
+    assert client.exists(RedisKeys(redis_prefix).profile("u-aborted")) == 0   # the aborted records were not applied
