@@ -217,11 +217,16 @@ def _logic_only(values: list[bytes]) -> dict[str, Any]:
             "us_per_event": round(seconds / len(values) * 1e6)}
 
 
-def _all_final(client: redis.Redis, keys: RedisKeys, final: dict[str, int], users: list[str]) -> bool:
+def _profile_versions(client: redis.Redis, keys: RedisKeys, users: list[str]) -> list[int | None]:
     pipe = client.pipeline(transaction=False)
     for u in users:
         pipe.hget(keys.profile(u), "profile_version")
-    return all(v is not None and int(v) >= final[u] for u, v in zip(users, pipe.execute(), strict=True))
+    return [int(v) if v is not None else None for v in pipe.execute()]
+
+
+def _all_final(client: redis.Redis, keys: RedisKeys, final: dict[str, int], users: list[str]) -> bool:
+    return all(v is not None and v >= final[u]
+               for u, v in zip(users, _profile_versions(client, keys, users), strict=True))
 
 
 @dataclass(frozen=True)
@@ -281,11 +286,8 @@ def _wait_drained(client: redis.Redis, keys: RedisKeys, final: dict[str, int], t
 
 def _short_of_final(client: redis.Redis, keys: RedisKeys, final: dict[str, int], users: list[str]) -> str:
     """How far the slowest users are from their final versions, for the deadline's message."""
-    pipe = client.pipeline(transaction=False)
-    for u in users:
-        pipe.hget(keys.profile(u), "profile_version")
-    short = [(u, int(v) if v is not None else None) for u, v in zip(users, pipe.execute(), strict=True)
-             if v is None or int(v) < final[u]]
+    short = [(u, v) for u, v in zip(users, _profile_versions(client, keys, users), strict=True)
+             if v is None or v < final[u]]
     missing = sum(1 for _, v in short if v is None)
     shown = ", ".join(f"{u} at {v} of {final[u]}" for u, v in short[:5])
     return f"{len(short):,} of {len(users):,} users short of their final version ({missing:,} with no profile; {shown})"
