@@ -165,9 +165,9 @@ class _Discard(DynamicSink[Any]):
 
 def dataflow(bootstrap: str, events_topic: str) -> Dataflow:
     flow = Dataflow("persona-peer")
-    # Bytewax's per-second consumer statistics are off: its callback reads the topic's entry before librdkafka
-    # has it on a slow start, and the KeyError stops the worker. Broker errors are items, not a crash, as the
-    # job's Kafka source retries them too.
+    # Bytewax's per-second consumer statistics are off: nothing reads them, and its callback indexes the topic's
+    # entry, while an exception in a librdkafka callback is raised again from consume() and stops the worker.
+    # Broker errors are items, not a crash, as the job's Kafka source retries them too.
     raw = op.input("kafka", flow, KafkaSource([bootstrap], [events_topic], tail=True, raise_on_errors=False,
                                               add_config={"statistics.interval.ms": "0"}))
     ticks = op.input("ticks", flow, _Ticks())
