@@ -119,11 +119,13 @@ class _Everything(StatefulBatchLogic[Any, None, None]):
     def on_batch(self, values: list[Any]) -> tuple[list[None], bool]:
         rt = RUNTIME
         assert rt is not None
+        records = []
         for m in values:
             if isinstance(m, KafkaError):   # librdkafka goes on fetching by itself; said, not fatal
                 print(f"peer: Kafka: {m.err}", file=sys.stderr, flush=True)
-        rt.run([Record(None, m.value or b"", m.topic, m.partition, m.offset) for m in values
-                if not isinstance(m, str | KafkaError)])
+            elif not isinstance(m, str):    # a tick is a str
+                records.append(Record(None, m.value or b"", m.topic, m.partition, m.offset))
+        rt.run(records)
         return [], StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[None], bool]:
