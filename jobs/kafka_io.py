@@ -149,7 +149,7 @@ def sharded_batches(t_env: StreamTableEnvironment, kafka: KafkaSettings, source:
 
 
 def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: str, topic: str,
-                    exactly_once: bool = False, value_type: str = "STRING") -> str:
+                    exactly_once: bool = False, value_type: str = "STRING", compression: str | None = None) -> str:
     """Declare a sink table (k STRING key, v STRING value) writing to ``topic``; returns the table name.
 
     ``value_type="BYTES"``: binary values; a null value is written as a Kafka tombstone.
@@ -171,6 +171,8 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
         "properties.batch.size": str(kafka.sink_batch_bytes),
         **kafka.connector_properties(),
     }
+    if compression is not None:
+        opts["properties.compression.type"] = compression
     if exactly_once:
         opts |= {"sink.transactional-id-prefix": f"{kafka.group_id}.{name}",
                  "properties.transaction.timeout.ms": str(kafka.transaction_timeout_ms)}

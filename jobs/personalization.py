@@ -61,6 +61,7 @@ from operators.runner import (
     DUPLICATES,
     END_OF_INPUT,
     ERASURES,
+    HISTORY,
     LATE,
     TIMER_ERRORS,
     TRIGGER,
@@ -87,7 +88,7 @@ from persona.rules import check_patterns, input_limits, personalizer, recommend_
 from persona.serving import redis_trigger_lists
 from persona.settings import ConfigError, JobSettings
 from persona.stack.procs import free_port
-from persona.stack.topics import ensure_audit_topic, ensure_changelog_topic
+from persona.stack.topics import ensure_changelog_topic, ensure_own_topic
 from persona.status import announce, flink_status, live_line, withdraw
 from state.user_state import USER_STATE
 from state.user_timers import TIMERS_STATE, UserTimers
@@ -147,7 +148,8 @@ class Personalize(KeyedProcessFunction):
         timers = MapStateDescriptor(TIMERS_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
         timers.enable_time_to_live(ttl)
         self._timers = ShardTimers(runtime_context.get_map_state(timers))
-        self._runner = Runner(personalizer(s, self._book), input_limits(s), s.flink.state_cache_users)
+        self._runner = Runner(personalizer(s, self._book), input_limits(s), s.flink.state_cache_users,
+                              history=s.history.profile_versions)
         self._seeds: dict[int, dict[str, Seed]] | None = None
         self._sent_before: set[str] = set()
         if s.flink.seed_from_changelog:
@@ -285,15 +287,16 @@ def _side_output(stream: DataStream, tag: OutputTag) -> DataStream:
     return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
 
-ROUTES = {"triggers": TRIGGER, "dead_letters": DEAD_LETTER, "changes": CHANGE, "audit": AUDIT}
+ROUTES = {"triggers": TRIGGER, "dead_letters": DEAD_LETTER, "changes": CHANGE, "audit": AUDIT, "history": HISTORY}
 
 
-def route(t_env: StreamTableEnvironment, outputs: DataStream) -> dict[str, str]:
-    """SQL over the batches' parallel arrays: one query per topic, each record (kind, key, value) of its kind."""
+def route(t_env: StreamTableEnvironment, outputs: DataStream, history: bool) -> dict[str, str]:
+    """SQL over the batches' parallel arrays: one query per topic, each record (kind, key, value) of its kind
+    (the profile history's only with ``history.profile_versions``)."""
     t_env.create_temporary_view("persona_outputs", t_env.from_data_stream(outputs))
     return {name: ("SELECT o.`keys`[t.i] AS k, o.`vals`[t.i] AS v FROM persona_outputs AS o "
                    f"CROSS JOIN UNNEST(o.`kinds`) WITH ORDINALITY AS t(kind, i) WHERE t.kind = '{kind}'")
-            for name, kind in ROUTES.items()}
+            for name, kind in ROUTES.items() if history or kind != HISTORY}
 
 
 def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStream:
@@ -390,7 +393,9 @@ def check_topics(settings: JobSettings) -> None:
             if t.profiles not in existing:
                 ensure_changelog_topic(admin, t.profiles, settings.kafka.partitions, settings.kafka.replication_factor)
             if t.audit not in existing:
-                ensure_audit_topic(admin, settings)
+                ensure_own_topic(admin, settings, "audit")
+            if settings.history.profile_versions and t.history not in existing:
+                ensure_own_topic(admin, settings, "profile_history")
         finally:
             admin.close()
     except KafkaError as e:
@@ -439,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               max_future_ms=settings.limits.max_event_future_ms,
                               wake_every_shard=f.seed_from_changelog)
     outputs, published = build(batches, settings, book)
-    queries = route(t_env, outputs)
+    queries = route(t_env, outputs, settings.history.profile_versions)
     if settings.recommend.enabled:   # emits nothing: joined to the model updates' stream to be in the job graph
         published = published.union(fold_items(t_env, settings))
     t = settings.kafka.topics
@@ -449,9 +454,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, table, topic, once in (("triggers", "trigger_sink", t.triggers, exactly_once),
                                      ("dead_letters", "dead_letter_sink", t.dead_letter, False),
                                      ("changes", "profile_sink", t.profiles, False),
-                                     ("audit", "audit_sink", t.audit, exactly_once)):
-        statements.add_insert(keyed_json_sink(t_env, settings.kafka, table, topic, exactly_once=once, value_type="BYTES"),
-                              t_env.sql_query(queries[name]))
+                                     ("audit", "audit_sink", t.audit, exactly_once),
+                                     ("history", "profile_history_sink", t.history, False)):
+        if name not in queries:
+            continue
+        # The history's records are whole states, one per version: lz4 takes them from ~1,650 to ~460 B per event.
+        sink = keyed_json_sink(t_env, settings.kafka, table, topic, exactly_once=once, value_type="BYTES",
+                               compression="lz4" if name == "history" else None)
+        statements.add_insert(sink, t_env.sql_query(queries[name]))
     statements.add_insert(keyed_json_sink(t_env, settings.kafka, "model_sink", t.models),
                           t_env.from_data_stream(published))
     statements.attach_as_datastream()

@@ -165,16 +165,20 @@ class PatternEngine:
         timers: list[int] = []
         outcomes: list[ExperimentOutcome] = []
         suppressed = self.reconcile(ps) if ps.rules_version != self.book.version else []
+        released = []
         for name, pattern in self._absence.items():
             state, matches = pattern.on_timer(ps.absence.get(name), user_id, watermark_ms)
             if state is None:
                 ps.absence.pop(name, None)
             else:
                 ps.absence[name] = state
-            for m in matches:
-                self._released(user, ps, self._specs[name], m, triggers, timers, suppressed, outcomes)
             if matches:
                 user.version += 1   # the profile changed (stage, abandonment time) without an event
+                released.append((name, matches))
+        # Decided once every version step is taken: the triggers name the version this timer writes.
+        for name, matches in released:
+            for m in matches:
+                self._released(user, ps, self._specs[name], m, triggers, timers, suppressed, outcomes)
         due = [t for t in ps.deferred if t.emitted_at <= watermark_ms]
         ps.deferred = [t for t in ps.deferred if t.emitted_at > watermark_ms]
         for t in due:
@@ -236,7 +240,7 @@ class PatternEngine:
         if spec.experiment is not None:
             experiment, variant = spec.experiment.name, self._variant(ps, user_id, spec.experiment)
         trigger = Trigger(trigger_id, spec.name, spec.reason, user_id, at_ms, decision.release_at_ms, cart,
-                          self.book.version, spec.version, experiment, variant)
+                          self.book.version, spec.version, experiment, variant, profile_version=user.version)
         if decision.outcome == "send":
             self._emit(ps, trigger, triggers, timers, suppressed, outcomes)
             return

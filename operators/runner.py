@@ -53,12 +53,14 @@ from operators.reasons import RejectReason, SuppressReason
 from operators.validation import DEFAULT_LIMITS, parse_event
 from state.pattern_state import Trigger
 from state.profile_changelog import changelog_value
+from state.profile_history import history_key, history_value
 from state.state_cache import StateCache
 from state.user_state import UserState, decode_state, encode_state
 from state.user_timers import UserTimers
 
 # Output kinds: the Java side routes each to its topic (jobs/personalization.py).
 TRIGGER, DEAD_LETTER, CHANGE, AUDIT = "trigger", "dead_letter", "change", "audit"
+HISTORY = "history"   # every profile version, with ``history.profile_versions`` (state/profile_history.py)
 # Counter paths (Flink metric group names, then the counter) that every batch may move.
 # The watermark at the end of a bounded input (Flink's Long.MAX_VALUE): every deadline and release passes.
 END_OF_INPUT = 2**63 - 1
@@ -209,16 +211,17 @@ class ExampleBuffer:
 class Runner:
     def __init__(self, core: Personalizer, limits: InputLimits = DEFAULT_LIMITS, cache_users: int = 20_000,
                  served: ServedModels | None = None, on_step: Callable[[str, Step], None] | None = None,
-                 trigger_lists: TriggerLists | None = None) -> None:
+                 trigger_lists: TriggerLists | None = None, history: bool = False) -> None:
         """``on_step``: sees every applied step (tools that count or write profiles from the state object).
         ``trigger_lists``: the personal lists that triggers of patterns with ``include_list`` carry (none: they
-        carry none)."""
+        carry none). ``history``: emit every profile version (``HISTORY``), not only each batch's newest."""
         self.core = core
         self.on_step = on_step
         self.trigger_lists = trigger_lists
         self.limits = limits
         self.served = served if served is not None else ServedModels()
         self.examples = ExampleBuffer()
+        self.history = history
         self._cache: StateCache[UserState] = StateCache(cache_users)
         self._fingerprint = profile_fingerprint(core.rules)   # on every change: the loader checks it
 
@@ -243,7 +246,7 @@ class Runner:
                 out.count(TIMER_ERRORS)
                 out.errors.append(f"timer {t} of user {user!r} failed: "
                                   f"{step.dead_letter.detail if step.dead_letter else ''}")
-            self._carry_out(user, step, timers, now_ms or 0, out)
+            self._carry_out(user, step, timers, now_ms or 0, out, t)
         return out
 
     def forget(self) -> None:
@@ -276,7 +279,8 @@ class Runner:
         if not record.trusted:
             out.count(UNTRUSTED)
             out.untrusted = record
-        step = self.core.on_event(self._load(user, load, out), event, self.served)
+        state = self._load(user, load, out)
+        step = self.core.on_event(state, event, self.served)
         if step.failed:
             self._cache.drop(user)
             out.errors.append(f"record {record.source.topic}/{record.source.partition}/{record.source.offset}: "
@@ -294,11 +298,13 @@ class Runner:
         for what in step.dropped:
             out.count(("personalize", "dropped", what))
         purged = self.examples.purge(user) if step.erase else 0
-        self._carry_out(user, step, timers, now_ms, out)   # an erasure's triggers: those due before it
+        self._carry_out(user, step, timers, now_ms, out, event.event_time_ms)   # an erasure's: those due before it
         if step.erase:
             # Tombstones wherever the user's data is keyed (docs/privacy.md), after anything released.
             out.count(ERASURES)
             out.outputs += [(TRIGGER, user, None), (DEAD_LETTER, user, None)]
+            if self.history and state is not None:   # one per version the user had (the erasure's releases too)
+                out.outputs += [(HISTORY, history_key(user, v), None) for v in range(1, state.version + 1)]
             out.change(user, None)
         if step.audit is not None:
             if not step.erase:
@@ -316,7 +322,8 @@ class Runner:
         # Keyed by the user id the Java side read, when it could: an erasure then reaches this entry too.
         out.outputs.append((DEAD_LETTER, record.user_key or None, doc.encode()))
 
-    def _carry_out(self, user: str, step: Step, timers: UserTimers, now_ms: int, out: Result) -> None:
+    def _carry_out(self, user: str, step: Step, timers: UserTimers, now_ms: int, out: Result, at_ms: int) -> None:
+        """``at_ms``: the event time of the event or timer that made the step (a history version's as-of time)."""
         if self.on_step is not None:
             self.on_step(user, step)
         for t in step.timers:
@@ -356,7 +363,10 @@ class Runner:
                 out.dirty[user] = data
                 self._cache.put(user, state)
             if step.write_profile:
-                out.change(user, changelog_value(data, now_ms, self._fingerprint))
+                value = changelog_value(data, now_ms, self._fingerprint)
+                out.change(user, value)
+                if self.history:
+                    out.outputs.append((HISTORY, history_key(user, state.version), history_value(at_ms, value)))
 
     def _with_list(self, trigger: Trigger, state: UserState, lists: TriggerLists, out: Result) -> Trigger:
         """The trigger with the first ``include_list`` items of the user's list as of its send time. A failed

@@ -165,11 +165,30 @@ def _parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profile", help="print a user's profile from Redis (--export: everything held about them)")
     prof.add_argument("user_id")
-    prof.add_argument("--export", action="store_true",
+    what = prof.add_mutually_exclusive_group()
+    what.add_argument("--export", action="store_true",
                       help="a data-access request: profile, sets, consent history, pending triggers, audit trail, "
                            "triggers sent and dead letters, as JSON (docs/privacy.md)")
+    what.add_argument("--at", type=_time_ms, metavar="TIME",
+                      help="the profile as the job held it before it saw anything later than TIME (RFC 3339 or "
+                           "epoch ms), from the profile history (history.profile_versions; docs/history.md)")
+    what.add_argument("--history", action="store_true",
+                      help="every profile version the history holds, oldest first (with --from/--to: those whose "
+                           "as-of time is in [FROM, TO))")
+    prof.add_argument("--from", dest="start", type=_time_ms, metavar="TIME", help="with --history: from this time")
+    prof.add_argument("--to", dest="end", type=_time_ms, metavar="TIME", help="with --history: before this time")
     prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="job setting, e.g. redis.key_prefix=demo:")
+
+    exp = sub.add_parser("export-training", help="point-in-time training rows from the profile history: the "
+                                                 "propensity features as of each decision, never later, and its label")
+    exp.add_argument("--label", choices=["purchase"], default="purchase",
+                     help="what the label says: a purchase within the horizon after the decision (the only one)")
+    exp.add_argument("--horizon", type=_duration, default=_duration("30m"), metavar="DURATION",
+                     help="the label's window after each decision, e.g. 30m, 2h, 1d (default 30m)")
+    exp.add_argument("--out", type=Path, required=True, metavar="FILE", help="JSON lines, one row per decision")
+    exp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="job setting, e.g. kafka.bootstrap_servers=...")
 
     rec = sub.add_parser("recommend", help="a user's personal list, read from Redis as a front-end would "
                                            "(docs/recommendations.md \"Serving\")")
@@ -247,6 +266,17 @@ def _positive(parser: argparse.ArgumentParser, name: str, value: float | None) -
         parser.error(f"{name} must be positive")
 
 
+_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _duration(text: str) -> int:
+    """``30m`` -> 1,800,000 ms: a positive number of seconds, minutes, hours or days."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m, 2h or 1d")
+    return int(number) * _UNITS[unit]
+
+
 def _fraction(text: str) -> float:
     """``0.5`` -> 0.5: a share strictly between 0 and 1."""
     try:
@@ -274,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ("records", "users", "rate", "events", "seconds"):
         _positive(parser, f"--{name}", getattr(args, name, None))
+    if args.command == "profile" and not args.history and (args.start is not None or args.end is not None):
+        parser.error("--from and --to go with --history")
     if args.command == "evaluate" and args.recommend and args.warm is not None:
         parser.error("--warm applies to the propensity model's evaluation, not to --recommend")
     if args.command == "bench-layouts" and not 0 < args.layout_events[0] < args.layout_events[1]:
@@ -360,10 +392,14 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
         return run_demo(DemoOptions(records=args.records, users=args.users, rate=args.rate))
     if args.command == "cluster":
         return _cluster(args)
-    if args.command == "profile":
+    if args.command == "profile" and args.at is None and not args.history:
         return _profile(args.user_id, args.overrides, args.export)
+    if args.command == "profile":
+        return _profile_history(args.user_id, args.overrides, args.at, args.start, args.end)
     if args.command == "recommend":
         return _recommend(args.user_id, args.overrides, args.json)
+    if args.command == "export-training":
+        return _export_training(args.horizon, args.out, args.overrides)
     if args.command == "topics":
         return _topics(args.action, args.overrides, args.yes)
     if args.command == "rules":
@@ -678,6 +714,51 @@ def _profile(user_id: str, overrides: list[str], export: bool = False) -> int:
         print(f"no profile for user {user_id!r}", file=sys.stderr)
         return 1
     print(json.dumps(profile, indent=2, sort_keys=True))
+    return 0
+
+
+def _profile_history(user_id: str, overrides: list[str], at_ms: int | None, start: int | None, end: int | None) -> int:
+    from kafka.errors import KafkaError
+
+    from persona.history_reader import in_range, iso, read_history, version_doc
+    from persona.rules import profile_rules
+    from state.profile_history import at
+    job = load_job_settings(parse_overrides(overrides))
+    try:
+        versions = read_history(job, user_id)
+    except KafkaError as e:
+        raise StackError(f"kafka at {job.kafka.bootstrap_servers}: {e}") from None
+    rules = profile_rules(job)
+    if at_ms is not None:
+        found = at(versions, at_ms)
+        if found is None:
+            print(f"no profile of user {user_id!r} at {iso(at_ms)} in the history "
+                  f"({len(versions)} versions held; retention {job.privacy.retention.profile_history_days:g} days)",
+                  file=sys.stderr)
+            return 1
+        print(json.dumps(version_doc(found, rules), indent=2, sort_keys=True))
+        return 0
+    shown = in_range(versions, start, end)
+    if not shown:
+        print(f"no profile version of user {user_id!r} in the history for that range ({len(versions)} held)",
+              file=sys.stderr)
+        return 1
+    print(json.dumps([version_doc(v, rules) for v in shown], indent=2, sort_keys=True))
+    return 0
+
+
+def _export_training(horizon_ms: int, out: Path, overrides: list[str]) -> int:
+    from kafka.errors import KafkaError
+
+    from persona.training_export import export_training
+    job = load_job_settings(parse_overrides(overrides))
+    try:
+        summary = export_training(job, horizon_ms, out)
+    except KafkaError as e:
+        raise StackError(f"kafka at {job.kafka.bootstrap_servers}: {e}") from None
+    except ValueError as e:   # a history record of a build whose feature set differs
+        raise StackError(f"{job.kafka.topics.history}: {e}") from None
+    print(summary.line(out))
     return 0
 
 

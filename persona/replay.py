@@ -86,6 +86,8 @@ class Replay:
     on_trigger: Callable[[Trigger], None] | None = None
     on_step: Callable[[str, Step], None] | None = None   # every step of an event or timer (e.g. to write Redis)
     on_items: Callable[[dict[str, ItemNeighbours]], None] | None = None   # items changed by a batch (to publish them)
+    on_result: Callable[[Result], None] | None = None   # what each batch or watermark emitted (its outputs)
+    history: bool = False    # emit every profile version (the runner's ``HISTORY`` outputs)
     store: dict[str, bytes] = field(default_factory=dict)   # user -> encoded state, as Flink's state holds it
 
     def __post_init__(self) -> None:
@@ -94,7 +96,7 @@ class Replay:
         self.served, self.trainers = self.models.served, self.models.trainers
         # Every state stays decoded in memory (no eviction): the replay's store is only read after ``states =``.
         self.runner = Runner(self.core, input_limits(self.settings), cache_users=2**62, served=self.served,
-                             on_step=self._observe)
+                             on_step=self._observe, history=self.history)
         self.timers = UserTimers()
         # The item operator, in line (the job's is keyed by item shard, jobs/item_folding.py).
         self.items = ItemTable(recommend_rules(self.settings)) if self.settings.recommend.enabled else None
@@ -145,6 +147,8 @@ class Replay:
 
     def _finish(self, out: Result) -> None:
         self.store.update(out.dirty)
+        if self.on_result is not None:
+            self.on_result(out)
         if out.items and self.items is not None:
             changed = self.items.fold(out.items)
             if self.on_items is not None:

@@ -42,6 +42,12 @@ class Topics(_Strict):
     models: str = Field(min_length=1)
     profiles: str = Field(min_length=1)      # the profile changelog (compacted; created by the job if missing)
     audit: str = Field(min_length=1)         # consent changes and erasures (created by the job if missing)
+    # Every profile version, with history.profile_versions (created by the job if missing); "": {profiles}.history
+    profile_history: str = ""
+
+    @property
+    def history(self) -> str:
+        return self.profile_history or f"{self.profiles}.history"
 
 
 SHADED_KAFKA = "org.apache.flink.kafka.shaded.org.apache.kafka"
@@ -335,6 +341,7 @@ class RetentionSettings(_Strict):
     dead_letter_days: float = Field(gt=0)
     triggers_days: float = Field(gt=0)
     audit_days: float = Field(gt=0)
+    profile_history_days: float = Field(default=30, gt=0)   # every profile version (history.profile_versions)
 
 
 class PrivacySettings(_Strict):
@@ -365,6 +372,9 @@ class HistorySettings(_Strict):
     # Matches decided at an event time before this (epoch ms) are history: suppressed (reason ``history``), never
     # sent. ``persona backfill`` sets it to its start for the backfill and for the live job it prints.
     triggers_before_ms: int = Field(default=0, ge=0)
+    # Write every profile version to kafka.topics.profile_history (docs/history.md "Profile history"): what
+    # persona profile USER --at/--history reads. Off by default: it costs a changelog record per event.
+    profile_versions: bool = False
 
 
 class RulesSettings(_Strict):

@@ -6,7 +6,8 @@ A data-access request (GDPR art. 15, CCPA "right to know") is served from what t
 - the profile changelog: the newest state, with the consent history, the pending (quiet-hours deferred)
   triggers and the armed abandonment matches, or the erasure's tombstone;
 - the audit topic: every consent change and erasure;
-- the triggers and dead-letter topics: what was sent, and what was refused (personal data masked).
+- the triggers and dead-letter topics: what was sent, and what was refused (personal data masked);
+- with ``history.profile_versions``, the profile history: every version still held (``persona profile --history``).
 
 Kafka records are keyed by user, so only the key's partition is read (Kafka's default partitioner, which
 the job's sinks use). That is a scan of one partition of each topic: seconds here, longer on a large
@@ -23,7 +24,8 @@ from kafka.partitioner.default import murmur2
 
 from operators.consent import consent_flags
 from operators.profile_fold import consent_log_of
-from persona.rules import consent_policy
+from persona.history_reader import read_history, version_doc
+from persona.rules import consent_policy, profile_rules
 from persona.settings import JobSettings
 from persona.stack.topics import read_to_end
 from state.profile_changelog import read_change
@@ -67,6 +69,9 @@ def export_subject(settings: JobSettings, user_id: str) -> dict[str, Any]:
         consumer.close()
     out: dict[str, Any] = {"user_id": user_id, "redis": {"profile": profile, "sets": sets},
                            "audit": audit, "triggers_sent": triggers, "dead_letters": dead_letters}
+    if settings.history.profile_versions:
+        rules = profile_rules(settings)
+        out["profile_history"] = [version_doc(v, rules) for v in read_history(settings, user_id)]
     if changes:
         timestamp, value = changes[-1]
         change = read_change(user_id.encode(), value)

@@ -31,6 +31,9 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
     experiment: str | None = None   # docs/behaviour.md "Experiments": the user's variant of the pattern's experiment
     variant: str | None = None
     alternatives: list[str] | None = None   # the pattern's ``include_list``: the user's list when it was sent
+    # The profile version the trigger was decided on (``persona profile USER --at``/``--history`` shows it); 0 in a
+    # trigger deferred by a build before it.
+    profile_version: int = 0
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {"schema_version": TRIGGER_SCHEMA_VERSION, "trigger_id": self.trigger_id,
@@ -43,6 +46,8 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
             doc["experiment"], doc["variant"] = self.experiment, self.variant
         if self.alternatives is not None:
             doc["alternatives"] = self.alternatives
+        if self.profile_version:
+            doc["profile_version"] = self.profile_version
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 

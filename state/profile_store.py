@@ -178,8 +178,11 @@ def read_profile(client: redis.Redis, keys: RedisKeys, user_id: str) -> dict[str
     This is the read API for front-ends; unknown fields are returned as text.
     """
     raw = cast(dict[bytes | str, bytes | str], client.hgetall(keys.profile(user_id)))   # a sync client's reply
-    if not raw:
-        return None
+    return typed_profile(raw) if raw else None
+
+
+def typed_profile(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+    """A profile hash's fields typed as ``read_profile`` returns them (from Redis, or from ``profile_record``)."""
     out: dict[str, Any] = {}
     for k, v in raw.items():
         # Works with clients that decode responses and with those that return bytes.

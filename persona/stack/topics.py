@@ -66,16 +66,18 @@ def retention_configs(job: JobSettings) -> dict[str, dict[str, str]]:
     def keep(days: float) -> dict[str, str]:
         return {"cleanup.policy": "delete", "retention.ms": str(int(days * DAY_MS))}
 
+    # One key per profile version: compaction merges nothing but a version and its erasure's tombstone.
+    history = {**keep(r.profile_history_days), "cleanup.policy": "compact,delete", "delete.retention.ms": "86400000"}
     return {"events": keep(r.events_days), "dead_letter": keep(r.dead_letter_days), "triggers": keep(r.triggers_days),
-            "audit": keep(r.audit_days), "models": {}, "profiles": CHANGELOG_CONFIG}
+            "audit": keep(r.audit_days), "models": {}, "profiles": CHANGELOG_CONFIG, "profile_history": history}
 
 
-def ensure_audit_topic(admin: KafkaAdminClient, job: JobSettings) -> bool:
-    """Create the audit topic with its retention; True if created."""
+def ensure_own_topic(admin: KafkaAdminClient, job: JobSettings, key: str) -> bool:
+    """Create a topic the job owns (``key``: ``audit``, ``profile_history``) with its retention; True if created."""
     try:
-        admin.create_topics([NewTopic(job.kafka.topics.audit, num_partitions=job.kafka.partitions,
+        admin.create_topics([NewTopic(job_topics(job)[key][0], num_partitions=job.kafka.partitions,
                                       replication_factor=job.kafka.replication_factor,
-                                      topic_configs=retention_configs(job)["audit"])])
+                                      topic_configs=retention_configs(job)[key])])
         return True
     except TopicAlreadyExistsError:
         return False
@@ -84,8 +86,11 @@ def ensure_audit_topic(admin: KafkaAdminClient, job: JobSettings) -> bool:
 def job_topics(job: JobSettings) -> dict[str, tuple[str, int]]:
     """Each topic of the job by its settings key: (name, partitions when the project creates it)."""
     t, n = job.kafka.topics, job.kafka.partitions
-    return {"events": (t.events, n), "dead_letter": (t.dead_letter, n), "triggers": (t.triggers, n),
-            "models": (t.models, 1), "profiles": (t.profiles, n), "audit": (t.audit, n)}
+    out = {"events": (t.events, n), "dead_letter": (t.dead_letter, n), "triggers": (t.triggers, n),
+           "models": (t.models, 1), "profiles": (t.profiles, n), "audit": (t.audit, n)}
+    if job.history.profile_versions:
+        out["profile_history"] = (t.history, n)
+    return out
 
 
 def create_job_topics(job: JobSettings) -> list[str]:

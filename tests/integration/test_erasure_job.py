@@ -42,11 +42,15 @@ def test_an_erasure_leaves_nothing_but_tombstones_and_its_audit_record(
 
     kept = export(CONTROL)
     assert kept["redis"]["profile"]["user_id"] == CONTROL and kept["redis"]["sets"]
+    # The profile history (on in these settings): every version of the control user, none of an erased one.
+    assert [v["profile_version"] for v in kept["profile_history"]][-1] == kept["redis"]["profile"]["profile_version"]
+    assert kept["profile_history"][-1]["profile"] == kept["redis"]["profile"]
     assert kept["state"]["country"] == "GB" and kept["state"]["demographics"] == {"age_band": "25-34"}
     assert [d["reason"] for d in kept["dead_letters"]] == ["wrong_type"]
     assert IP not in json.dumps(kept) and f"{CONTROL}@example.com" not in json.dumps(kept)
     assert [t["pattern"] for t in kept["triggers_sent"]] == ["cart_abandonment"] and kept["audit"] == []
     gone = export(NO_MARKETING)
     assert gone["redis"] == {"profile": None, "sets": []} and gone["state"]["erased"] is True
+    assert gone["profile_history"] == []
     assert [a["action"] for a in gone["audit"]] == ["consent_change", "erasure"]
     assert gone["audit"][0]["consent"]["in_force"] == {"analytics": True, "personalization": True, "marketing": False}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,10 +19,11 @@ import yaml
 
 from operators.co_occurrence import ItemSignal, RecommendRules
 from operators.item_table import ItemTable, publications
+from operators.profile_fold import profile_record
 from persona.dry_run import dry_run
 from persona.generator.shoppers import generate
 from persona.rule_commands import live_rules_file
-from persona.rules import recommend_rules
+from persona.rules import profile_rules, recommend_rules
 from persona.serving import recommend
 from persona.settings import ROOT, RedisServiceSettings, load_generator_settings, load_job_settings
 from persona.stack.procs import free_port, wait_until
@@ -29,11 +31,20 @@ from persona.stack.redis_server import RedisServer
 from persona.stack.topics import ensure_topics
 from state.item_store import ItemWriter
 from state.keys import RedisKeys
+from state.profile_history import at, live_versions
 from state.profile_store import read_profile
 from tests.fixtures.item_oracle import expected_items, expected_lists, item_mismatches, list_mismatches
 from tests.fixtures.jobs import history_override, run_bounded_job
-from tests.fixtures.kafka_io import produce, produce_raw, read_all_json
-from tests.fixtures.personalization_oracle import expected, leftovers, stored_field, trigger_mismatches
+from tests.fixtures.kafka_io import produce, produce_raw, read_all_json, read_keyed
+from tests.fixtures.personalization_oracle import (
+    expected,
+    leftovers,
+    ms,
+    profile_at,
+    settled,
+    stored_field,
+    trigger_mismatches,
+)
 from tests.fixtures.services import TopicNames
 
 pytestmark = pytest.mark.integration
@@ -47,7 +58,9 @@ def job_overrides(topics: TopicNames, bootstrap: str, redis_url: str, prefix: st
             "models.bot_min_session_events=1000000", history_override(),
             # The recommender on, and no neighbour evicted (which one a full item evicts depends on the order
             # signals arrive in).
-            "recommend.enabled=true", "recommend.neighbours_per_item=1000"]
+            "recommend.enabled=true", "recommend.neighbours_per_item=1000",
+            # Every profile version to the history topic ({profiles}.history, created by the job).
+            "history.profile_versions=true"]
 
 
 def stored_items(client: redis.Redis, keys: RedisKeys) -> dict[str, dict[str, Any]]:
@@ -136,6 +149,49 @@ def test_profiles_triggers_and_dead_letters_equal_the_oracle(kafka_bootstrap: st
     rules = recommend_rules(load_job_settings())
     got = {user: recommend(client, keys, user, rules).items for user in lists}
     assert list_mismatches(got, lists) == []
+    history_checks(kafka_bootstrap, topics, records, want, sent, [*job_overrides(topics, kafka_bootstrap, redis_url,
+                                                                                  redis_prefix, "p-test")])
+
+
+def history_checks(bootstrap: str, topics: TopicNames, records: list[Any], want: Any, sent: list[dict[str, Any]],
+                   overrides: list[str]) -> None:
+    """The profile history the job wrote: each user's newest version is their profile, an erased user has none,
+    every trigger's version is held, and the profile at 20 random settled times equals the oracle's."""
+    held = [(k.encode(), v) for _, _, k, v in read_keyed(bootstrap, f"{topics.profiles}.history") if k is not None]
+    rules = profile_rules(load_job_settings())
+    versions = {user: live_versions(held, user) for user in {*want.profiles, *want.erased_users}}
+    for user, fields in want.profiles.items():
+        newest = versions[user][-1]
+        assert newest.change is not None and newest.change.state is not None
+        profile, _ = profile_record(user, newest.change.state, rules, 0)
+        assert {n: stored_field(profile, n) for n in fields} == fields, user
+    assert all(versions[user] == [] for user in want.nothing_left)
+    kept = {(u, v.version) for u, vs in versions.items() for v in vs}
+    named = [(t["user_id"], t["profile_version"]) for t in sent if t["user_id"] not in want.erased_users]
+    assert named and all(n in kept for n in named)
+    # A Flink watermark is the minimum over partitions read in chunks: an hour covers what they run apart.
+    rng, compared, tried = random.Random(5), 0, 0
+    users = sorted(u for u in want.profiles if u not in want.erased_users and want.profiles[u]["events_total"] > 5)
+    times = {u: [ms(r.event["event_time"]) for r in records if r.event is not None and r.event["user_id"] == u]
+             for u in users}
+    while compared < 20:
+        tried += 1
+        assert tried < 5_000, "too few settled (user, time) pairs"
+        user = rng.choice(users)
+        t = rng.randint(min(times[user]), max(times[user]) + 3_600_000)
+        if not settled(records, user, t, lag_ms=3_600_000):
+            continue
+        found, oracle = at(versions[user], t), profile_at(records, user, t)
+        assert found is not None and found.change is not None and found.change.state is not None and oracle
+        profile, _ = profile_record(user, found.change.state, rules, 0)
+        assert {n: stored_field(profile, n) for n in oracle} == oracle, (user, t)
+        compared += 1
+    # The command a person runs: `persona profile USER --at TIME` gives the same version.
+    cli = subprocess.run([sys.executable, "-m", "persona.cli", "profile", user, "--at", str(t),
+                          *(a for o in overrides for a in ("--set", o))], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["profile_version"] == found.version
 
 
 def test_absence_timer_fires_for_a_silent_user(kafka_bootstrap: str, redis_url: str, topics: TopicNames,
