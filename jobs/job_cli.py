@@ -24,10 +24,15 @@ def parse_job_args(prog: str, description: str, argv: Sequence[str] | None) -> t
     parser.add_argument("--quiet", action="store_true", help="no live line (events/s, dead letters, triggers)")
     parser.add_argument("--from-savepoint", metavar="PATH",
                         help="local: restore state and offsets from this savepoint (persona backfill prints it)")
+    parser.add_argument("--allow-non-restored-state", action="store_true",
+                        help="with --from-savepoint: drop state of operators this job does not have (a sink of the "
+                             "backfill's dry-run topic)")
     parser.add_argument("--savepoint-at-end", metavar="DIR",
                         help="read the topic to the offsets that are latest at start, then stop with a savepoint in "
                              "DIR (persona backfill)")
     args = parser.parse_args(argv)
+    if args.allow_non_restored_state and not args.from_savepoint:
+        parser.error("--allow-non-restored-state needs --from-savepoint")
     if args.bounded and args.savepoint_at_end:
         parser.error("--bounded and --savepoint-at-end exclude each other (a finished job takes no savepoint)")
     if args.deployment == "cluster" and (args.savepoint_at_end or args.from_savepoint):

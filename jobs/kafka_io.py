@@ -16,7 +16,8 @@ from pyflink.table import StreamTableEnvironment
 
 from persona.settings import KafkaSettings, SourceSettings
 
-_STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "committed": "group-offsets"}
+_STARTUP = {"earliest": "earliest-offset", "latest": "latest-offset", "committed": "group-offsets",
+            "timestamp": "timestamp"}
 
 
 def kafka_timestamp_ms(ts: str | None) -> int | None:
@@ -83,6 +84,8 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
         "properties.isolation.level": "read_committed",
         **kafka.connector_properties(),
     }
+    if kafka.starting_offsets == "timestamp":
+        opts["scan.startup.timestamp-millis"] = str(kafka.starting_timestamp_ms)
     if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
     t_env.execute_sql(f"""

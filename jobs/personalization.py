@@ -62,6 +62,7 @@ from operators.runner import (
     END_OF_INPUT,
     ERASURES,
     HISTORY,
+    HISTORY_TRIGGER,
     LATE,
     TIMER_ERRORS,
     TRIGGER,
@@ -287,16 +288,19 @@ def _side_output(stream: DataStream, tag: OutputTag) -> DataStream:
     return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
 
-ROUTES = {"triggers": TRIGGER, "dead_letters": DEAD_LETTER, "changes": CHANGE, "audit": AUDIT, "history": HISTORY}
+ROUTES = {"triggers": TRIGGER, "dead_letters": DEAD_LETTER, "changes": CHANGE, "audit": AUDIT, "history": HISTORY,
+          "history_triggers": HISTORY_TRIGGER}
 
 
-def route(t_env: StreamTableEnvironment, outputs: DataStream, history: bool) -> dict[str, str]:
+def route(t_env: StreamTableEnvironment, outputs: DataStream, settings: JobSettings) -> dict[str, str]:
     """SQL over the batches' parallel arrays: one query per topic, each record (kind, key, value) of its kind
-    (the profile history's only with ``history.profile_versions``)."""
+    (the profile history's with ``history.profile_versions``, history's triggers with ``history.dry_run_topic``)."""
     t_env.create_temporary_view("persona_outputs", t_env.from_data_stream(outputs))
+    off = {HISTORY} if not settings.history.profile_versions else set()
+    off |= {HISTORY_TRIGGER} if not settings.history.dry_run_topic else set()
     return {name: ("SELECT o.`keys`[t.i] AS k, o.`vals`[t.i] AS v FROM persona_outputs AS o "
                    f"CROSS JOIN UNNEST(o.`kinds`) WITH ORDINALITY AS t(kind, i) WHERE t.kind = '{kind}'")
-            for name, kind in ROUTES.items() if history or kind != HISTORY}
+            for name, kind in ROUTES.items() if kind not in off}
 
 
 def fold_items(t_env: StreamTableEnvironment, settings: JobSettings) -> DataStream:
@@ -396,6 +400,8 @@ def check_topics(settings: JobSettings) -> None:
                 ensure_own_topic(admin, settings, "audit")
             if settings.history.profile_versions and t.history not in existing:
                 ensure_own_topic(admin, settings, "profile_history")
+            if settings.history.dry_run_topic and settings.history.dry_run_topic not in existing:
+                ensure_own_topic(admin, settings, "history_triggers")
         finally:
             admin.close()
     except KafkaError as e:
@@ -430,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             update={"starting_offsets": start.starting_offsets})})
     rest_port = free_port() if args.deployment == "local" else None
     prometheus_port = free_port() if args.deployment == "local" and settings.flink.prometheus else None
-    env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port, args.from_savepoint)
+    env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port, args.from_savepoint,
+                                  args.allow_non_restored_state)
     if prometheus_port is not None:
         print(f"job metrics (Prometheus): http://127.0.0.1:{prometheus_port}/metrics", flush=True)
     live = None
@@ -444,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               max_future_ms=settings.limits.max_event_future_ms,
                               wake_every_shard=f.seed_from_changelog)
     outputs, published = build(batches, settings, book)
-    queries = route(t_env, outputs, settings.history.profile_versions)
+    queries = route(t_env, outputs, settings)
     if settings.recommend.enabled:   # emits nothing: joined to the model updates' stream to be in the job graph
         published = published.union(fold_items(t_env, settings))
     t = settings.kafka.topics
@@ -455,7 +462,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      ("dead_letters", "dead_letter_sink", t.dead_letter, False),
                                      ("changes", "profile_sink", t.profiles, False),
                                      ("audit", "audit_sink", t.audit, exactly_once),
-                                     ("history", "profile_history_sink", t.history, False)):
+                                     ("history", "profile_history_sink", t.history, False),
+                                     ("history_triggers", "history_trigger_sink", settings.history.dry_run_topic,
+                                      exactly_once)):
         if name not in queries:
             continue
         # The history's records are whole states, one per version: lz4 takes them from ~1,650 to ~460 B per event.
@@ -506,7 +515,8 @@ def _backfill(env: StreamExecutionEnvironment, settings: JobSettings, history: H
     print("\n".join(summary_lines(history, counters, markers)), flush=True)
     print(f"savepoint: {savepoint}", flush=True)
     print("start the live job from it (state, models and offsets continue where the history ends):\n  "
-          + live_command(savepoint, settings.history.triggers_before_ms, overrides), flush=True)
+          + live_command(savepoint, settings.history.triggers_before_ms, overrides,
+                         drops_sinks=bool(settings.history.dry_run_topic)), flush=True)
 
 
 def _stop_with_savepoint(client: Any, folder: str) -> str:

@@ -48,15 +48,18 @@ def use_lib_with_prometheus() -> None:
 
 
 def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: int | None = None,
-                     prometheus_port: int | None = None, savepoint: str | None = None
-                     ) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+                     prometheus_port: int | None = None, savepoint: str | None = None,
+                     allow_non_restored_state: bool = False) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
     """``rest_port``: the embedded mini-cluster's REST API and web UI on 127.0.0.1 at this port (else random).
     ``prometheus_port``: Flink's Prometheus reporter on this port (the plugin ships in the wheel's plugins/).
-    ``savepoint``: restore the job's state and source offsets from it (on a cluster: ``flink run -s``)."""
+    ``savepoint``: restore the job's state and source offsets from it (on a cluster: ``flink run -s``);
+    ``allow_non_restored_state``: drop the savepoint's state of operators this job does not have."""
     _prepare_process(flink, deployment, prometheus_port)
     conf = Configuration()
     if savepoint:
         conf.set_string("execution.savepoint.path", savepoint)
+        if allow_non_restored_state:
+            conf.set_string("execution.savepoint.ignore-unclaimed-state", "true")
     if deployment == "local" and rest_port is not None:
         # The REST API serves metrics fetched from the TaskManagers this often (Flink's default: 10 s): `persona
         # status` and the live line read them.

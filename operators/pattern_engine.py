@@ -48,9 +48,11 @@ def _cart_snapshot(state: UserState) -> dict[str, Any]:
 
 class PatternEngine:
     def __init__(self, book: PatternBook, max_marks: int = 128, rules: ProfileRules | None = None,
-                 history_before_ms: int = 0) -> None:
-        """``history_before_ms``: matches decided at an event time before it are history, never sent (the gate)."""
+                 history_before_ms: int = 0, history_out: bool = False) -> None:
+        """``history_before_ms``: matches decided at an event time before it are history, never sent (the gate).
+        ``history_out``: such a match is still made a trigger, marked ``history``, for the dry-run topic."""
         self.book = book
+        self.history_out = history_out
         self.rules = rules or ProfileRules()   # consent defaults (judged at match time and at release)
         self.gate = TriggerGate(book.gate.frequency_cap, book.gate.frequency_window_ms,
                                 book.gate.quiet_start_hour, book.gate.quiet_end_hour,
@@ -235,6 +237,10 @@ class PatternEngine:
         decision = self.gate.decide(ps.gate, spec.name, at_ms, user.timezone)
         if decision.outcome == "suppressed":
             suppressed.append((spec.name, decision.reason or SuppressReason.NO_CONSENT))
+            if decision.reason is SuppressReason.HISTORY and self.history_out:
+                # What history would have sent had it been live: before consent and caps, as the gate judged it.
+                triggers.append(Trigger(trigger_id, spec.name, spec.reason, user_id, at_ms, at_ms, cart,
+                                        self.book.version, spec.version, profile_version=user.version, history=True))
             return
         experiment, variant = None, None
         if spec.experiment is not None:

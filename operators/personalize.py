@@ -94,20 +94,22 @@ def _remember(seen: list[int], h: int, keep: int) -> None:
 
 class Personalizer:
     def __init__(self, profile_rules: ProfileRules, model_rules: ModelRules, book: PatternBook, segments: int,
-                 recommend: RecommendRules | None = None, history_before_ms: int = 0) -> None:
+                 recommend: RecommendRules | None = None, history_before_ms: int = 0, history_out: bool = False) -> None:
         """``recommend``: the recommender's rules; None learns no item signals. ``history_before_ms``: matches decided
-        at an event time before it are history (loaded by ``persona backfill``), suppressed and never sent."""
+        at an event time before it are history (loaded by ``persona backfill``), suppressed and never sent;
+        ``history_out``: they still come out as triggers marked ``history``, for the dry-run topic."""
         self.rules = profile_rules
         self.recommend = recommend
         self.models = ModelStep(model_rules)
-        self.engine = PatternEngine(book, profile_rules.max_pattern_marks, profile_rules, history_before_ms)
+        self.engine = PatternEngine(book, profile_rules.max_pattern_marks, profile_rules, history_before_ms, history_out)
         self.memberships_known = profile_sets(segments)   # every Redis set a user can be in
 
     def use_rules(self, book: PatternBook) -> None:
         """Switch to another rule set (docs/behaviour.md "Rules at runtime"): each user's pattern state is reconciled with
         it at their next event or timer (``PatternEngine.reconcile``)."""
         stats = self.engine.experiment_stats
-        self.engine = PatternEngine(book, self.rules.max_pattern_marks, self.rules, self.engine.gate.history_before_ms)
+        self.engine = PatternEngine(book, self.rules.max_pattern_marks, self.rules, self.engine.gate.history_before_ms,
+                                    self.engine.history_out)
         self.engine.experiment_stats = stats
 
     def on_event(self, state: UserState | None, event: Event, served: ServedModels) -> Step:

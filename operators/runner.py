@@ -61,6 +61,7 @@ from state.user_timers import UserTimers
 # Output kinds: the Java side routes each to its topic (jobs/personalization.py).
 TRIGGER, DEAD_LETTER, CHANGE, AUDIT = "trigger", "dead_letter", "change", "audit"
 HISTORY = "history"   # every profile version, with ``history.profile_versions`` (state/profile_history.py)
+HISTORY_TRIGGER = "history_trigger"   # a match of history, for ``history.dry_run_topic``
 # Counter paths (Flink metric group names, then the counter) that every batch may move.
 # The watermark at the end of a bounded input (Flink's Long.MAX_VALUE): every deadline and release passes.
 END_OF_INPUT = 2**63 - 1
@@ -347,6 +348,9 @@ class Runner:
         if step.item_signals:
             out.items += step.item_signals
         for trigger in step.triggers:
+            if trigger.history:   # never sent: the dry-run topic's (counted as suppressed, above)
+                out.outputs.append((HISTORY_TRIGGER, trigger.user_id, trigger.to_json().encode()))
+                continue
             out.count(("personalize", "triggers", trigger.pattern))
             if self.trigger_lists is not None and step.state is not None:
                 trigger = self._with_list(trigger, step.state, self.trigger_lists, out)

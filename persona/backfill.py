@@ -31,7 +31,7 @@ from persona.bounded_start import TopicOffsets
 from persona.settings import KafkaSettings
 
 # Settings a backfill changes for its run only: the live job keeps its own (the live command drops them).
-RUN_ONLY = ("limits.max_event_age_ms",)
+RUN_ONLY = ("limits.max_event_age_ms", "history.dry_run_topic", "kafka.starting_offsets", "kafka.starting_timestamp_ms")
 
 
 def backfill_overrides(now_ms: int, history_until_ms: int | None = None) -> dict[str, int]:
@@ -41,11 +41,13 @@ def backfill_overrides(now_ms: int, history_until_ms: int | None = None) -> dict
             "history.triggers_before_ms": now_ms if history_until_ms is None else history_until_ms}
 
 
-def live_command(savepoint: str, triggers_before_ms: int, overrides: list[str]) -> str:
+def live_command(savepoint: str, triggers_before_ms: int, overrides: list[str], drops_sinks: bool = False) -> str:
     """The one command that starts the live job from the backfill's savepoint (``overrides``: the backfill's own
-    ``--set`` values, less the run-only and history ones)."""
+    ``--set`` values, less the run-only and history ones). ``drops_sinks``: the backfill had a sink the live job
+    has not (its dry-run topic's), whose state the live job drops (``--allow-non-restored-state``)."""
     kept = [o for o in overrides if o.partition("=")[0] not in (*RUN_ONLY, "history.triggers_before_ms")]
-    args = ["persona", "run", "--from-savepoint", savepoint, "--set", f"history.triggers_before_ms={triggers_before_ms}"]
+    args = ["persona", "run", "--from-savepoint", savepoint, *(["--allow-non-restored-state"] if drops_sinks else []),
+            "--set", f"history.triggers_before_ms={triggers_before_ms}"]
     for o in kept:
         args += ["--set", o]
     return shlex.join(args)
@@ -75,6 +77,8 @@ def history_of(kafka: KafkaSettings, starting_offsets: str, offsets: TopicOffset
     """
     committed = offsets.committed if starting_offsets == "committed" else {}
     starts = {p: max(committed.get(p, offsets.beginnings[p]), offsets.beginnings[p]) for p in offsets.ends}
+    if starting_offsets == "timestamp" and offsets.from_time is not None:   # --from
+        starts = dict(offsets.from_time)
     return History(kafka.topics.events, kafka.group_id, starts, dict(offsets.ends))
 
 

@@ -20,9 +20,10 @@ class BoundedStart:
 
 
 def decide(topic: str, group: str, starting_offsets: str, beginnings: dict[int, int], ends: dict[int, int],
-           committed: dict[int, int]) -> BoundedStart:
+           committed: dict[int, int], from_time: dict[int, int] | None = None) -> BoundedStart:
     """Where a bounded run over ``topic`` starts, from each partition's first and next offsets and ``group``'s
-    committed offsets (partitions without one are absent).
+    committed offsets (partitions without one are absent); ``from_time``: with ``timestamp``, each partition's
+    first offset at or after the time.
 
     >>> decide("ev", "g", "committed", {0: 0, 1: 0}, {0: 5, 1: 7}, {}).message
     'group g has no committed offsets on ev: this run reads it from the earliest offset (12 records)'
@@ -32,6 +33,8 @@ def decide(topic: str, group: str, starting_offsets: str, beginnings: dict[int, 
     'nothing to read: topic ev is empty (or every record has expired)'
     >>> decide("ev", "g", "committed", {0: 0, 1: 0}, {0: 5, 1: 7}, {0: 5}).to_read
     7
+    >>> decide("ev", "g", "timestamp", {0: 0, 1: 0}, {0: 5, 1: 7}, {}, {0: 4, 1: 7}).message
+    'this run reads ev from the first record at or after the time in each partition (1 records)'
     """
     on_topic = sum(ends[p] - beginnings.get(p, 0) for p in ends)
     if on_topic == 0:
@@ -39,6 +42,12 @@ def decide(topic: str, group: str, starting_offsets: str, beginnings: dict[int, 
     if starting_offsets == "earliest":
         return BoundedStart("earliest", on_topic, f"this run reads {topic} from the earliest offset "
                                                   f"({on_topic:,} records)")
+    if starting_offsets == "timestamp":
+        to_read = sum(ends[p] - (from_time or {}).get(p, ends[p]) for p in ends)
+        if to_read <= 0:
+            return BoundedStart("timestamp", 0, f"nothing to read: no record of {topic} at or after the time")
+        return BoundedStart("timestamp", to_read, f"this run reads {topic} from the first record at or after the "
+                                                  f"time in each partition ({to_read:,} records)")
     if starting_offsets == "latest":
         return BoundedStart("latest", 0, f"nothing to read: kafka.starting_offsets is latest, so this run "
                                          f"starts and ends at the end of {topic}")
@@ -82,6 +91,8 @@ class TopicOffsets:
     beginnings: dict[int, int]   # per partition, its first offset
     ends: dict[int, int]         # per partition, its next offset (the newest + 1)
     committed: dict[int, int]    # the group's committed offsets (the partitions it has one for)
+    # With kafka.starting_offsets timestamp: per partition, the first offset at or after the time (its end if none)
+    from_time: dict[int, int] | None = None
 
 
 def topic_offsets(kafka: Any) -> TopicOffsets:
@@ -97,13 +108,18 @@ def topic_offsets(kafka: Any) -> TopicOffsets:
         beginnings = {tp.partition: o for tp, o in consumer.beginning_offsets(partitions).items()}
         ends = {tp.partition: o for tp, o in consumer.end_offsets(partitions).items()}
         committed = group_offsets(admin, kafka.group_id, topic)
+        from_time = None
+        if kafka.starting_offsets == "timestamp":
+            found = consumer.offsets_for_times({tp: kafka.starting_timestamp_ms for tp in partitions})
+            from_time = {tp.partition: ends[tp.partition] if at is None else at.offset for tp, at in found.items()}
     finally:
         consumer.close()
         admin.close()
-    return TopicOffsets(beginnings, ends, committed)
+    return TopicOffsets(beginnings, ends, committed, from_time)
 
 
 def bounded_start(kafka: Any, offsets: TopicOffsets | None = None) -> BoundedStart:
     """:func:`decide` for the job's events topic and group (``offsets``: read from the broker when not given)."""
     o = offsets or topic_offsets(kafka)
-    return decide(kafka.topics.events, kafka.group_id, kafka.starting_offsets, o.beginnings, o.ends, o.committed)
+    return decide(kafka.topics.events, kafka.group_id, kafka.starting_offsets, o.beginnings, o.ends, o.committed,
+                  o.from_time)

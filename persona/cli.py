@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no live line (events/s, dead letters, triggers)")
     run.add_argument("--from-savepoint", metavar="PATH", help="restore state and offsets from a savepoint "
                      "(the command persona backfill prints)")
+    run.add_argument("--allow-non-restored-state", action="store_true",
+                     help="with --from-savepoint: drop state of operators this job does not have (after a backfill "
+                          "with --dry-run-topic, or with history.profile_versions turned off)")
 
     bf = sub.add_parser("backfill", help="load history: the job over the events topic's past with no message sent, "
                         "ending in a savepoint that the live job starts from (docs/history.md)")
@@ -59,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--history-until", type=_time_ms, metavar="TIME",
                     help="matches decided at an event time before TIME (ISO 8601 or epoch ms) are history and never "
                          "sent (default: now, when the backfill starts)")
+    bf.add_argument("--from", dest="start", type=_time_ms, metavar="TIME",
+                    help="only history at or after TIME: with --events, the file's events from TIME; else the topic "
+                         "from each partition's first record at or after TIME (its record timestamps)")
+    bf.add_argument("--to", dest="end", type=_time_ms, metavar="TIME",
+                    help="with --events: only the file's events before TIME (a topic's history is read to its end, "
+                         "where the live job goes on)")
+    bf.add_argument("--dry-run-topic", metavar="T",
+                    help="write each match of history to topic T as the trigger it would have been (marked "
+                         "\"history\": true; created if missing); by default they are only counted")
     bf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="job setting, e.g. kafka.group_id=shop (the live job's: the same group continues)")
     bf.add_argument("--quiet", action="store_true", help="no live line")
@@ -306,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _positive(parser, f"--{name}", getattr(args, name, None))
     if args.command == "profile" and not args.history and (args.start is not None or args.end is not None):
         parser.error("--from and --to go with --history")
+    if args.command == "backfill" and args.end is not None and args.events_file is None:
+        parser.error("--to goes with --events: a topic's history is read to its end, where the live job goes on")
+    if args.command in ("backfill", "profile") and None not in (args.start, args.end) and args.start >= args.end:
+        parser.error("--from must be before --to")
     if args.command == "evaluate" and args.recommend and args.warm is not None:
         parser.error("--warm applies to the propensity model's evaluation, not to --recommend")
     if args.command == "bench-layouts" and not 0 < args.layout_events[0] < args.layout_events[1]:
@@ -381,6 +397,7 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: C901 - a flat command s
                               "where the live job goes on")
         job_main([*(["--bounded"] if args.bounded else []), *(["--quiet"] if args.quiet else []),
                   *(["--from-savepoint", args.from_savepoint] if args.from_savepoint else []),
+                  *(["--allow-non-restored-state"] if args.allow_non_restored_state else []),
                   *(a for o in args.overrides for a in ("--set", o))])
         return 0
     if args.command == "backfill":
@@ -561,7 +578,8 @@ def _backfill(args: argparse.Namespace) -> int:
     if args.events_file is not None:
         if not args.events_file.is_file():
             raise ConfigError(f"--events: {args.events_file}: no such file")
-        oldest = min((ts for _, ts in _keys_and_times(args.events_file) if ts is not None), default=now_ms)
+        oldest = min((ts for _, ts in _keys_and_times(args.events_file)
+                      if ts is not None and (args.start is None or ts >= args.start)), default=now_ms)
         topic = job.kafka.topics.events
         try:
             problem = retention_problem(topic, retention_ms(job.kafka, topic), oldest, now_ms)
@@ -569,15 +587,27 @@ def _backfill(args: argparse.Namespace) -> int:
             raise StackError(f"kafka at {job.kafka.bootstrap_servers}: cannot read topic {topic}'s retention ({e})") from None
         if problem:
             raise ConfigError(problem)
-        _load_events(args.events_file, None, args.overrides)
-    extra = backfill_overrides(now_ms, args.history_until)
-    until = extra["history.triggers_before_ms"]
+        _load_events(args.events_file, None, args.overrides, args.start, args.end)
+    elif args.start is not None:   # the topic from each partition's first record at or after --from
+        args.overrides = [*args.overrides, "kafka.starting_offsets=timestamp", f"kafka.starting_timestamp_ms={args.start}"]
+    history = backfill_overrides(now_ms, args.history_until)
+    until = history["history.triggers_before_ms"]
+    extra: dict[str, int | str] = dict(history)
     at = datetime.fromtimestamp(until / 1000, UTC).isoformat(timespec="seconds")
     print(f"backfill of {job.kafka.topics.events} for group {job.kafka.group_id}, for this run only:\n"
           f"  limits.max_event_age_ms={extra['limits.max_event_age_ms']} (any event since 1970; the live job keeps "
           f"{job.limits.max_event_age_ms})\n"
           f"  history.triggers_before_ms={until} ({at}): a match decided before it is history, counted and never sent",
           flush=True)
+    if args.start is not None or args.end is not None:
+        span = " to ".join(datetime.fromtimestamp(t / 1000, UTC).isoformat(timespec="seconds") if t is not None
+                           else "…" for t in (args.start, args.end))
+        print(f"  history from {span}: " + ("the file's events in that span" if args.events_file is not None else
+                                            "the topic from each partition's first record at or after it"), flush=True)
+    if args.dry_run_topic:
+        extra["history.dry_run_topic"] = args.dry_run_topic
+        print(f"  history.dry_run_topic={args.dry_run_topic}: each match of history goes there as the trigger it "
+              "would have been (\"history\": true)", flush=True)
     folder = Path(args.savepoint_dir) if args.savepoint_dir else load_stack_settings().run_path / "savepoints"
     folder.mkdir(parents=True, exist_ok=True)
     job_main(["--savepoint-at-end", folder.resolve().as_uri(), *(["--quiet"] if args.quiet else []),
@@ -609,7 +639,10 @@ def _keys_and_times(path: Path) -> Iterator[tuple[bytes | None, int | None]]:
             yield None, None
 
 
-def _load_events(path: Path, topic: str | None, overrides: list[str]) -> int:
+def _load_events(path: Path, topic: str | None, overrides: list[str], start: int | None = None,
+                 end: int | None = None) -> int:
+    """Put the events of ``path`` into the topic (``start``/``end``: only those whose event time is in [start, end);
+    an unreadable line is put in anyway, for the job to dead-letter with its reason)."""
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -631,10 +664,14 @@ def _load_events(path: Path, topic: str | None, overrides: list[str]) -> int:
     if not exists:
         raise ConfigError(f"topic {topic!r} does not exist on {job.kafka.bootstrap_servers} (persona topics create)")
 
+    def wanted(ts: int | None) -> bool:
+        return ts is None or ((start is None or ts >= start) and (end is None or ts < end))
+
     def records() -> Iterator[GeneratedRecord]:
         for raw, (user, ts) in zip(read_lines(path), _keys_and_times(path), strict=True):
-            yield GeneratedRecord(user, raw, None, ts, malformed=None if user else "unreadable")  # type: ignore[arg-type]
-    total = sum(1 for _ in read_lines(path))
+            if wanted(ts):
+                yield GeneratedRecord(user, raw, None, ts, malformed=None if user else "unreadable")  # type: ignore[arg-type]
+    total = sum(1 for _, ts in _keys_and_times(path) if wanted(ts))
     kinds = send_to_kafka(records(), job.kafka.bootstrap_servers, topic, total=total,
                           client_config=job.kafka.client_config())
     print(json.dumps(dict(kinds), sort_keys=True))

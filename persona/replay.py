@@ -139,10 +139,12 @@ class Replay:
     def _observe(self, user: str, step: Step) -> None:
         if self.on_step is not None:
             self.on_step(user, step)
-        if step.triggers:
-            self.triggers += len(step.triggers)
+        # A match of history marked for the dry-run topic (history.dry_run_topic) is not a trigger sent.
+        sent = [t for t in step.triggers if not t.history]
+        if sent:
+            self.triggers += len(sent)
             if self.on_trigger is not None:
-                for trigger in step.triggers:
+                for trigger in sent:
                     self.on_trigger(trigger)
 
     def _finish(self, out: Result) -> None:

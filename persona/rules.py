@@ -137,4 +137,4 @@ def personalizer(settings: JobSettings, book: PatternBook | None = None) -> Pers
     """The per-event core configured by ``settings`` (``book``: the already checked patterns, if any)."""
     return Personalizer(profile_rules(settings), model_rules(settings), book or check_patterns(settings),
                         settings.models.segments, recommend_rules(settings) if settings.recommend.enabled else None,
-                        settings.history.triggers_before_ms)
+                        settings.history.triggers_before_ms, bool(settings.history.dry_run_topic))

@@ -79,7 +79,10 @@ class KafkaSecurity(_Strict):
 class KafkaSettings(_Strict):
     bootstrap_servers: str = Field(min_length=1)
     group_id: str = Field(min_length=1)
-    starting_offsets: Literal["earliest", "latest", "committed"] = "committed"
+    starting_offsets: Literal["earliest", "latest", "committed", "timestamp"] = "committed"
+    # With starting_offsets timestamp: each partition from its first record at or after this time (epoch ms;
+    # persona backfill --from)
+    starting_timestamp_ms: int = Field(default=0, ge=0)
     topics: Topics
     partitions: int = Field(ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)   # topics the project or the job creates
@@ -375,6 +378,9 @@ class HistorySettings(_Strict):
     # Write every profile version to kafka.topics.profile_history (docs/history.md "Profile history"): what
     # persona profile USER --at/--history reads. Off by default: it costs a changelog record per event.
     profile_versions: bool = False
+    # A topic for the matches of history (persona backfill --dry-run-topic): each as the trigger it would have been,
+    # marked "history": true, never on the triggers topic ("": only counted). The job creates it if missing.
+    dry_run_topic: str = ""
 
 
 class RulesSettings(_Strict):

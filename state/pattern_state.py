@@ -34,6 +34,8 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
     # The profile version the trigger was decided on (``persona profile USER --at``/``--history`` shows it); 0 in a
     # trigger deferred by a build before it.
     profile_version: int = 0
+    # A match of history (``persona backfill --dry-run-topic``): written to the dry-run topic, never sent.
+    history: bool = False
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {"schema_version": TRIGGER_SCHEMA_VERSION, "trigger_id": self.trigger_id,
@@ -48,6 +50,8 @@ class Trigger(msgspec.Struct, frozen=True, omit_defaults=True):
             doc["alternatives"] = self.alternatives
         if self.profile_version:
             doc["profile_version"] = self.profile_version
+        if self.history:
+            doc["history"] = True
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 

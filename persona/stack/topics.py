@@ -69,7 +69,8 @@ def retention_configs(job: JobSettings) -> dict[str, dict[str, str]]:
     # One key per profile version: compaction merges nothing but a version and its erasure's tombstone.
     history = {**keep(r.profile_history_days), "cleanup.policy": "compact,delete", "delete.retention.ms": "86400000"}
     return {"events": keep(r.events_days), "dead_letter": keep(r.dead_letter_days), "triggers": keep(r.triggers_days),
-            "audit": keep(r.audit_days), "models": {}, "profiles": CHANGELOG_CONFIG, "profile_history": history}
+            "audit": keep(r.audit_days), "models": {}, "profiles": CHANGELOG_CONFIG, "profile_history": history,
+            "history_triggers": keep(r.triggers_days)}
 
 
 def ensure_own_topic(admin: KafkaAdminClient, job: JobSettings, key: str) -> bool:
@@ -90,6 +91,8 @@ def job_topics(job: JobSettings) -> dict[str, tuple[str, int]]:
            "models": (t.models, 1), "profiles": (t.profiles, n), "audit": (t.audit, n)}
     if job.history.profile_versions:
         out["profile_history"] = (t.history, n)
+    if job.history.dry_run_topic:
+        out["history_triggers"] = (job.history.dry_run_topic, n)
     return out
 
 

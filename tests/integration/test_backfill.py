@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
+from itertools import groupby
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from persona.settings import ROOT, load_generator_settings
 from persona.stack.procs import StackError, wait_until
 from state.keys import RedisKeys
 from state.model_registry import model_info
-from tests.fixtures.kafka_io import produce, read_all_json
+from tests.fixtures.kafka_io import produce, read_all_json, read_with_timestamps
 from tests.fixtures.personalization_oracle import Expected, expected, trigger_mismatches
 from tests.fixtures.services import TopicNames
 from tests.integration.test_personalization_job import profile_mismatches
@@ -94,8 +95,9 @@ def test_backfill_a_year_old_stream_then_the_live_job_from_its_savepoint(
     base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
             f"redis.key_prefix={redis_prefix}", "kafka.group_id=shop", "models.bot_min_session_events=1000000"]
 
+    dry_topic = f"{topics.triggers}.dry-run"
     backfill = subprocess.run([sys.executable, "-m", "persona.cli", "backfill", "--events", str(history_file),
-                               "--quiet", "--savepoint-dir",
+                               "--quiet", "--dry-run-topic", dry_topic, "--savepoint-dir",
                                str(tmp_path / "savepoints"), "--history-until", _iso(live_start),
                                *(a for o in base for a in ("--set", o))],
                               cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
@@ -112,6 +114,15 @@ def test_backfill_a_year_old_stream_then_the_live_job_from_its_savepoint(
     want_history = expected(history)
     assert sum(len(ids) for ids in want_history.triggers.values()) > 20 and suppressed > 0
     assert read_all_json(kafka_bootstrap, topics.triggers) == []             # nothing of history reached anyone
+    # --dry-run-topic: each match of history, as the trigger it would have been; every one the oracle would have
+    # sent is there (those decided by the backfill: due an hour before history's end), and the live job writes none.
+    dry = read_all_json(kafka_bootstrap, dry_topic)
+    assert len(dry) == suppressed and all(t["history"] is True for t in dry)
+    end = max(r.event_time_ms for r in history)
+    decided = {tid for tid, (_, at) in want_history.released.items() if at <= end - 3_600_000}
+    assert len(decided) > 20 and decided <= {t["trigger_id"] for t in dry}
+    # The live job has no dry-run sink: it drops that sink's state from the savepoint, as the command says.
+    assert "dry_run_topic" not in command and dry_topic not in command and "--allow-non-restored-state" in command
     dead_letters = read_all_json(kafka_bootstrap, topics.dead_letter)
     assert "event_time_out_of_range" not in Counter(d["reason"] for d in dead_letters)
     assert Counter(d["reason"] for d in dead_letters) == want_history.dead_letter_reasons
@@ -135,7 +146,9 @@ def test_backfill_a_year_old_stream_then_the_live_job_from_its_savepoint(
         produce(kafka_bootstrap, topics.events, live + finals)
         want = expected(history + live + finals)
         wait_until(lambda: job.poll() is None and not profile_mismatches(client, keys, want.profiles), 300,
-                   "profiles over history and live equal to the oracle", interval_s=1.0)
+                   "profiles over history and live equal to the oracle", interval_s=1.0,
+                   failed=lambda: None if job.poll() is None else
+                   f"the live job exited with {job.returncode}: " + (tmp_path / "live.log").read_text()[-3000:])
         sent_want = _sent_after(want, live_start)
         assert sum(len(ids) for ids in sent_want.triggers.values()) > 10
         def sent_now() -> list[dict]:  # type: ignore[type-arg]
@@ -209,3 +222,48 @@ def test_a_backfill_of_a_transactional_topic_ends_at_its_last_commit_marker(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert profile_mismatches(client, RedisKeys(redis_prefix), by_events) == []
     assert client.exists(RedisKeys(redis_prefix).profile("u-aborted")) == 0   # the aborted records were not applied
+
+
+def test_a_backfill_from_a_time_starts_each_partition_at_its_first_record_at_or_after_it(
+        kafka_bootstrap: str, redis_url: str, topics: TopicNames, redis_prefix: str, tmp_path: Path) -> None:
+    """``persona backfill --from TIME`` on a topic: what comes before TIME in each partition is not history."""
+    now = int(time.time() * 1000)
+    history = list(generate(load_generator_settings({"users": 80, "seed": 35, "bot_fraction": 0.0,
+                                                     "start_time": _iso(now - 400 * DAY), "span_hours": 6})))
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics.events, {"retention.ms": "-1"})])
+    admin.close()
+    produce(kafka_bootstrap, topics.events, history)
+    start = sorted(r.event_time_ms for r in history)[len(history) // 2]
+    # Independently of the broker's time index: each partition read back, from its first record at or after it.
+    in_slice: list[tuple[bytes | None, bytes]] = []
+    before: list[tuple[bytes | None, bytes]] = []
+    for _, rows in groupby(read_with_timestamps(kafka_bootstrap, topics.events), key=lambda row: row[0]):
+        rows_list = list(rows)
+        first = next((i for i, (_, _, ts, _, _) in enumerate(rows_list) if ts >= start), len(rows_list))
+        before += [(k, v) for _, _, _, k, v in rows_list[:first]]
+        in_slice += [(k, v) for _, _, _, k, v in rows_list[first:]]
+    assert in_slice and before
+    base = [*topics.overrides(), f"kafka.bootstrap_servers={kafka_bootstrap}", f"redis.url={redis_url}",
+            f"redis.key_prefix={redis_prefix}", "kafka.group_id=shop-from", "models.bot_min_session_events=1000000"]
+    backfill = subprocess.run([sys.executable, "-m", "persona.cli", "backfill", "--quiet", "--from", str(start),
+                               "--savepoint-dir", str(tmp_path / "savepoints"), *(a for o in base for a in ("--set", o))],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    out = backfill.stdout
+    assert backfill.returncode == 0, out[-3000:] + backfill.stderr[-3000:]
+    read = int(re.search(r"history: ([\d,]+) events", out).group(1).replace(",", ""))
+    assert read == len(in_slice), out
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("persona run --from-savepoint"))
+    assert "starting_offsets" not in command and "starting_timestamp_ms" not in command
+    # A user wholly after the start is as the oracle has them; one wholly before it was never read.
+    keys_in, keys_before = {k for k, _ in in_slice}, {k for k, _ in before}
+    after_only = {k.decode() for k in keys_in - keys_before if k}
+    before_only = {k.decode() for k in keys_before - keys_in if k}
+    assert len(after_only) > 5 and len(before_only) > 5
+    want = expected(history)
+    by_events = {u: {k: v for k, v in f.items() if k not in ("stage", "profile_version")}
+                 for u, f in want.profiles.items() if u in after_only}
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = RedisKeys(redis_prefix)
+    assert profile_mismatches(client, keys, by_events) == []
+    assert [u for u in before_only if client.exists(keys.profile(u))] == []

@@ -90,3 +90,26 @@ def test_library_logs_go_to_the_log_file_and_ours_to_the_terminal(capsys: pytest
     assert "the loader says so" in err and "cluster metadata" not in err
     text = (load_stack_settings().run_path / "logs" / "persona-cli.log").read_text()
     assert "Topic t not found in cluster metadata" in text
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["backfill", "--to", "2026-01-01T00:00:00Z"], "--to goes with --events"),
+    (["backfill", "--events", "x.jsonl", "--from", "2026-02-01T00:00:00Z", "--to", "2026-01-01T00:00:00Z"],
+     "--from must be before --to"),
+    (["profile", "u1", "--from", "2026-01-01T00:00:00Z"], "--from and --to go with --history"),
+    (["profile", "u1", "--at", "yesterday"], "is neither epoch milliseconds nor an ISO 8601 time"),
+    (["export-training", "--horizon", "30", "--out", "x.jsonl"], "is not a duration"),
+])
+def test_history_options_misused_print_usage(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err and "usage:" in err and "Traceback" not in err
+
+
+def test_the_live_command_after_a_dry_run_backfill_drops_the_dry_run_sink() -> None:
+    from persona.backfill import live_command
+    command = live_command("file:/sp", 5, ["kafka.group_id=shop", "history.dry_run_topic=dry",
+                                           "kafka.starting_offsets=timestamp"], drops_sinks=True)
+    assert command == ("persona run --from-savepoint file:/sp --allow-non-restored-state "
+                       "--set history.triggers_before_ms=5 --set kafka.group_id=shop")

@@ -7,12 +7,12 @@ import functools
 import json
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from operators.model_scoring import Example
-from operators.runner import END_OF_INPUT, HISTORY, TRIGGER, Result
+from operators.runner import END_OF_INPUT, HISTORY, HISTORY_TRIGGER, TRIGGER, Result
 from operators.training_rows import training_rows
 from persona.generator.shoppers import GeneratedRecord, generate
 from persona.generator.sink import history_override
@@ -182,3 +182,33 @@ def test_training_rows_have_the_features_of_the_decision_and_a_planted_future_pu
     assert [tuple(rows[0].features.values())] == [tuple(e.x) for e in run.examples if e.model == "propensity" and e.user_id == "u1"]
     # A horizon shorter than the wait for the purchase: a negative.
     assert [r.label for r in training_rows(versions["u1"], 10 * 60_000, known)[0]] == [False]
+
+
+def test_a_backfill_with_a_dry_run_topic_emits_each_match_of_history_as_a_marked_trigger_and_sends_none() -> None:
+    records = _records()
+    boundary = max(r.event_time_ms for r in records) + 86_400_000   # everything is history
+    settings = load_job_settings({**parse_overrides([history_override()]), "models.bot_min_session_events": 1_000_000,
+                                  "history.triggers_before_ms": boundary, "history.dry_run_topic": "dry"})
+    sent_triggers: list[bytes] = []
+    dry: list[dict[str, object]] = []
+
+    def keep(out: Result) -> None:
+        for kind, _, value in out.emitted():
+            if kind == TRIGGER and value is not None:
+                sent_triggers.append(value)
+            if kind == HISTORY_TRIGGER and value is not None:
+                dry.append(json.loads(value))
+        history_counts.update({k[2]: n for k, n in out.counts.items() if k[:2] == ("personalize", "history")})
+
+    history_counts: Counter[str] = Counter()
+    replay = Replay(settings, on_result=keep)
+    now = int(time.time() * 1000)
+    for r in records:
+        replay.process(r.value, now)
+    replay.advance(END_OF_INPUT, now)
+    assert sent_triggers == []   # nothing for the triggers topic (an erasure's tombstones aside)
+    assert all(t["history"] is True and t["event_time"] < boundary for t in dry)
+    # One per match suppressed as history, and every trigger the live job would have sent is among them.
+    assert Counter(str(t["pattern"]) for t in dry) == history_counts and len(dry) > 50
+    sent = {tid for ids in expected(records).triggers.values() for tid in ids}
+    assert sent <= {t["trigger_id"] for t in dry}
