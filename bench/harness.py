@@ -378,7 +378,10 @@ def _state_sizes(client: redis.Redis, keys: RedisKeys, users: list[str], checkpo
     out: dict[str, Any] = {"redis_bytes_per_profile": round(statistics.mean(mem)) if mem else None,
                            "recommend_lookup_ms": _lookup_ms(client, keys, sample)}
     if checkpoint_dir is not None:
-        chks = sorted(checkpoint_dir.glob("*/chk-*"), key=lambda p: p.stat().st_mtime)
+        # Completed ones only (their _metadata is written last): the newest directory may be one being written,
+        # which once measured 286 B per user against 1,442.
+        chks = sorted((p for p in checkpoint_dir.glob("*/chk-*") if (p / "_metadata").is_file()),
+                      key=lambda p: p.stat().st_mtime)
         if chks:
             size = sum(f.stat().st_size for f in chks[-1].rglob("*") if f.is_file())
             shared = sum(f.stat().st_size for f in checkpoint_dir.glob("*/shared/**/*") if f.is_file())

@@ -431,6 +431,13 @@ class JobSettings(_Strict):
         if self.kafka.triggers_delivery == "exactly-once" and self.flink.checkpoint_interval_ms <= 0:
             raise ValueError("kafka.triggers_delivery: exactly-once commits at checkpoints; "
                              "flink.checkpoint_interval_ms must be > 0")
+        history_s = self.privacy.retention.profile_history_days * 86_400
+        if self.history.profile_versions and history_s > self.flink.state_ttl_s:
+            # An erasure tombstones the versions its user's state counts; a state dropped by its TTL counts none,
+            # so the history of a user silent that long must have gone with retention already.
+            raise ValueError(f"privacy.retention.profile_history_days: {history_s:.0f} s of profile history outlive "
+                             f"flink.state_ttl_s ({self.flink.state_ttl_s} s): an erasure after a user's state expired "
+                             "could not find their history; keep the history no longer than the state")
         if self.flink.execution_mode == "process" and secret:
             raise ValueError("flink.execution_mode: process is refused while a Kafka or Redis secret is set "
                              "(its workers log their environment); use thread")

@@ -24,6 +24,9 @@ def test_defaults_load() -> None:
     ({"kafka.nope": "1"}, "kafka.nope"),
     ({"source.max_out_of_orderness_ms": "-1"}, "source.max_out_of_orderness_ms"),
     ({"redis.cluster_buckets": "0"}, "redis.cluster_buckets"),
+    ({"history.profile_versions": "true", "privacy.retention.profile_history_days": "120"},
+     "privacy.retention.profile_history_days"),
+    ({"kafka.starting_offsets": "yesterday"}, "kafka.starting_offsets"),
 ])
 def test_bad_values_name_the_key_on_one_line(override: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as err:
