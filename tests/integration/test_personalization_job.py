@@ -169,7 +169,8 @@ def history_checks(bootstrap: str, topics: TopicNames, records: list[Any], want:
     kept = {(u, v.version) for u, vs in versions.items() for v in vs}
     named = [(t["user_id"], t["profile_version"]) for t in sent if t["user_id"] not in want.erased_users]
     assert named and all(n in kept for n in named)
-    # A Flink watermark is the minimum over partitions read in chunks: an hour covers what they run apart.
+    # A Flink watermark is the minimum over partitions, each fetched in chunks of up to ~3,000 records (~6 hours of
+    # this stream's event time): 12 hours cover what they can run apart.
     rng, compared, tried = random.Random(5), 0, 0
     users = sorted(u for u in want.profiles if u not in want.erased_users and want.profiles[u]["events_total"] > 5)
     times = {u: [ms(r.event["event_time"]) for r in records if r.event is not None and r.event["user_id"] == u]
@@ -179,7 +180,7 @@ def history_checks(bootstrap: str, topics: TopicNames, records: list[Any], want:
         assert tried < 5_000, "too few settled (user, time) pairs"
         user = rng.choice(users)
         t = rng.randint(min(times[user]), max(times[user]) + 3_600_000)
-        if not settled(records, user, t, lag_ms=3_600_000):
+        if not settled(records, user, t, lag_ms=12 * 3_600_000):
             continue
         found, oracle = at(versions[user], t), profile_at(records, user, t)
         assert found is not None and found.change is not None and found.change.state is not None and oracle
