@@ -14,6 +14,7 @@ Run on the embedded mini-cluster: ``python -m jobs.personalization [--bounded] [
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
+from py4j.java_gateway import JavaObject
 from pyflink.common import Row, Types
 from pyflink.datastream import (
     DataStream,
@@ -39,11 +41,12 @@ from pyflink.table import StreamTableEnvironment
 from jobs.changelog_seed import Seed, read_seeds, sent_trigger_ids, without_resent
 from jobs.experiment_tally import TallyExperiments, experiment_key
 from jobs.flink_counters import FlinkCounters
+from jobs.forked_submit import submit_in_child
 from jobs.item_folding import FoldItems
 from jobs.job_cli import fail, parse_job_args, setup_logging
 from jobs.kafka_io import keyed_json_sink, pin_kafka_uids, sharded_batches
 from jobs.model_training import TrainModels, example_key
-from jobs.runtime import make_environment
+from jobs.runtime import make_environment, prepare_driver
 from jobs.served_follower import ServedFollower
 from jobs.shard_timers import ShardTimers
 from jobs.state_ttl import state_ttl
@@ -90,7 +93,7 @@ from persona.serving import redis_trigger_lists
 from persona.settings import ConfigError, JobSettings
 from persona.stack.procs import free_port
 from persona.stack.topics import ensure_changelog_topic, ensure_own_topic
-from persona.status import announce, flink_status, live_line, withdraw
+from persona.status import JOB_NAME, announce, flink_status, live_line, withdraw
 from state.user_state import USER_STATE
 from state.user_timers import TIMERS_STATE, UserTimers
 
@@ -436,17 +439,55 @@ def main(argv: Sequence[str] | None = None) -> None:
             update={"starting_offsets": start.starting_offsets})})
     rest_port = free_port() if args.deployment == "local" else None
     prometheus_port = free_port() if args.deployment == "local" and settings.flink.prometheus else None
-    env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port, args.from_savepoint,
-                                  args.allow_non_restored_state)
+
+    def graph() -> StreamExecutionEnvironment:
+        env, t_env = make_environment(settings.flink, args.deployment, rest_port, prometheus_port,
+                                      args.from_savepoint, args.allow_non_restored_state)
+        add_job(env, t_env, settings, book, bounded=args.bounded)
+        log.info("starting personalization (kafka %s, redis %s, mode %s)", settings.kafka.bootstrap_servers,
+                 settings.redis.masked_url, settings.flink.execution_mode)
+        return env
+
+    if args.deployment == "cluster":   # `flink run` drives this process, and returns at submission
+        graph().execute(JOB_NAME)
+        return
+    # The graph is built in a child process (jobs/forked_submit.py): this one stays beside the job without
+    # PyFlink's graph-building imports.
+    prepare_driver(settings.flink, args.deployment, prometheus_port)
+    client = submit_in_child(lambda: graph().execute_async(JOB_NAME))
     if prometheus_port is not None:
         print(f"job metrics (Prometheus): http://127.0.0.1:{prometheus_port}/metrics", flush=True)
-    live = None
-    if rest_port is not None:
-        rest_url = f"http://127.0.0.1:{rest_port}"
-        print(f"web UI and REST API: {rest_url} (persona status reads it)", flush=True)
-        live = LiveLine(settings, rest_url, quiet=args.quiet).start()
+    rest_url = f"http://127.0.0.1:{rest_port}"
+    print(f"web UI and REST API: {rest_url} (persona status reads it)", flush=True)
+    live = LiveLine(settings, rest_url, quiet=args.quiet).start()
+    # On the mini-cluster the loader runs here, beside the JVM that runs the job (another core); on a cluster
+    # `flink run` returns at submission, and `persona loader` runs as its own service.
+    loader = EmbeddedLoader(settings).start() if settings.loader.embedded else None
+    if loader is not None and loader.metrics_port is not None:
+        print(f"loader metrics (Prometheus): http://{settings.loader.metrics_host}:{loader.metrics_port}/metrics",
+              flush=True)
+    try:
+        if history is not None:
+            _backfill(client, settings, history, args.savepoint_at_end, rest_url, args.overrides)
+        else:
+            client.getJobExecutionResult().get()
+    except BaseException:
+        with contextlib.suppress(Exception):   # an interrupted driver takes its job with it; a failed one is over
+            client.cancel()
+        raise
+    finally:
+        live.stop()
+        if loader is not None:
+            # A bounded run and a backfill end with Redis holding every change (the live job starts from there).
+            stats = loader.finish(catch_up=args.bounded or history is not None)
+            print("persona-loader " + json.dumps(stats.as_dict(), sort_keys=True), flush=True)
+
+
+def add_job(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, settings: JobSettings, book: PatternBook,
+            bounded: bool) -> None:
+    """The whole job in ``env``: the sharded source, the function and the trainer, the routing and every sink."""
     f = settings.flink
-    batches = sharded_batches(t_env, settings.kafka, settings.source, bounded=args.bounded, shards=f.shards,
+    batches = sharded_batches(t_env, settings.kafka, settings.source, bounded=bounded, shards=f.shards,
                               batch_records=f.batch_records, batch_ms=f.batch_ms,
                               max_future_ms=settings.limits.max_event_future_ms,
                               wake_every_shard=f.seed_from_changelog)
@@ -475,36 +516,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                           t_env.from_data_stream(published))
     statements.attach_as_datastream()
     print("stable uids: " + ", ".join(pin_kafka_uids(env, settings.flink.previous_source_id)), flush=True)
-    log.info("starting personalization (kafka %s, redis %s, mode %s)", settings.kafka.bootstrap_servers,
-             settings.redis.masked_url, settings.flink.execution_mode)
-    # On the mini-cluster the loader runs here, beside the JVM that runs the job (another core); on a cluster
-    # `flink run` returns at submission, and `persona loader` runs as its own service.
-    loader = EmbeddedLoader(settings).start() if args.deployment == "local" and settings.loader.embedded else None
-    if loader is not None and loader.metrics_port is not None:
-        print(f"loader metrics (Prometheus): http://{settings.loader.metrics_host}:{loader.metrics_port}/metrics",
-              flush=True)
-    try:
-        if history is not None:
-            assert rest_url is not None, "a backfill runs on the embedded mini-cluster"
-            _backfill(env, settings, history, args.savepoint_at_end, rest_url, args.overrides)
-        else:
-            env.execute("persona-personalization")
-    finally:
-        if live is not None:
-            live.stop()
-        if loader is not None:
-            # A bounded run and a backfill end with Redis holding every change (the live job starts from there).
-            stats = loader.finish(catch_up=args.bounded or history is not None)
-            print("persona-loader " + json.dumps(stats.as_dict(), sort_keys=True), flush=True)
 
 
-def _backfill(env: StreamExecutionEnvironment, settings: JobSettings, history: History, savepoints: str,
-              rest_url: str, overrides: list[str]) -> None:
-    """Run until a checkpoint holds the whole history, then stop with a savepoint (persona/backfill.py)."""
-    client = env.execute_async("persona-personalization")
+def _backfill(client: JavaObject, settings: JobSettings, history: History, savepoints: str, rest_url: str,
+              overrides: list[str]) -> None:
+    """With the submitted job's client (Java's ``JobClient``): run until a checkpoint holds the whole history,
+    then stop with a savepoint (persona/backfill.py)."""
     try:
         markers = wait_for_history(history, lambda: committed_offsets(settings.kafka),
-                                   lambda: not client.get_job_status().result().is_globally_terminal_state(),
+                                   lambda: not client.getJobStatus().get().isGloballyTerminalState(),
                                    left=lambda committed: records_left(settings.kafka, history, committed))
         # With transaction markers the offsets outnumber the events: the counters are read once they stop moving.
         counters = _settled_counters(rest_url, None if markers else history.records)
@@ -519,12 +539,11 @@ def _backfill(env: StreamExecutionEnvironment, settings: JobSettings, history: H
                          drops_sinks=bool(settings.history.dry_run_topic)), flush=True)
 
 
-def _stop_with_savepoint(client: Any, folder: str) -> str:
-    """Stop with a savepoint, without draining: pending timers stay in it, for the live job to fire. PyFlink 2.2's
-    ``JobClient.stop_with_savepoint`` still calls Flink 1.x's two-argument method; Flink 2 asks for the format."""
+def _stop_with_savepoint(client: JavaObject, folder: str) -> str:
+    """Stop with a savepoint, without draining: pending timers stay in it, for the live job to fire."""
     from pyflink.java_gateway import get_gateway
     canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
-    return str(client._j_job_client.stopWithSavepoint(False, folder, canonical).get())
+    return str(client.stopWithSavepoint(False, folder, canonical).get())
 
 
 def _settled_counters(rest_url: str, records: int | None, deadline_s: float = 30) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
     ``prometheus_port``: Flink's Prometheus reporter on this port (the plugin ships in the wheel's plugins/).
     ``savepoint``: restore the job's state and source offsets from it (on a cluster: ``flink run -s``);
     ``allow_non_restored_state``: drop the savepoint's state of operators this job does not have."""
-    _prepare_process(flink, deployment, prometheus_port)
+    prepare_driver(flink, deployment, prometheus_port)
     conf = Configuration()
     if savepoint:
         conf.set_string("execution.savepoint.path", savepoint)
@@ -97,8 +97,19 @@ def make_environment(flink: FlinkSettings, deployment: Deployment, rest_port: in
     return env, t_env
 
 
+_prepared = False
+
+
+def prepare_driver(flink: FlinkSettings, deployment: Deployment, prometheus_port: int | None) -> None:
+    """Environment variables the Python workers and the mini-cluster read, set before the gateway starts (by
+    ``make_environment``, or by a driver that starts the gateway before it builds the graph). Once per process."""
+    global _prepared
+    if not _prepared:
+        _prepare_process(flink, deployment, prometheus_port)
+        _prepared = True
+
+
 def _prepare_process(flink: FlinkSettings, deployment: Deployment, prometheus_port: int | None) -> None:
-    """Environment variables the Python workers and the mini-cluster read, set before the gateway starts."""
     # Python workers start `python` from PATH; make it this interpreter (the venv) whatever the caller's PATH.
     bin_dir = os.path.dirname(sys.executable)
     if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
@@ -115,6 +126,11 @@ def _prepare_process(flink: FlinkSettings, deployment: Deployment, prometheus_po
                                      os.environ["FLINK_LOG_DIR"])
     if prometheus_port is not None:
         use_lib_with_prometheus()
+    if flink.execution_mode == "thread":
+        # On a mini-cluster PyFlink starts Beam's loopback worker pool in the driver, for process-mode workers to
+        # run in it: in thread mode nothing uses it, and its imports (Beam, pandas, pyarrow, gRPC) cost the driver
+        # ~133 MB and ~1 s of start-up (docs/performance.md "Memory"). "process" is PyFlink's name for "no loopback".
+        os.environ.setdefault("_python_worker_execution_mode", "process")
     # Memory of the mini-cluster's JVM (docs/performance.md "Memory"): uncapped, G1 grew its heap to ~430 MB for
     # ~5 MB of live state; one malloc arena per thread (the JVM's and the embedded Python's) holds freed memory.
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,19 @@ def test_an_unknown_jit_is_refused_with_its_key(capsys: pytest.CaptureFixture[st
 
 def test_an_unknown_collector_is_refused_with_its_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert "flink.local_gc" in _refused(["--set", "flink.local_gc=zgc"], capsys)
+
+
+def test_thread_mode_starts_no_loopback_worker_pool_in_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In thread mode the driver skips PyFlink's Beam loopback pool (~133 MB of imports); process mode keeps it."""
+    from jobs.runtime import _prepare_process
+    from persona.settings import load_job_settings
+
+    monkeypatch.setenv("_python_worker_execution_mode", "")   # recorded, so that the test's end restores it
+    monkeypatch.delenv("_python_worker_execution_mode")
+    monkeypatch.setenv("FLINK_LOG_DIR", "/tmp")
+    for name in ("JVM_ARGS", "MALLOC_ARENA_MAX", "PATH"):   # set by _prepare_process: restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    _prepare_process(load_job_settings({"flink.execution_mode": "process"}).flink, "local", None)
+    assert "_python_worker_execution_mode" not in os.environ
+    _prepare_process(load_job_settings().flink, "local", None)
+    assert os.environ["_python_worker_execution_mode"] == "process"
