@@ -49,9 +49,12 @@ def submit_in_child(submit: Callable[[], Any]) -> JavaObject:
         except BaseException:   # noqa: BLE001 - told to the driver, which raises; the trace goes to stderr
             traceback.print_exc()
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.write(write_end, reply)
+            try:   # the driver may be gone (stopped while the child built): nothing to tell, and never return
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.write(write_end, reply)
+            except BaseException:   # noqa: BLE001, S110 - the exit below must run whatever happened
+                pass
             # No interpreter shutdown: its finalizers would tell the gateway to drop the objects the job uses.
             os._exit(0)
     os.close(write_end)
