@@ -155,11 +155,24 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
                     exactly_once: bool = False, value_type: str = "STRING", compression: str | None = None) -> str:
     """Declare a sink table (k STRING key, v STRING value) writing to ``topic``; returns the table name.
 
-    ``value_type="BYTES"``: binary values; a null value is written as a Kafka tombstone.
+    ``value_type="BYTES"``: binary values; a null value is written as a Kafka tombstone. The other arguments:
+    ``sink_options``."""
+    opts = sink_options(kafka, name, topic, exactly_once, compression)
+    t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {name} (`k` STRING, `v` {value_type})
+        WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
+    """)
+    return name
+
+
+def sink_options(kafka: KafkaSettings, name: str, topic: str, exactly_once: bool = False,
+                 compression: str | None = None) -> dict[str, str]:
+    """The Kafka connector's options of the sink table ``name``.
 
     ``exactly_once``: Kafka transactions committed at each checkpoint (read_committed consumers see each
     record once, a checkpoint interval after it was made); else at-least-once (records visible at once,
-    duplicated after a failover: consumers de-duplicate on their stable ids)."""
+    duplicated after a failover: consumers de-duplicate on their stable ids). ``compression``: the producer's
+    ``compression.type`` (None: uncompressed); consumers decompress on their own."""
     opts = {
         "connector": "kafka",
         "topic": topic,
@@ -179,11 +192,7 @@ def keyed_json_sink(t_env: StreamTableEnvironment, kafka: KafkaSettings, name: s
     if exactly_once:
         opts |= {"sink.transactional-id-prefix": f"{kafka.group_id}.{name}",
                  "properties.transaction.timeout.ms": str(kafka.transaction_timeout_ms)}
-    t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE {name} (`k` STRING, `v` {value_type})
-        WITH ({", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in opts.items())})
-    """)
-    return name
+    return opts
 
 
 

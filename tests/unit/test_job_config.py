@@ -53,6 +53,24 @@ def test_the_mini_cluster_heap_is_capped_and_the_users_options_come_last() -> No
                                  "-Dy") == "-Dy -Xmx300m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx1g -Dz"
 
 
+def test_the_sinks_of_whole_states_compress_and_the_others_do_not() -> None:
+    """The changelog's and the history's records are whole user states (docs/performance.md, the round "the
+    changelog compressed"); triggers, dead letters and the audit are small and read by other teams' consumers."""
+    from jobs.kafka_io import sink_options
+    from jobs.personalization import ROUTES, SINK_COMPRESSION
+    from persona.settings import load_job_settings
+
+    kafka = load_job_settings().kafka
+    compressed = {name for name in ROUTES
+                  if sink_options(kafka, f"{name}_sink", "t", compression=SINK_COMPRESSION.get(name))
+                  .get("properties.compression.type") == "lz4"}
+    assert compressed == {"changes", "history"}
+    plain = sink_options(kafka, "trigger_sink", "shop.triggers", exactly_once=True)
+    assert "properties.compression.type" not in plain
+    assert plain["sink.transactional-id-prefix"] == "persona-job.trigger_sink"
+    assert plain["properties.linger.ms"] == "20" and plain["key.format"] == "raw"
+
+
 def test_a_heap_too_small_for_the_mini_cluster_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "flink.local_heap_mb" in _refused(["--set", "flink.local_heap_mb=64"], capsys)
 
