@@ -31,20 +31,19 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-# The event's own time, read on the Java side to the second (docs/behaviour.md "Event time and lateness": watermark safety): the
-# `event_time` string, upper-cased ('t' and 'z' are valid ISO 8601), without its fraction, parsed with its UTC
-# offset (SimpleDateFormat's XXX reads 'Z' as +00:00). One regular expression over the record: this runs for
-# every record in the source (and the watermark generator), where four extractions cost ~16 µs per event.
-# Unreadable -> Long.MIN_VALUE (UNIX_TIMESTAMP's failure value), which fails every bound below.
-_EVENT_TIME_TEXT = "REGEXP_EXTRACT(CAST(`value` AS STRING), '\"event_time\"\\s*:\\s*\"([0-9Tt:.+Zz-]{20,40})\"', 1)"
-_EVENT_TIME_S = f"UNIX_TIMESTAMP(REGEXP_REPLACE(UPPER({_EVENT_TIME_TEXT}), '[.][0-9]*', ''), 'yyyy-MM-dd''T''HH:mm:ssXXX')"
+# How far the record's Kafka timestamp is from its own `event_time`, in seconds (Long.MAX_VALUE when it has none that
+# reads): the Java function EventTimeSkew (docker/jars/batcher), which reads the event time as the contract's RFC 3339,
+# to the second. It runs for every record twice, in the source's watermark generator and in the query that keeps
+# `wm_ts = ts`; the SQL built-ins it replaces (a regular-expression extraction, UPPER, a REGEXP_REPLACE that compiles
+# its pattern per call, two SimpleDateFormat parses) were ~half of the source thread's CPU (docs/performance.md).
+TIME_SKEW_FUNCTION = ("persona_time_skew_s", "io.streampersona.batch.EventTimeSkew")
 
 
 def _trusted_timestamp(source: SourceSettings, max_future_ms: int) -> str:
     """SQL: TRUE when the record's Kafka timestamp may move the watermark: within ``max_timestamp_skew_ms`` of
     the event's own time, and not more than ``max_future_ms`` ahead of the wall clock."""
     skew_s = max(source.max_timestamp_skew_ms // 1000, 1)
-    return (f"(ABS({_EVENT_TIME_S} - UNIX_TIMESTAMP(CAST(`ts` AS STRING))) <= {skew_s} "
+    return (f"({TIME_SKEW_FUNCTION[0]}(`value`, `ts`) <= {skew_s} "
             f"AND `ts` <= TIMESTAMPADD(SECOND, {max_future_ms // 1000}, CURRENT_TIMESTAMP))")
 
 
@@ -88,6 +87,7 @@ def raw_event_stream(t_env: StreamTableEnvironment, kafka: KafkaSettings, source
         opts["scan.startup.timestamp-millis"] = str(kafka.starting_timestamp_ms)
     if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
+    t_env.create_java_temporary_system_function(*TIME_SKEW_FUNCTION)
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE raw_events (
           `k` STRING,

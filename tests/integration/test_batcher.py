@@ -4,6 +4,7 @@ shard, batches no larger than asked, and each batch's users in the shard Python 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,50 @@ def test_arrays_of_one_shard_are_joined_in_order(connector_jars: list[Path]) -> 
         want.setdefault(row[0], []).extend(e[1] for e in msgspec.msgpack.decode(row[1]))
     assert per_shard == {s: v for s, v in want.items() if v}
     assert len(joined) < len(rows) / 3   # joined, not passed on one by one
+
+
+def _event_seconds(text: str) -> int:
+    """The oracle: Python's own reading of an RFC 3339 time, without its fraction, in epoch seconds."""
+    from datetime import datetime
+    return int(datetime.fromisoformat(re.sub(r"\.[0-9]+", "", text.upper()).replace("Z", "+00:00")).timestamp())
+
+
+def test_the_time_skew_function_reads_the_contracts_event_time(connector_jars: list[Path]) -> None:
+    """EventTimeSkew (jobs/kafka_io.py ``_trusted_timestamp``): |event_time - Kafka timestamp| in whole seconds, or
+    Long.MAX_VALUE when the record carries no event_time that reads as the contract's RFC 3339."""
+    from jobs.kafka_io import TIME_SKEW_FUNCTION
+
+    settings = load_job_settings({"flink.parallelism": 1, "flink.checkpoint_interval_ms": 0, "flink.prometheus": False})
+    _, t_env = make_environment(settings.flink, "local")
+    t_env.create_java_temporary_system_function(*TIME_SKEW_FUNCTION)
+    unreadable = 2**63 - 1
+    ts = T0 + 999   # 12:00:00.999 UTC: the Kafka timestamp counts floored, the event time without its fraction
+    cases = [   # (record, expected)
+        ('{"event_time":"2026-11-02T12:00:00Z"}', 0),
+        ('{"event_time" :\t "2026-11-02t13:00:00.123456789+01:00"}', 0),   # a fraction, lower case, an offset
+        ('{"event_time":"2026-11-02T07:30:00-04:30","user_id":"u"}', 0),
+        ('{"event_time":"2026-11-02T13:00:05Z"}', 3605),
+        ('{"event_time":"2026-11-02T11:59:00.5z"}', 60),
+        ('{"event_time":123,"payload":{"event_time":"2026-11-02T12:00:07Z"}}', 7),   # the first string member
+        ('{"payload":{"event_time":"2026-11-01T12:00:00Z"},"event_time":"2026-11-02T12:00:00Z"}', 86_400),
+        ('{"event_time":"2026-11-31T12:00:00Z"}', unreadable),   # no 31 November (SimpleDateFormat said 1 December)
+        ('{"event_time":"2026-11-02T24:00:00Z"}', unreadable),
+        ('{"event_time":"2026-11-02T12:00:00"}', unreadable),    # no offset: 19 characters
+        ('{"event_time":"2026-11-02T12:00:00+0100"}', unreadable),
+        ('{"event_time":"2026-11-02T12:00:00.Z"}', unreadable),
+        ('{"event_time":"2026-11-02T12:00:00.' + "1" * 20 + 'Z"}', unreadable),   # 41 characters
+        ('{"event_time":"2026-11-02 12:00:00Z"}', unreadable),
+        ('{"user_id":"u"}', unreadable),
+        ('not json \u00e9\u00e8 "event_time":', unreadable),
+    ]
+    values = ", ".join(f"('{record.replace(chr(39), chr(39) * 2)}', {i})" for i, (record, _) in enumerate(cases))
+    query = (f"SELECT i, {TIME_SKEW_FUNCTION[0]}(CAST(r AS BYTES), TO_TIMESTAMP_LTZ({ts}, 3)), "
+             f"{TIME_SKEW_FUNCTION[0]}(CAST(NULL AS BYTES), TO_TIMESTAMP_LTZ({ts}, 3)) FROM (VALUES {values}) AS t(r, i)")
+    with t_env.execute_sql(query).collect() as rows:
+        got = {row[0]: (row[1], row[2]) for row in rows}
+    assert {i: skew for i, (skew, _) in got.items()} == {i: expected for i, (_, expected) in enumerate(cases)}
+    assert {none for _, none in got.values()} == {unreadable}   # a tombstone (no value)
+    # The expected skews of the readable ones, by Python's own reading of the same texts.
+    for record, expected in cases[:5]:
+        text = record.split('"event_time"')[1].split('"')[1]
+        assert abs(_event_seconds(text) - ts // 1000) == expected
