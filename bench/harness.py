@@ -48,7 +48,7 @@ from persona.settings import ROOT, load_generator_settings, load_job_settings, l
 from persona.stack.prereqs import check_all
 from persona.stack.procs import StackError, wait_until
 from persona.stack.services import LocalServices
-from persona.stack.topics import ensure_changelog_topic, ensure_topics, read_to_end
+from persona.stack.topics import ensure_topics, read_to_end
 from state.keys import RedisKeys
 from state.profile_store import ProfileWriter
 
@@ -183,66 +183,24 @@ class Delivery:
                              f"{self.first_error or 'the broker did not take them in time'}")
 
 
-WARM_STATE_RECORDS = 40_000   # ~64 MB: past the JIT's thresholds on every path, a few seconds of the broker's time
-WARM_STATE_BYTES = 1_650      # a changelog record: a whole user state (docs/performance.md)
-
-
 def warm_broker(bootstrap: str, topic: str, timeout_s: float = 120) -> tuple[int, float]:
-    """Exercise the broker's paths the systems use, before the first drain: (records, seconds).
+    """Read ``topic`` once to its end, before the first drain: (records, seconds).
 
-    The broker starts with the bench, and its JIT compiles a path under the first system that takes it: measured
-    per thread, the broker's compiler threads used 7.2 s of CPU during the job's quick-bench drain and 0.6 s
-    during the baseline's after it, on the same two cores. So here, before any system is timed:
-
-    - ``topic`` (the last system's copy of the events: every copy was just written, so none is read from a colder
-      page cache than another) is read once to its end: the fetch path of every system;
-    - then records shaped like the job's profile changelog (a user key, ~1,650 B of state, lz4 batches, the job's
-      sink linger and batch size) go to a compacted scratch topic and are read back ``read_committed``, as the
-      loader reads them: the paths only the job takes (with the fetch warm-up alone, the compiler still used
-      6.4-7.2 s during the job's drains). The scratch topic is deleted after."""
+    The broker starts with the bench, and its JIT compiles its fetch path under the first system that reads
+    from it: measured per thread, the broker's compiler threads used 7.2 s of CPU during the job's quick-bench
+    drain and 0.6 s during the baseline's after it, on the same two cores. Read once here, the fetch path is
+    compiled before any system is timed, whichever drains first. The topic is the last system's copy: every copy
+    was just written, so none is read from a colder page cache than another."""
     from kafka import KafkaConsumer, TopicPartition
-    from kafka.admin import KafkaAdminClient
 
     t0 = time.monotonic()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        values: list[bytes] = []
-        read = 0
-        for m in read_to_end(consumer, parts, timeout_s):
-            read += 1
-            if len(values) < WARM_STATE_RECORDS:
-                values.append(m.value)
+        records = sum(1 for _ in read_to_end(consumer, parts, timeout_s))
     finally:
         consumer.close()
-    scratch = f"{topic}.warm-state"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        ensure_changelog_topic(admin, scratch, partitions=2)
-        job = load_job_settings().kafka
-        producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "lz4", "acks": "all",
-                             "linger.ms": job.sink_linger_ms, "batch.size": job.sink_batch_bytes})
-        delivery = Delivery()
-        for i in range(WARM_STATE_RECORDS):
-            value = values[i % len(values)] if values else b"{}"
-            state = (value * (WARM_STATE_BYTES // max(len(value), 1) + 1))[:WARM_STATE_BYTES]
-            producer.produce(scratch, key=f"u{i % 5000}".encode(), value=state, on_delivery=delivery)
-            producer.poll(0)
-        left = producer.flush(timeout_s)
-        if left or delivery.failed:
-            raise StackError(f"bench: the broker's warm-up lost records ({delivery.failed:,} failed, {left:,} "
-                             f"unsent): {delivery.first_error or 'the broker did not take them in time'}")
-        reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed")
-        try:
-            scratch_parts = [TopicPartition(scratch, p) for p in sorted(reader.partitions_for_topic(scratch) or ())]
-            read_back = sum(1 for _ in read_to_end(reader, scratch_parts, timeout_s))
-        finally:
-            reader.close()
-    finally:
-        with contextlib.suppress(Exception):
-            admin.delete_topics([scratch])
-        admin.close()
-    return read + read_back, time.monotonic() - t0
+    return records, time.monotonic() - t0
 
 
 def _preload(bootstrap: str, topic: str | list[str], n: int, users: int) -> tuple[dict[str, int], list[bytes], list[str]]:
@@ -789,7 +747,7 @@ def run_bench(events: int, plan: LivePlan, out: Path, job_overrides: dict[str, s
         final, values, tail = _preload(bootstrap, [topics[n]["events"] for n in SYSTEMS], events,
                                        users=max(events // 30, 100))
         count = len(values)
-        _say("warmed the broker's paths: {:,} records read in {:.1f} s".format(
+        _say("warmed the broker's fetch path: {:,} records read in {:.1f} s".format(
             *warm_broker(bootstrap, topics[SYSTEMS[-1]]["events"])))
         _say("logic only: the per-event core over the same events in this process")
         logic = _logic_only(values)

@@ -65,7 +65,7 @@ def run_quick(events: int, out: Path, job_overrides: dict[str, str] | None = Non
         _say(f"pre-loading {events:,} generated events (one copy per system)")
         final, values, tail = _preload(bootstrap, [topics[n]["events"] for n in topics], events,
                                        users=max(events // 30, 100))
-        _say("warmed the broker's paths: {:,} records read in {:.1f} s".format(
+        _say("warmed the broker's fetch path: {:,} records read in {:.1f} s".format(
             *harness.warm_broker(bootstrap, topics["baseline"]["events"])))
         logic = _logic_only(values)
         _say(f"logic only: {logic['us_per_event']} µs per event")
